@@ -1,0 +1,1 @@
+"""Benchmark workloads and suites (importable by tests as ``bench.models``)."""

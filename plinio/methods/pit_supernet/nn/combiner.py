@@ -1,0 +1,154 @@
+"""The mixing half of a supernet: architectural weights, θ sampling and the weighted sum.
+
+All mutable state (temperature, hard flag, Gumbel noise, "has run" flag, selection switch)
+lives in buffers that are only ever written in place, so that the module is
+``state_dict``-complete, ``torch.compile(fullgraph=True)`` friendly (no ``.item()``, no
+Python branch on tensor values, no attribute reassignment in ``forward``) and DDP friendly.
+"""
+import os
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def reference_combine(branches: Sequence[torch.Tensor], theta: torch.Tensor) -> torch.Tensor:
+    """Stack-and-sum weighted mix: the plain PyTorch formulation PLiNIO uses (reference path)."""
+    stacked = torch.stack(list(branches), dim=0)
+    weights = theta.reshape((theta.shape[0],) + (1,) * (stacked.dim() - 1))
+    return (stacked * weights.to(stacked.dtype)).sum(dim=0)
+
+
+def _fast_combine(branches: Sequence[torch.Tensor], theta: torch.Tensor) -> torch.Tensor:
+    """Fused weighted mix from the op library (no stacked tensor is materialised)."""
+    try:
+        from plinio.ops import combine
+    except ImportError:  # op library not available in this checkout yet
+        return reference_combine(branches, theta)
+    return combine(list(branches), theta)
+
+
+def _reference_forced() -> bool:
+    """True when the user asked for the pure-PyTorch path with ``PLINIO_BACKEND=reference``."""
+    return os.environ.get("PLINIO_BACKEND", "").strip().lower() == "reference"
+
+
+class PITSuperNetCombiner(nn.Module):
+    """Holds the architectural parameter ``alpha`` of one supernet and mixes branch outputs.
+
+    The graph engine treats this module as an fx leaf that merges its inputs (like an n-ary
+    ``add``): every branch output shares one channel masker.
+    """
+
+    plinio_merges_inputs = True
+
+    def __init__(self, n_branches: int, gumbel_softmax: bool = False,
+                 hard_softmax: bool = False) -> None:
+        super().__init__()
+        if not isinstance(n_branches, int) or isinstance(n_branches, bool) or n_branches < 1:
+            raise ValueError(
+                f"PITSuperNetCombiner needs at least one branch, got n_branches={n_branches!r}")
+        self.n_branches = n_branches
+        self.gumbel_softmax = bool(gumbel_softmax)
+        # fast path (plinio.ops.combine) unless the reference path is forced
+        self.use_fused_ops = not _reference_forced()
+        self.alpha = nn.Parameter(torch.full((n_branches,), 1.0 / n_branches))
+        self.register_buffer("temperature", torch.tensor(1.0, dtype=torch.float32))
+        self.register_buffer("hard", torch.tensor(bool(hard_softmax)))
+        self.register_buffer("gumbel_noise", torch.zeros(n_branches))
+        self.register_buffer("has_forwarded", torch.tensor(False))
+        self.register_buffer("selection_trainable", torch.tensor(True))
+
+    # ------------------------------------------------------------------ θ
+    @property
+    def theta_alpha(self) -> torch.Tensor:
+        """Current mixing vector θ, differentiable w.r.t. ``alpha`` (SPEC §3.1).
+
+        1/n before the first forward; otherwise softmax((α + noise) / T), replaced by the
+        one-hot argmax when ``hard`` is set (straight-through gradient with Gumbel sampling
+        in training mode, no gradient otherwise).
+        """
+        alpha = torch.where(self.selection_trainable, self.alpha, self.alpha.detach())
+        logits = (alpha + self.gumbel_noise.to(alpha.dtype)) / self.temperature.to(alpha.dtype)
+        soft = torch.softmax(logits, dim=0)
+        one_hot = F.one_hot(torch.argmax(logits.detach()), self.n_branches).to(soft.dtype)
+        if self.gumbel_softmax and self.training:
+            hard_theta = one_hot + (soft - soft.detach())
+        else:
+            hard_theta = one_hot
+        theta = torch.where(self.hard, hard_theta, soft)
+        uniform = torch.full_like(theta, 1.0 / self.n_branches)
+        return torch.where(self.has_forwarded, theta, uniform)
+
+    def sample_theta(self) -> torch.Tensor:
+        """Draw this forward's Gumbel noise in place (training + Gumbel only) and return θ."""
+        with torch.no_grad():
+            if self.gumbel_softmax and self.training:
+                tiny = torch.finfo(self.gumbel_noise.dtype).tiny
+                uniform = torch.rand_like(self.gumbel_noise).clamp_min(tiny)
+                exponential = (-torch.log(uniform)).clamp_min(tiny)
+                self.gumbel_noise.copy_(-torch.log(exponential))
+            else:
+                self.gumbel_noise.zero_()
+            self.has_forwarded.fill_(True)
+        return self.theta_alpha
+
+    def forward(self, branch_outputs: List[torch.Tensor]) -> torch.Tensor:
+        """y = Σ_i θ_i · y_i with a freshly sampled θ."""
+        if len(branch_outputs) != self.n_branches:
+            raise ValueError(
+                f"PITSuperNetCombiner expects {self.n_branches} branch outputs, "
+                f"got {len(branch_outputs)}")
+        theta = self.sample_theta()
+        if self.use_fused_ops:
+            return _fast_combine(branch_outputs, theta)
+        return reference_combine(branch_outputs, theta)
+
+    # ------------------------------------------------------------------ options
+    def best_layer_index(self) -> int:
+        """Index of the branch with the largest α (the one kept by export)."""
+        return int(torch.argmax(self.alpha.detach()))
+
+    @property
+    def train_selection(self) -> bool:
+        """Whether α receives gradients (α is used detached when off)."""
+        return bool(self.selection_trainable)
+
+    @train_selection.setter
+    def train_selection(self, value: bool) -> None:
+        self.selection_trainable.fill_(bool(value))
+
+    @property
+    def softmax_temperature(self) -> float:
+        """Softmax temperature T (stored in the ``temperature`` buffer)."""
+        return float(self.temperature)
+
+    @softmax_temperature.setter
+    def softmax_temperature(self, value: float) -> None:
+        self.update_softmax_options(temperature=value)
+
+    @property
+    def hard_softmax(self) -> bool:
+        """Whether θ is the one-hot argmax (stored in the ``hard`` buffer)."""
+        return bool(self.hard)
+
+    @hard_softmax.setter
+    def hard_softmax(self, value: bool) -> None:
+        self.update_softmax_options(hard=value)
+
+    def update_softmax_options(self, temperature: Optional[float] = None,
+                               hard: Optional[bool] = None) -> None:
+        """Change temperature and/or hard flag in place (no recompilation under compile)."""
+        if temperature is not None:
+            value = float(temperature)
+            if not value > 0.0 or value == float("inf"):
+                raise ValueError(
+                    f"softmax temperature must be a finite positive number, got {temperature!r}")
+            self.temperature.fill_(value)
+        if hard is not None:
+            self.hard.fill_(bool(hard))
+
+    def extra_repr(self) -> str:
+        return (f"n_branches={self.n_branches}, gumbel_softmax={self.gumbel_softmax}, "
+                f"hard_softmax={self.hard_softmax}, temperature={self.softmax_temperature}")
