@@ -1,0 +1,238 @@
+"""Graph pass: rewrite every supernet of a converted ``GraphModule`` into a ``FastSuperNet``.
+
+For each combiner node (a leaf whose class sets ``plinio_merges_inputs``) the pass finds the
+supernet input ``x`` (the latest node every branch output depends on), cuts each branch's
+sub-graph out (it may only read ``x`` and attributes), asks the planner which branches are one
+exact convolution, checks each such layer against its own forward on a probe input, and
+replaces branches + combiner by one ``FastSuperNet`` node. The input ``GraphModule`` is not
+modified: a new one, sharing every layer with it, is returned.
+"""
+import copy
+import functools
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from .linear_ops import (ConvGeometry, compose, conv_geometry, layer_weight_and_bias,
+                         reference_conv)
+from .merge_plan import IDENTITY, Candidate, LinearCandidate, MergePlan, plan_merge
+from .merged_conv import ChainLayer, MergedConv
+from .supernet_forward import FastSuperNet
+
+FAST_MODULE_NAME = "plinio_fast_forward"
+
+
+def _fetch(root: nn.Module, target: str) -> Any:
+    return functools.reduce(getattr, target.split("."), root) if target else root
+
+
+def is_combiner(module: Any) -> bool:
+    """A supernet combiner: merges its list input and samples θ."""
+    return bool(getattr(type(module), "plinio_merges_inputs", False)) and \
+        callable(getattr(module, "sample_theta", None))
+
+
+def _ancestor_sets(graph: fx.Graph) -> Dict[fx.Node, Set[fx.Node]]:
+    """For every node, the set of nodes it depends on (graph order is topological)."""
+    result: Dict[fx.Node, Set[fx.Node]] = {}
+    for node in graph.nodes:
+        acc: Set[fx.Node] = set()
+        for a in node.all_input_nodes:
+            acc.add(a)
+            acc |= result[a]
+        result[node] = acc
+    return result
+
+
+def _probe_matches(module: nn.Module, geometry: ConvGeometry) -> bool:
+    """The layer computes ``conv(x, *weights, geometry)`` on a small random probe (guards
+    against layers whose forward does more than their hyper-parameters say)."""
+    weight, _ = layer_weight_and_bias(module)
+    size = [e + 2 * s + 1 for e, s in zip(geometry.extent, geometry.stride)]
+    generator = torch.Generator().manual_seed(0)  # never touches the global RNG
+    probe = torch.randn([1, geometry.in_channels] + size, generator=generator,
+                        dtype=torch.float64).to(device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        try:
+            got = module(probe)
+        except Exception:  # the layer cannot even run on the probe: do not merge it
+            return False
+        expected = reference_conv(probe, *layer_weight_and_bias(module), geometry)
+    if got.shape != expected.shape:
+        return False
+    scale = float(expected.abs().max()) if expected.numel() else 1.0
+    return bool(torch.allclose(got, expected, rtol=1e-4, atol=1e-5 * max(scale, 1.0)))
+
+
+def _chain_candidate(nodes: Sequence[fx.Node], x: fx.Node, gm: fx.GraphModule,
+                     chain_out: List[ChainLayer]) -> Candidate:
+    """Candidate of a branch sub-graph: linear conv chain, identity, or a reason."""
+    previous = x
+    for node in nodes:
+        if node.op != "call_module":
+            return f"node '{node.name}' ({node.op} {node.target}) is not a layer"
+        if node.args != (previous,) or node.kwargs:
+            return f"node '{node.name}' does not take the previous branch value as its only input"
+        previous = node
+    composite: Optional[ConvGeometry] = None
+    macs = 0
+    for node in nodes:
+        module = _fetch(gm, node.target)
+        if type(module) is nn.Identity:
+            chain_out.append((module, None))
+            continue
+        geometry, reason = conv_geometry(module)
+        if geometry is None:
+            return f"layer '{node.target}': {reason}"
+        if not _probe_matches(module, geometry):
+            return (f"layer '{node.target}': its forward is not the plain convolution its "
+                    "hyper-parameters describe")
+        macs += geometry.macs_per_output_position()
+        if composite is None:
+            composite = geometry
+        else:
+            composite, reason = compose(composite, geometry)
+            if composite is None:
+                return f"chain ending at '{node.target}': {reason}"
+        chain_out.append((module, geometry))
+    if composite is None:
+        return IDENTITY
+    return LinearCandidate(geometry=composite, separate_macs=macs)
+
+
+class _SupernetSite:
+    """What the pass learned about one combiner node of the graph."""
+
+    def __init__(self, combiner_node: fx.Node, x: fx.Node, regions: List[List[fx.Node]],
+                 outputs: List[fx.Node]) -> None:
+        self.combiner_node = combiner_node
+        self.x = x
+        self.regions = regions
+        self.outputs = outputs
+
+
+def _find_site(node: fx.Node, ancestors: Dict[fx.Node, Set[fx.Node]],
+               position: Dict[fx.Node, int]) -> Tuple[Optional[_SupernetSite], str]:
+    """Locate the supernet input and each branch's sub-graph for a combiner node."""
+    if len(node.args) != 1 or node.kwargs or not isinstance(node.args[0], (list, tuple)):
+        return None, "the combiner is not called with one list of branch outputs"
+    outputs = list(node.args[0])
+    if not outputs or not all(isinstance(o, fx.Node) for o in outputs):
+        return None, "a branch output is not a graph value"
+    common: Optional[Set[fx.Node]] = None
+    for out in outputs:
+        reach = ancestors[out] | {out}
+        common = reach if common is None else common & reach
+    candidates = [n for n in common or () if n.op not in ("get_attr", "output")]
+    if not candidates:
+        return None, "the branches share no input"
+    x = max(candidates, key=lambda n: position[n])
+    regions = []
+    for out in outputs:
+        if out is x:
+            regions.append([])
+            continue
+        region = [n for n in ancestors[out] | {out} if n is not x and x in ancestors[n]]
+        region.sort(key=lambda n: position[n])
+        inside = set(region)
+        for n in region:
+            external = [a for a in n.all_input_nodes
+                        if a is not x and a not in inside and a.op != "get_attr"]
+            if external:
+                return None, (f"branch node '{n.name}' reads '{external[0].name}', a value "
+                              "from outside the supernet")
+            users = [u for u in n.users if u not in inside]
+            if n is out:
+                if any(u is not node for u in users):
+                    return None, f"branch output '{n.name}' is also used outside the supernet"
+            elif users:
+                return None, f"branch node '{n.name}' is also used outside its branch"
+        regions.append(region)
+    return _SupernetSite(node, x, regions, outputs), ""
+
+
+def _branch_module(gm: fx.GraphModule, region: List[fx.Node], x: fx.Node,
+                   out: fx.Node) -> fx.GraphModule:
+    """A GraphModule computing one branch from ``x``, sharing the layers of ``gm``."""
+    graph = fx.Graph()
+    env: Dict[fx.Node, fx.Node] = {x: graph.placeholder("x")}
+    attrs = sorted({a for n in region for a in n.all_input_nodes if a.op == "get_attr"},
+                   key=lambda n: n.name)
+    for node in attrs + region:
+        env[node] = graph.node_copy(node, lambda a: env[a])
+    graph.output(env[out])
+    return fx.GraphModule(_targets_of(gm, graph), graph, "SuperNetBranch")
+
+
+def _targets_of(gm: fx.GraphModule, graph: fx.Graph) -> Dict[str, Any]:
+    return {n.target: _fetch(gm, n.target) for n in graph.nodes
+            if n.op in ("call_module", "get_attr")}
+
+
+def optimize_supernets(gm: fx.GraphModule) -> fx.GraphModule:
+    """A new GraphModule computing the same function as ``gm`` with every supernet replaced by
+    a :class:`FastSuperNet`. Layers are shared with ``gm`` (no copy); ``gm`` is untouched.
+
+    The merge plans are available as ``result.plinio_merge_plans`` (qualified supernet name →
+    :class:`MergePlan`), and supernets left as they were with the reason as
+    ``result.plinio_unoptimized`` (name → reason).
+    """
+    graph = fx.Graph()
+    graph._codegen = copy.deepcopy(gm.graph._codegen)
+    value_map: Dict[fx.Node, fx.Node] = {}
+    graph.output(graph.graph_copy(gm.graph, value_map))
+    plans: Dict[str, MergePlan] = {}
+    skipped: Dict[str, str] = {}
+    new_modules: Dict[str, nn.Module] = {}
+    for node in list(graph.nodes):
+        if node.op != "call_module" or not is_combiner(_fetch(gm, node.target)):
+            continue
+        combiner = _fetch(gm, node.target)
+        prefix = node.target.rsplit(".", 1)[0] if "." in node.target else ""
+        name = prefix or node.target
+        position = {n: i for i, n in enumerate(graph.nodes)}
+        site, reason = _find_site(node, _ancestor_sets(graph), position)
+        if site is not None and len(site.outputs) != getattr(combiner, "n_branches",
+                                                             len(site.outputs)):
+            site, reason = None, "the combiner receives a different number of branches"
+        if site is None:
+            skipped[name] = reason
+            continue
+        candidates: List[Candidate] = []
+        chains: List[List[ChainLayer]] = []
+        for region in site.regions:
+            chain: List[ChainLayer] = []
+            candidates.append(_chain_candidate(region, site.x, gm, chain)
+                              if region else IDENTITY)
+            chains.append(chain)
+        plan = plan_merge(candidates)
+        merged = MergedConv(plan, [chains[m.branch] for m in plan.members]) \
+            if plan.members else None
+        runners = [_branch_module(gm, region, site.x, out)
+                   for region, out in zip(site.regions, site.outputs)]
+        modules = [[_fetch(gm, n.target) for n in region if n.op == "call_module"]
+                   for region in site.regions]
+        target = f"{prefix}.{FAST_MODULE_NAME}" if prefix else FAST_MODULE_NAME
+        new_modules[target] = FastSuperNet(name, combiner, plan, merged, runners, modules)
+        plans[name] = plan
+        with graph.inserting_before(node):
+            fast_node = graph.call_module(target, (site.x,))
+        fast_node.meta = dict(node.meta)
+        node.replace_all_uses_with(fast_node)
+        graph.erase_node(node)
+        for region in reversed(site.regions):
+            for n in reversed(region):
+                if not n.users:
+                    graph.erase_node(n)
+    for n in list(reversed(graph.nodes)):  # attributes only the removed branches read
+        if n.op == "get_attr" and not n.users:
+            graph.erase_node(n)
+    graph.lint()
+    root = {n.target: new_modules[n.target] if n.target in new_modules else _fetch(gm, n.target)
+            for n in graph.nodes if n.op in ("call_module", "get_attr")}
+    result = fx.GraphModule(root, graph, type(gm).__name__)
+    result.plinio_merge_plans = plans
+    result.plinio_unoptimized = skipped
+    return result

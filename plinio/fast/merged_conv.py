@@ -1,0 +1,107 @@
+"""Run-time half of branch merging: one convolution with kernel Σ θ_i·place(W_i).
+
+Each merged branch contributes its current weight (PIT layers: ``masked_weight_and_bias()``,
+so masks and BN folding are included; chains: the composed weight; Identity: a Dirac kernel)
+placed at its tap offsets inside the merged kernel. Everything is built from differentiable
+tensor ops every step, so gradients reach every weight, bias, mask parameter and θ exactly.
+"""
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .linear_ops import (ConvGeometry, compose, compose_weights, layer_weight_and_bias,
+                         reference_conv)
+from .merge_plan import MemberPlacement, MergePlan
+
+# one element of a branch chain: the layer and its geometry (None for nn.Identity)
+ChainLayer = Tuple[nn.Module, Optional[ConvGeometry]]
+
+
+def chain_weight_and_bias(layers: Sequence[ChainLayer]
+                          ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Weight and bias of a chain of layers as one convolution (``(None, None)``: identity)."""
+    current: Optional[Tuple[torch.Tensor, Optional[torch.Tensor], ConvGeometry]] = None
+    for module, geometry in layers:
+        if geometry is None:
+            continue
+        weight, bias = layer_weight_and_bias(module)
+        if current is None:
+            current = (weight, bias, geometry)
+            continue
+        composed, _ = compose(current[2], geometry)
+        weight, bias = compose_weights(current, (weight, bias, geometry))
+        current = (weight, bias, composed)
+    if current is None:
+        return None, None
+    return current[0], current[1]
+
+
+def _dirac(geometry: ConvGeometry, like: torch.Tensor) -> torch.Tensor:
+    """Identity as a (grouped) 1×1 convolution kernel: W[o, o mod (C/G)] = 1."""
+    per_group = geometry.in_channels // geometry.groups
+    eye = torch.eye(per_group, dtype=like.dtype, device=like.device).repeat(geometry.groups, 1)
+    return eye.reshape((geometry.out_channels, per_group) + (1,) * geometry.ndim)
+
+
+def place_kernel(weight: torch.Tensor, member: MemberPlacement,
+                 merged: ConvGeometry) -> torch.Tensor:
+    """The member's kernel written at its tap positions in a zero merged-size kernel."""
+    if all(s == 1 for s in member.step):
+        pads: List[int] = []
+        for dim in reversed(range(merged.ndim)):
+            k = weight.shape[2 + dim]
+            pads += [member.start[dim], merged.kernel[dim] - member.start[dim] - k]
+        return F.pad(weight, pads)
+    placed = weight.new_zeros(tuple(weight.shape[:2]) + tuple(merged.kernel))
+    index = (slice(None), slice(None)) + tuple(
+        slice(start, start + step * (k - 1) + 1, step)
+        for start, step, k in zip(member.start, member.step, weight.shape[2:]))
+    placed[index] = weight
+    return placed
+
+
+class MergedConv:
+    """Computes the merged branches of one supernet as a single convolution.
+
+    Not an ``nn.Module`` on purpose: it only refers to layers owned by the model, so that no
+    parameter is registered twice (``state_dict`` keys stay those of the model).
+    """
+
+    def __init__(self, plan: MergePlan, chains: Sequence[Sequence[ChainLayer]]) -> None:
+        if plan.geometry is None:
+            raise ValueError("MergedConv needs a plan with merged branches")
+        self.plan = plan
+        self.geometry = plan.geometry
+        self.chains = tuple(tuple(c) for c in chains)  # aligned with plan.members
+
+    def kernel_and_bias(self, theta: torch.Tensor, like: torch.Tensor
+                        ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Merged kernel Σ θ_i·place(W_i) and bias Σ θ_i·b_i for the plan's members
+        (``like``: a tensor of the dtype and device of the input)."""
+        placed: List[torch.Tensor] = []
+        thetas: List[torch.Tensor] = []
+        biases: List[torch.Tensor] = []
+        bias_thetas: List[torch.Tensor] = []
+        for member, chain in zip(self.plan.members, self.chains):
+            t = theta[member.branch:member.branch + 1]
+            weight, bias = chain_weight_and_bias(chain)
+            if weight is None:
+                weight = _dirac(member.geometry, like)
+            placed.append(place_kernel(weight, member, self.geometry))
+            thetas.append(t)
+            if bias is not None:
+                biases.append(bias)
+                bias_thetas.append(t)
+        theta_m = torch.cat(thetas).to(placed[0].dtype)
+        kernel = torch.tensordot(theta_m, torch.stack(placed), dims=1)
+        merged_bias = None
+        if biases:
+            merged_bias = torch.tensordot(torch.cat(bias_thetas).to(biases[0].dtype),
+                                          torch.stack(biases), dims=1)
+        return kernel, merged_bias
+
+    def __call__(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        kernel, bias = self.kernel_and_bias(theta, x)
+        return reference_conv(x, kernel, bias, self.geometry)

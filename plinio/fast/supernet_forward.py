@@ -1,0 +1,120 @@
+"""The fast forward of one supernet: merged convolution + fused combine + hard-mode shortcut.
+
+``FastSuperNet`` replaces, in the converted graph, a supernet's branch nodes and its combiner
+node. It computes exactly what the reference computes, ``Σ_i θ_i·branch_i(x)`` with θ from
+``combiner.sample_theta()``, as
+
+* soft (and compiled) mode: ``merged_conv(x; θ_M) + combine([branch_j(x)], θ_rest)``;
+* hard mode, eager (θ one-hot in value): only the selected branch with autograd; the others
+  without autograd state when α's gradient needs ``⟨g, y_j⟩``, or not at all otherwise.
+
+It only *refers* to layers owned by the model (kept in tuples, not registered), so the
+model's parameters, buffers and ``state_dict`` keys are unchanged.
+"""
+from typing import Callable, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from .hard_mode import gradient_anchors, updates_state_in_training, zero_gradient_link
+from .merge_plan import MergePlan
+from .merged_conv import MergedConv
+
+
+def weighted_sum(outputs: Sequence[torch.Tensor], theta: torch.Tensor) -> torch.Tensor:
+    """Σ θ_i·y_i with the op library's fused kernel (its pure-PyTorch reference if the op
+    library is not importable)."""
+    try:
+        from plinio.ops import combine
+    except ImportError:
+        from plinio.methods.pit_supernet.nn.combiner import reference_combine as combine
+    return combine(list(outputs), theta)
+
+
+def _take(theta: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
+    """θ restricted to ``indices`` (slices only: no index tensor, no host-device copy)."""
+    if list(indices) == list(range(indices[0], indices[0] + len(indices))):
+        return theta[indices[0]:indices[0] + len(indices)]
+    return torch.cat([theta[i:i + 1] for i in indices])
+
+
+class FastSuperNet(nn.Module):
+    """Exact fast forward of one supernet (see module docstring)."""
+
+    def __init__(self, name: str, combiner: nn.Module, plan: MergePlan,
+                 merged: Optional[MergedConv], branches: Sequence[Callable[[torch.Tensor],
+                                                                           torch.Tensor]],
+                 branch_modules: Sequence[Sequence[nn.Module]]) -> None:
+        super().__init__()
+        if len(branches) != plan.n_branches or len(branch_modules) != plan.n_branches:
+            raise ValueError(f"FastSuperNet '{name}': {plan.n_branches} branches planned, got "
+                             f"{len(branches)} runners and {len(branch_modules)} module lists")
+        self.supernet_name = name
+        self.plan = plan
+        self.separate = plan.separate
+        # tuples: referenced, not registered (no duplicate parameters / state_dict keys)
+        self._combiner = (combiner,)
+        self._merged = (merged,)
+        self._branches = tuple(branches)
+        self._branch_modules = tuple(tuple(m) for m in branch_modules)
+
+    @property
+    def combiner(self) -> nn.Module:
+        """The supernet's combiner (owner of α and the sampling state)."""
+        return self._combiner[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.compiler.is_compiling() and bool(self.combiner.hard):
+            return self._hard_forward(x)
+        rest = [self._branches[i](x) for i in self.separate]
+        theta = self.combiner.sample_theta()
+        return self._mix(x, theta, rest)
+
+    def _mix(self, x: torch.Tensor, theta: torch.Tensor,
+             rest: List[torch.Tensor]) -> torch.Tensor:
+        merged = self._merged[0]
+        out = merged(x, theta) if merged is not None else None
+        if rest:
+            mixed = weighted_sum(rest, _take(theta, self.separate))
+            out = mixed if out is None else out + mixed
+        return out
+
+    def _alpha_needs_outputs(self, theta: torch.Tensor) -> bool:
+        """Whether α's gradient uses the non-selected outputs: only with the straight-through
+        Gumbel estimator in training mode (SPEC §3.1: plain hard θ has no gradient to α)."""
+        combiner = self.combiner
+        return (torch.is_grad_enabled() and theta.requires_grad
+                and bool(getattr(combiner, "gumbel_softmax", False)) and combiner.training
+                and bool(getattr(combiner, "selection_trainable", True)))
+
+    def _hard_forward(self, x: torch.Tensor) -> torch.Tensor:
+        theta = self.combiner.sample_theta()
+        selected = int(torch.argmax(theta.detach()))
+        others = [j for j in range(self.plan.n_branches) if j != selected]
+        if self._alpha_needs_outputs(theta):
+            rest = []
+            for i in self.separate:
+                if i == selected:
+                    rest.append(self._branches[i](x))
+                else:
+                    with torch.no_grad():
+                        rest.append(self._branches[i](x))
+            out = self._mix(x, theta, rest)
+            skipped = [j for j in others if j in self.separate]
+            anchors = gradient_anchors(m for j in skipped for m in self._branch_modules[j])
+            return out + zero_gradient_link(theta, anchors) if anchors else out
+        out = self._branches[selected](x)
+        for j in others:
+            if updates_state_in_training(self._branch_modules[j]):
+                with torch.no_grad():
+                    self._branches[j](x)
+        if not torch.is_grad_enabled():
+            return out
+        anchors = gradient_anchors(m for j in others for m in self._branch_modules[j])
+        if anchors or theta.requires_grad:  # the link also gives θ its (zero) gradient
+            out = out + zero_gradient_link(theta, anchors)
+        return out
+
+    def extra_repr(self) -> str:
+        return (f"supernet={self.supernet_name!r}, merged={self.plan.merged}, "
+                f"separate={self.plan.separate}")
