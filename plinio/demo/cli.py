@@ -1,0 +1,180 @@
+"""Command line of the demo: options → validated ``DemoConfig`` → run → table.
+
+Every user mistake ends as one line ``plinio-demo: error: ...`` on stderr and a non-zero
+exit code (2 for bad options, 1 for a failed check during the run), never a traceback.
+"""
+import argparse
+import dataclasses
+import math
+import sys
+from pathlib import Path
+from typing import List, NoReturn, Optional, Sequence, Tuple
+
+import torch
+
+from .config import (DEFAULT_OUT, DEFAULT_STRENGTHS_MACS, DEFAULT_STRENGTHS_SIZE,
+                     QUICK_STRENGTHS, DemoConfig, DemoError, Schedule)
+
+PROG = "plinio-demo"
+QUICK_SCHEDULE = Schedule(warmup_epochs=1, search_epochs=1, finetune_epochs=1)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors become a one-line ``DemoError`` instead of usage + exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise DemoError(f"{message} (see {self.prog} --help)")
+
+
+def _strength_list(text: str) -> List[float]:
+    """One ``--strengths`` argument: a number or a comma-separated list of numbers."""
+    values = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            value = float(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r} is not a number") from None
+        if not math.isfinite(value) or value < 0:
+            raise argparse.ArgumentTypeError(
+                f"{item} is not allowed: strengths must be finite and >= 0")
+        values.append(value)
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r} contains no number")
+    return values
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; give 0 or more")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = _non_negative_int(text)
+    if value >= 2 ** 32:
+        raise argparse.ArgumentTypeError(f"{value} is too large; use 0 <= seed < 2**32")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The demo's argument parser (exposed so that its help text can be tested)."""
+    parser = _Parser(
+        prog=PROG,
+        description="PIT-SuperNet search of a small CNN on scikit-learn's handwritten digits: "
+                    "warm-up, search for each regularization strength, export, fine-tune, "
+                    "evaluate; writes a Pareto plot, results.json, torch.export and ONNX files.")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
+                        help="output folder (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="where to train (default: %(default)s)")
+    parser.add_argument("--regularizer", default="macs", choices=("macs", "size"),
+                        help="cost to reduce: MACs or number of parameters (default: macs)")
+    parser.add_argument("--strengths", type=_strength_list, nargs="+", metavar="S",
+                        help="regularization strengths, space or comma separated; the cost "
+                             "is normalized by the unsearched network's, so 1.0 means 'the "
+                             "whole cost is worth one nat of loss' (default: "
+                             f"{','.join(f'{s:g}' for s in DEFAULT_STRENGTHS_MACS)}; "
+                             f"with --quick {','.join(f'{s:g}' for s in QUICK_STRENGTHS)})")
+    parser.add_argument("--epochs", type=_positive_int, metavar="N",
+                        help=f"search epochs per strength (default: {Schedule.search_epochs})")
+    parser.add_argument("--warmup-epochs", type=_non_negative_int, metavar="N",
+                        help=f"warm-up epochs (default: {Schedule.warmup_epochs})")
+    parser.add_argument("--finetune-epochs", type=_non_negative_int, metavar="N",
+                        help=f"fine-tune epochs per exported network "
+                             f"(default: {Schedule.finetune_epochs})")
+    parser.add_argument("--seed", type=_seed, default=0,
+                        help="seed of the split, the initial weights and the data order; a run "
+                             "on the CPU is repeatable for a seed (default: %(default)s)")
+    parser.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True,
+                        help="use plinio's exact fast paths (--no-fast: the reference "
+                             "PyTorch path; same results, slower)")
+    parser.add_argument("--quick", action="store_true",
+                        help="one epoch per phase and two strengths: a smoke test that "
+                             "finishes in well under a minute")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="hide the progress bars")
+    return parser
+
+
+def _check_output_folder(out: Path) -> None:
+    """Create ``out`` if needed and prove that a file can be written in it."""
+    if out.exists() and not out.is_dir():
+        raise DemoError(f"--out {out} exists and is not a folder; choose another path")
+    probe = out / ".plinio-demo-write-test"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise DemoError(f"cannot write to --out {out}: {err.strerror or err}; choose a "
+                        "writable folder") from None
+
+
+def parse_config(argv: Optional[Sequence[str]] = None) -> DemoConfig:
+    """Parse and validate the command line into a ``DemoConfig`` (``DemoError`` if bad)."""
+    args = build_parser().parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise DemoError("--device cuda: no CUDA device is available to this PyTorch "
+                        f"({torch.__version__}); use --device cpu")
+    if args.strengths is None:
+        strengths: Tuple[float, ...] = (QUICK_STRENGTHS if args.quick else
+                                        DEFAULT_STRENGTHS_MACS if args.regularizer == "macs"
+                                        else DEFAULT_STRENGTHS_SIZE)
+    else:
+        strengths = tuple(v for group in args.strengths for v in group)
+    repeated = sorted({f"{s:g}" for s in strengths if strengths.count(s) > 1})
+    if repeated:
+        raise DemoError(f"--strengths: {', '.join(repeated)} given more than once; list each "
+                        "strength once")
+    schedule = QUICK_SCHEDULE if args.quick else Schedule()
+    overrides = {"search_epochs": args.epochs, "warmup_epochs": args.warmup_epochs,
+                 "finetune_epochs": args.finetune_epochs}
+    schedule = dataclasses.replace(
+        schedule, **{k: v for k, v in overrides.items() if v is not None})
+    _check_output_folder(args.out)
+    return DemoConfig(out=args.out, device=args.device, regularizer=args.regularizer,
+                      strengths=strengths, seed=args.seed, fast=args.fast,
+                      progress=args.progress, schedule=schedule)
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the demo; returns the process exit code (0 on success)."""
+    try:
+        config = parse_config(argv)
+    except SystemExit as done:  # --help
+        return int(done.code or 0)
+    except DemoError as err:
+        print(f"{PROG}: error: {_one_line(str(err))}", file=sys.stderr)
+        return err.exit_code
+    from .pipeline import run_demo
+    from .report import format_table
+    try:
+        results = run_demo(config)
+    except DemoError as err:
+        print(f"{PROG}: error: {_one_line(str(err))}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    print(format_table(results))
+    print(f"Wrote {config.out / 'results.json'}, {config.out / (results.plot or '')} and "
+          f"{2 * len(results.rows)} model files under {config.out / 'models'}.")
+    return 0

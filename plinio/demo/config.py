@@ -1,0 +1,51 @@
+"""Options of one demo run and the error type for user-facing failures."""
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Tuple
+
+DEFAULT_OUT = Path("plinio-demo-out")
+DEFAULT_STRENGTHS_MACS: Tuple[float, ...] = (0.03, 0.1, 0.3, 1.0)
+DEFAULT_STRENGTHS_SIZE: Tuple[float, ...] = (0.03, 0.1, 0.3, 1.0)
+QUICK_STRENGTHS: Tuple[float, ...] = (0.1, 1.0)
+
+
+class DemoError(Exception):
+    """A failure the user can act on: printed as one line, never as a traceback.
+
+    ``exit_code`` is 2 for bad options (as argparse does) and 1 for a failed check during
+    the run (for example an ONNX model that does not reproduce PyTorch's outputs).
+    """
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Epoch counts and learning rates of the three training phases."""
+
+    warmup_epochs: int = 6
+    search_epochs: int = 8
+    finetune_epochs: int = 6
+    batch_size: int = 64
+    net_lr: float = 3e-3
+    nas_lr: float = 2e-2
+    finetune_lr: float = 2e-3
+    # softmax temperature of the supernets: annealed geometrically over the search epochs
+    initial_temperature: float = 1.0
+    final_temperature: float = 0.2
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Everything that determines a demo run (validated by ``plinio.demo.cli``)."""
+
+    out: Path = DEFAULT_OUT
+    device: str = "cpu"
+    regularizer: str = "macs"
+    strengths: Tuple[float, ...] = DEFAULT_STRENGTHS_MACS
+    seed: int = 0
+    fast: bool = True
+    progress: bool = True
+    schedule: Schedule = field(default_factory=Schedule)

@@ -1,0 +1,105 @@
+"""Parameter and MAC counts of plain (exported) models, measured with forward hooks.
+
+The counting rule is the one SPEC §4.2 uses for the static cost of supernet branches, so
+the numbers of an exported network and of the unsearched supernet are comparable:
+parameters = every parameter (weights, biases, BatchNorm affine); MACs = for each call of a
+parametric layer, its parameter count times the number of output positions for
+convolutions, and its parameter count for any other layer (Linear, BatchNorm).
+"""
+import copy
+from dataclasses import dataclass
+from typing import Dict, Tuple
+
+import torch
+import torch.nn as nn
+from torch.nn.modules.conv import _ConvNd
+
+from plinio.methods.pit_supernet import PITSuperNetModule
+from plinio.methods.pit_supernet.nn import PITSuperNetCombiner
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Number of parameters and of multiply-accumulates for one input sample."""
+
+    params: float
+    macs: float
+
+
+def _direct_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters(recurse=False))
+
+
+def layer_costs(model: nn.Module, input_shape: Tuple[int, ...]) -> Dict[str, Cost]:
+    """Per parametric layer (qualified name): its parameters and its MACs summed over calls.
+
+    Supernet combiners are skipped: their ``alpha`` chooses the architecture and is not part
+    of any network the search can produce. Runs a copy of ``model`` on one zero sample of ``input_shape`` (no batch dimension), in
+    eval mode without gradients, so the caller's model and its buffers are left untouched.
+    """
+    probe = copy.deepcopy(model).eval()
+    device = next((p.device for p in probe.parameters()), torch.device("cpu"))
+    macs: Dict[str, int] = {}
+    handles = []
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, _inputs: object, output: object) -> None:
+            count = _direct_params(module)
+            if isinstance(module, _ConvNd):
+                if not isinstance(output, torch.Tensor):
+                    raise TypeError(f"cost counter: convolution {name!r} returned "
+                                    f"{type(output).__name__}, expected a tensor")
+                for dim in output.shape[2:]:
+                    count *= int(dim)
+            macs[name] = macs.get(name, 0) + count
+        return hook
+
+    params: Dict[str, int] = {}
+    for name, module in probe.named_modules():
+        count = _direct_params(module)
+        if count > 0 and not isinstance(module, PITSuperNetCombiner):
+            params[name] = count
+            handles.append(module.register_forward_hook(make_hook(name)))
+    try:
+        with torch.no_grad():
+            probe(torch.zeros((1,) + tuple(input_shape), device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: Cost(float(params[name]), float(macs.get(name, 0))) for name in params}
+
+
+def model_cost(model: nn.Module, input_shape: Tuple[int, ...]) -> Cost:
+    """Total parameters and MACs of a plain model (every layer counted as it runs)."""
+    costs = layer_costs(model, input_shape).values()
+    return Cost(sum(c.params for c in costs), sum(c.macs for c in costs))
+
+
+def _branch_weights(model: nn.Module) -> Dict[str, float]:
+    """Qualified branch prefix → weight 1/n of that branch (products for nested supernets)."""
+    weights: Dict[str, float] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, PITSuperNetModule):
+            n = len(module.sn_input_layers)
+            for i in range(n):
+                prefix = f"{name}.sn_input_layers.{i}" if name else f"sn_input_layers.{i}"
+                weights[prefix] = 1.0 / n
+    return weights
+
+
+def expected_supernet_cost(model: nn.Module, input_shape: Tuple[int, ...]) -> Cost:
+    """Cost of an unsearched supernet model: branches weighted by θ = 1/n (SPEC §4.3 at init).
+
+    Layers outside any supernet count fully; a layer inside branch i of a supernet with n
+    branches counts 1/n (the product of such factors when supernets are nested).
+    """
+    weights = _branch_weights(model)
+    params = macs = 0.0
+    for name, cost in layer_costs(model, input_shape).items():
+        factor = 1.0
+        for prefix, weight in weights.items():
+            if name == prefix or name.startswith(prefix + "."):
+                factor *= weight
+        params += factor * cost.params
+        macs += factor * cost.macs
+    return Cost(params, macs)
