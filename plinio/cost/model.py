@@ -1,0 +1,190 @@
+"""Size and MACs of a list of PIT layers, as per-layer vectors (SPEC §4.1, internals §3).
+
+Every static factor (which masker feeds each layer's input and output, flatten factors,
+kernel sizes, groups, output positions, call counts) is turned into tensors once, at
+construction. The fast path then evaluates all layers with a handful of tensor ops:
+
+    θ  = |cat(α of every masker)| with keep-alive entries set to 1
+    n  = per-masker Σθ (one index_add)           Cin = A_in · n + c_in    Cout = A_out · n + c_out
+    k  = per-layer Σ over taps of (θ_β / terms)(θ_γ / terms) + k_const
+    size = Cin · Cout · k / groups            macs = size · macs_scale
+
+with no Python loop over layers and no host-device synchronisation. The reference path is
+PLiNIO's structure: a Python loop calling each layer's ``get_size()`` / ``get_macs()``.
+"""
+import os
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from plinio.methods.pit.nn.batchnorm_common import PITBatchNormBase
+from plinio.methods.pit.nn.binarizer import PITBinarizer
+from plinio.methods.pit.nn.conv1d import PITConv1d
+from plinio.methods.pit.nn.features_masker import PITFeaturesMasker
+from plinio.methods.pit.nn.module import PITModule, PITWeightedModule, prod
+
+
+def reference_backend_forced() -> bool:
+    """``PLINIO_BACKEND=reference`` switches every fast path off."""
+    return os.environ.get("PLINIO_BACKEND", "").strip().lower() == "reference"
+
+
+def _block_diag(blocks: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.block_diag(*blocks) if blocks else torch.zeros(0, 0)
+
+
+class PITCostModel(nn.Module):
+    """Per-layer size / MACs of PIT layers; ``layer_costs(binarized)`` -> (size[l], macs[l])."""
+
+    def __init__(self, layers: Dict[str, PITModule], fast: bool = True) -> None:
+        super().__init__()
+        self.layer_names: List[str] = list(layers)
+        self._layers: Tuple[PITModule, ...] = tuple(layers.values())
+        self.fast = fast
+        self._build_static()
+
+    # ---- static tables ---------------------------------------------------------------------
+    def _build_static(self) -> None:
+        layers = self._layers
+        maskers: List[PITFeaturesMasker] = []
+        index: Dict[int, int] = {}
+        thresholds: Dict[int, float] = {}
+
+        def masker_index(m: PITFeaturesMasker, thr: float) -> int:
+            if id(m) not in index:
+                index[id(m)] = len(maskers)
+                maskers.append(m)
+                thresholds[id(m)] = thr
+            return index[id(m)]
+
+        n_layers = len(layers)
+        rows_in: List[Dict[int, float]] = []
+        c_in, c_out, k_const, size_div, macs_scale = [], [], [], [], []
+        out_idx: List[int] = []
+        for layer in layers:
+            terms, const = layer.input_features_calculator.linear_terms()
+            row: Dict[int, float] = {}
+            for m, coef in terms:
+                j = masker_index(m, getattr(layer.input_features_calculator, "threshold", 0.5))
+                row[j] = row.get(j, 0.0) + coef
+            rows_in.append(row)
+            c_in.append(const)
+            if isinstance(layer, PITWeightedModule):
+                out_idx.append(masker_index(layer.out_features_masker, layer.binarization_threshold))
+                c_out.append(0.0)
+                k_const.append(0.0 if isinstance(layer, PITConv1d) else float(layer.kernel_volume(False)))
+                size_div.append(float(layer.groups_divisor))
+                macs_scale.append(float(layer.out_positions))
+            elif isinstance(layer, PITBatchNormBase):
+                out_idx.append(-1)
+                c_out.append(2.0)          # size = 2 · Cin
+                k_const.append(1.0)
+                size_div.append(1.0)
+                macs_scale.append(0.5 * layer.calls)   # macs = Cin per call
+            else:
+                raise TypeError(f"cost model: unsupported layer type {type(layer).__name__}")
+        m_count = len(maskers)
+        a_in = torch.zeros(n_layers, m_count)
+        a_out = torch.zeros(n_layers, m_count)
+        for i, row in enumerate(rows_in):
+            for j, coef in row.items():
+                a_in[i, j] = coef
+            if out_idx[i] >= 0:
+                a_out[i, out_idx[i]] = 1.0
+        sizes = [m.out_channels for m in maskers]
+        self._maskers: Tuple[PITFeaturesMasker, ...] = tuple(maskers)
+        dev = self._device_of(layers)
+        reg = self._register
+        reg("a_in", a_in, dev)
+        reg("a_out", a_out, dev)
+        reg("c_in", torch.tensor(c_in), dev)
+        reg("c_out", torch.tensor(c_out), dev)
+        reg("k_const", torch.tensor(k_const), dev)
+        reg("size_div", torch.tensor(size_div), dev)
+        reg("macs_scale", torch.tensor(macs_scale), dev)
+        reg("seg", torch.repeat_interleave(torch.arange(m_count), torch.tensor(sizes, dtype=torch.long)), dev)
+        reg("keep", torch.cat([m._keep_alive for m in maskers]).cpu() if maskers else torch.zeros(0, dtype=torch.bool), dev)
+        reg("thr", torch.repeat_interleave(torch.tensor([thresholds[id(m)] for m in maskers]),
+                                           torch.tensor(sizes, dtype=torch.long)), dev)
+        self._build_time_tables(dev)
+
+    def _build_time_tables(self, dev: torch.device) -> None:
+        convs = [(i, l) for i, l in enumerate(self._layers) if isinstance(l, PITConv1d)]
+        self._time_maskers = tuple((l.timestep_masker, l.dilation_masker) for _, l in convs)
+        ks = [l.rf for _, l in convs]
+        total = sum(ks)
+        k_seg = torch.zeros(len(self._layers), total)
+        off = 0
+        for (i, _), k in zip(convs, ks):
+            k_seg[i, off:off + k] = 1.0
+            off += k
+        tm = [t for t, _ in self._time_maskers]
+        dm = [d for _, d in self._time_maskers]
+        reg = self._register
+        reg("k_seg", k_seg, dev)
+        reg("beta_prefix", _block_diag([t._prefix.cpu() for t in tm]), dev)
+        reg("beta_terms", torch.cat([t.terms.cpu() for t in tm]) if tm else torch.zeros(0), dev)
+        reg("beta_last", torch.cat([t._last.cpu() for t in tm]) if tm else torch.zeros(0, dtype=torch.bool), dev)
+        reg("gamma_taps", _block_diag([d._taps.cpu() for d in dm]), dev)
+        reg("gamma_terms", torch.cat([d.terms.cpu() for d in dm]) if dm else torch.zeros(0), dev)
+        reg("gamma_last", torch.cat([d._last.cpu() for d in dm]) if dm else torch.zeros(0, dtype=torch.bool), dev)
+        reg("tap_thr", torch.cat([torch.full((l.rf,), l.binarization_threshold) for _, l in convs])
+            if convs else torch.zeros(0), dev)
+
+    def _register(self, name: str, value: torch.Tensor, dev: torch.device) -> None:
+        self.register_buffer(name, value.to(dev), persistent=False)
+
+    @staticmethod
+    def _device_of(layers: Sequence[PITModule]) -> torch.device:
+        for layer in layers:
+            for p in layer.parameters():
+                return p.device
+        return torch.device("cpu")
+
+    # ---- evaluation ------------------------------------------------------------------------
+    def layer_costs(self, binarized: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(size[l], macs[l]) float32 vectors, differentiable w.r.t. the mask parameters."""
+        if self.fast and not reference_backend_forced():
+            return self._fast_costs(binarized)
+        return self._reference_costs(binarized)
+
+    def _reference_costs(self, binarized: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        if not self._layers:
+            return self.c_in.float(), self.c_in.float()
+        if binarized:
+            sizes = [layer.get_size_binarized() for layer in self._layers]
+            macs = [layer.get_macs_binarized() for layer in self._layers]
+        else:
+            sizes = [layer.get_size() for layer in self._layers]
+            macs = [layer.get_macs() for layer in self._layers]
+        return torch.stack(sizes).float(), torch.stack(macs).float()
+
+    def _fast_costs(self, binarized: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self._maskers:
+            alpha = torch.cat([m.param_for_use() for m in self._maskers])
+            theta = torch.where(self.keep, torch.ones_like(alpha), alpha.abs())
+            if binarized:
+                theta = PITBinarizer.apply(theta, self.thr)
+            counts = torch.zeros(len(self._maskers), dtype=theta.dtype, device=theta.device).index_add(
+                0, self.seg, theta)
+            cin = self.a_in.to(theta.dtype) @ counts + self.c_in
+            cout = self.a_out.to(theta.dtype) @ counts + self.c_out
+        else:
+            cin, cout = self.c_in, self.c_out
+        k = self.k_const
+        if self._time_maskers:
+            beta = torch.cat([t.param_for_use() for t, _ in self._time_maskers])
+            gamma = torch.cat([d.param_for_use() for _, d in self._time_maskers])
+            beta_hat = torch.where(self.beta_last, torch.ones_like(beta), beta.abs())
+            gamma_hat = torch.where(self.gamma_last, torch.ones_like(gamma), gamma.abs())
+            theta_b = self.beta_prefix.to(beta.dtype) @ beta_hat
+            theta_g = self.gamma_taps.to(gamma.dtype) @ gamma_hat
+            if binarized:
+                taps = PITBinarizer.apply(theta_b, self.tap_thr) * PITBinarizer.apply(theta_g, self.tap_thr)
+            else:
+                taps = (theta_b / self.beta_terms) * (theta_g / self.gamma_terms)
+            k = self.k_seg.to(taps.dtype) @ taps + k
+        size = cin * cout * k / self.size_div
+        macs = size * self.macs_scale
+        return size.float(), macs.float()

@@ -1,0 +1,114 @@
+"""torch.fx tracing with plinio's leaf rules, and shape propagation with an example input."""
+from typing import Any, List, Optional, Sequence, Tuple
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def is_plinio_leaf(module: nn.Module) -> bool:
+    """Modules kept as single graph nodes: plinio layers and combiners (``plinio_leaf`` or
+    ``plinio_merges_inputs`` class attributes, PIT layers)."""
+    from plinio.methods.pit.nn.module import PITModule
+    cls = type(module)
+    return isinstance(module, PITModule) or bool(getattr(cls, "plinio_merges_inputs", False)) \
+        or bool(getattr(cls, "plinio_leaf", False))
+
+
+def is_torch_nn_module(module: nn.Module) -> bool:
+    """A layer defined inside ``torch.nn`` (not a container)."""
+    return type(module).__module__.startswith("torch.nn") and not isinstance(module, _CONTAINERS)
+
+
+class PlinioTracer(fx.Tracer):
+    """Leaves = torch.nn layers and plinio layers; user modules and containers are traced
+    through. Remembers which module was being traced so that errors can name it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.plinio_stack: List[str] = []
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return is_torch_nn_module(m) or is_plinio_leaf(m)
+
+    def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        self.plinio_stack.append(self.path_of_module(m) or type(m).__name__)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        finally:
+            self.plinio_stack.pop()
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """Symbolically trace ``model``; data-dependent control flow becomes a clear ValueError."""
+    tracer = PlinioTracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as err:  # fx raises TraceError, TypeError, ... depending on the construct
+        where = tracer.plinio_stack[-1] if tracer.plinio_stack else type(model).__name__
+        hint = ("data-dependent control flow (if/while on tensor values) is not supported: rewrite the "
+                "forward without Python control flow on tensor values") if isinstance(err, fx.proxy.TraceError) \
+            else "the forward must be symbolically traceable by torch.fx"
+        raise ValueError(f"cannot trace the model with torch.fx inside module '{where}' "
+                         f"({type(err).__name__}: {err}); {hint}") from err
+    name = model.__class__.__name__
+    return fx.GraphModule(tracer.root, graph, name)
+
+
+def make_example(input_shape: Optional[Sequence[int]], input_example: Any,
+                 device: torch.device, dtype: torch.dtype) -> Tuple[torch.Tensor, ...]:
+    """Validated example inputs (with batch dim) from ``input_shape`` or ``input_example``."""
+    if input_example is not None:
+        example = input_example if isinstance(input_example, (tuple, list)) else (input_example,)
+        for i, t in enumerate(example):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"input_example[{i}] must be a tensor (with batch dimension), got "
+                                f"{type(t).__name__}")
+        return tuple(example)
+    if input_shape is None:
+        raise TypeError("give input_shape (a tuple of ints, without batch dimension) or input_example")
+    if isinstance(input_shape, torch.Size):
+        input_shape = tuple(input_shape)
+    if not isinstance(input_shape, (tuple, list)) or not all(
+            isinstance(s, int) and not isinstance(s, bool) for s in input_shape):
+        raise TypeError(f"input_shape must be a tuple of ints (one input's shape without the batch "
+                        f"dimension, e.g. (3, 32, 32)), got {input_shape!r}; for several inputs use "
+                        f"input_example=(tensor1, tensor2)")
+    if len(input_shape) == 0 or any(s <= 0 for s in input_shape):
+        raise ValueError(f"input_shape must hold positive sizes, got {tuple(input_shape)}")
+    return (torch.rand((1,) + tuple(input_shape), device=device, dtype=dtype),)
+
+
+def propagate_shapes(gm: fx.GraphModule, example: Tuple[torch.Tensor, ...]) -> None:
+    """Run ``gm`` once in eval mode under no_grad, storing each node's output in
+    ``node.meta['tensor_meta']``; restores the training flags afterwards."""
+    flags = [(m, m.training) for m in gm.modules()]
+    gm.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*example)
+    except Exception as err:
+        shapes = [tuple(t.shape) for t in example]
+        raise ValueError(f"the model cannot run on an input of shape {shapes} (batch included): "
+                         f"{type(err).__name__}: {err}. Check input_shape / input_example.") from err
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def node_shape(node: fx.Node) -> Optional[Tuple[int, ...]]:
+    """Output shape of a tensor-valued node after shape propagation, else None."""
+    meta = node.meta.get("tensor_meta")
+    shape = getattr(meta, "shape", None)
+    return None if shape is None else tuple(shape)
+
+
+def model_device_dtype(model: nn.Module) -> Tuple[torch.device, torch.dtype]:
+    """Device and floating dtype of the model's first parameter or buffer (CPU/float32 if none)."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point():
+            return t.device, t.dtype
+    return torch.device("cpu"), torch.float32

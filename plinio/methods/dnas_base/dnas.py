@@ -1,0 +1,104 @@
+"""DNAS base class shared by PIT and PIT-SuperNet (SPEC §2, common part)."""
+from typing import Any, Dict, Iterator, Set, Tuple
+
+import torch
+import torch.nn as nn
+
+
+class DNAS(nn.Module):
+    """Wraps the converted model (``self.seed``) and exposes the search interface.
+
+    Subclasses implement ``get_size``, ``get_macs``, ``arch_export``, ``arch_summary`` and
+    ``_nas_parameter_ids`` (which parameters are architectural).
+    """
+
+    def __init__(self, regularizer: str) -> None:
+        super().__init__()
+        self._regularizer = self._check_regularizer(regularizer)
+
+    @staticmethod
+    def supported_regularizers() -> Tuple[str, ...]:
+        """Names accepted by ``regularizer``."""
+        return ("size", "macs")
+
+    def _check_regularizer(self, value: Any) -> str:
+        if value not in self.supported_regularizers():
+            raise ValueError(f"{type(self).__name__}: unknown regularizer {value!r}; allowed values are "
+                             f"{self.supported_regularizers()}")
+        return value
+
+    @property
+    def regularizer(self) -> str:
+        """Which cost ``get_regularization_loss`` returns: 'size' or 'macs'."""
+        return self._regularizer
+
+    @regularizer.setter
+    def regularizer(self, value: str) -> None:
+        self._regularizer = self._check_regularizer(value)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.seed(*args, **kwargs)
+
+    def get_size(self) -> torch.Tensor:
+        """Differentiable model size (0-dim float32)."""
+        raise NotImplementedError
+
+    def get_macs(self) -> torch.Tensor:
+        """Differentiable MACs (0-dim float32)."""
+        raise NotImplementedError
+
+    def get_regularization_loss(self) -> torch.Tensor:
+        """``get_size()`` or ``get_macs()`` according to ``regularizer``."""
+        return self.get_size() if self._regularizer == "size" else self.get_macs()
+
+    def _nas_parameter_ids(self) -> Set[int]:
+        """ids of the architectural parameters (read at call time: replaced parameters count)."""
+        raise NotImplementedError
+
+    def named_nas_parameters(self, prefix: str = "", recurse: bool = False) -> Iterator[Tuple[str, nn.Parameter]]:
+        """Every architectural parameter once, named as in ``named_parameters(prefix)``."""
+        ids = self._nas_parameter_ids()
+        for name, p in self.named_parameters(prefix=prefix):
+            if id(p) in ids:
+                yield name, p
+
+    def nas_parameters(self, recurse: bool = False) -> Iterator[nn.Parameter]:
+        """Architectural parameters (e.g. for their own optimizer)."""
+        for _, p in self.named_nas_parameters(recurse=recurse):
+            yield p
+
+    def named_net_parameters(self, prefix: str = "", recurse: bool = True) -> Iterator[Tuple[str, nn.Parameter]]:
+        """Every other parameter of the model (weights, biases, BatchNorm affine)."""
+        ids = self._nas_parameter_ids()
+        for name, p in self.named_parameters(prefix=prefix, recurse=recurse):
+            if id(p) not in ids:
+                yield name, p
+
+    def net_parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
+        """Network weights (disjoint from ``nas_parameters``; together they are ``parameters()``)."""
+        for _, p in self.named_net_parameters(recurse=recurse):
+            yield p
+
+    def check_finite(self, cost: torch.Tensor) -> torch.Tensor:
+        """Raise ``FloatingPointError`` naming the architectural parameter when ``cost`` is not
+        finite. Checked on CPU only (a check on an accelerator would synchronise every step)."""
+        if cost.device.type != "cpu" or torch.compiler.is_compiling():
+            return cost
+        if not bool(torch.isfinite(cost).all()):
+            bad = [name for name, p in self.named_nas_parameters() if not bool(torch.isfinite(p).all())]
+            where = f"architectural parameter(s) {bad}" if bad else "a cost term"
+            raise FloatingPointError(f"{type(self).__name__}: the cost is {cost.tolist()} because {where} "
+                                     f"hold NaN/Inf; lower the learning rate of the NAS optimizer or reload a "
+                                     f"checkpoint")
+        return cost
+
+    def arch_summary(self) -> Dict[str, Dict[str, Any]]:
+        """One entry per optimized layer / supernet."""
+        raise NotImplementedError
+
+    def arch_export(self) -> nn.Module:
+        """The found architecture as a plain ``torch.nn`` model."""
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        return str(self.arch_summary())

@@ -1,0 +1,128 @@
+"""The PIT wrapper (SPEC §2.1)."""
+import warnings
+from typing import Any, Dict, Iterable, Optional, Sequence, Set, Tuple
+
+import torch
+import torch.nn as nn
+
+from plinio.graph.export import export_graph
+from plinio.methods.dnas_base import DNAS
+from plinio.methods.pit.graph import convert
+from plinio.methods.pit.nn.conv1d import PITConv1d
+from plinio.methods.pit.nn.masker_base import PITMaskerBase
+from plinio.methods.pit.nn.module import PITModule, PITWeightedModule
+
+
+class PIT(DNAS):
+    """Pruning In Time: searches channels, receptive field and dilation of every convertible
+    layer of ``model`` (which is deep-copied, never modified)."""
+
+    def __init__(self, model: nn.Module, input_shape: Optional[Sequence[int]] = None, regularizer: str = "size",
+                 autoconvert_layers: bool = True, exclude_names: Iterable[str] = (),
+                 exclude_types: Iterable[type] = (), train_features: bool = True, train_rf: bool = True,
+                 train_dilation: bool = True, *, input_example: Any = None, fast: bool = True) -> None:
+        super().__init__(regularizer)
+        if input_shape is not None and input_example is not None:
+            warnings.warn("PIT: both input_shape and input_example were given; using input_example",
+                          UserWarning, stacklevel=2)
+            input_shape = None
+        conversion = convert(model, input_shape, input_example=input_example,
+                             autoconvert_layers=autoconvert_layers, exclude_names=exclude_names,
+                             exclude_types=exclude_types)
+        self.seed = conversion.gm
+        self._cost_model = conversion.cost_model
+        self._pit_layers: Tuple[Tuple[str, PITModule], ...] = tuple(conversion.layers.items())
+        self.fast = fast
+        self.train_features = train_features
+        self.train_rf = train_rf
+        self.train_dilation = train_dilation
+
+    # ---- switches ----------------------------------------------------------------------------
+    @property
+    def fast(self) -> bool:
+        """Fused mask ops and the vectorized cost model (False: the op-by-op reference path)."""
+        return self._fast
+
+    @fast.setter
+    def fast(self, value: bool) -> None:
+        from plinio.methods.pit.nn.module import fused_ops_available
+        self._fast = bool(value)
+        self._cost_model.fast = self._fast
+        fused = self._fast and fused_ops_available()
+        for _, layer in self._pit_layers:
+            if isinstance(layer, PITWeightedModule):
+                layer.use_fused_ops = fused
+
+    def _layers_of(self, cls: type) -> Iterable[Any]:
+        return (layer for _, layer in self._pit_layers if isinstance(layer, cls))
+
+    @property
+    def train_features(self) -> bool:
+        """Whether channel masks are trained (setting it applies to every layer)."""
+        return self._train_features
+
+    @train_features.setter
+    def train_features(self, value: bool) -> None:
+        self._train_features = bool(value)
+        for layer in self._layers_of(PITWeightedModule):
+            layer.train_features = value
+
+    @property
+    def train_rf(self) -> bool:
+        """Whether receptive-field masks are trained (setting it applies to every Conv1d)."""
+        return self._train_rf
+
+    @train_rf.setter
+    def train_rf(self, value: bool) -> None:
+        self._train_rf = bool(value)
+        for layer in self._layers_of(PITConv1d):
+            layer.train_rf = value
+
+    @property
+    def train_dilation(self) -> bool:
+        """Whether dilation masks are trained (setting it applies to every Conv1d)."""
+        return self._train_dilation
+
+    @train_dilation.setter
+    def train_dilation(self, value: bool) -> None:
+        self._train_dilation = bool(value)
+        for layer in self._layers_of(PITConv1d):
+            layer.train_dilation = value
+
+    # ---- costs -------------------------------------------------------------------------------
+    @property
+    def cost_model(self) -> nn.Module:
+        """Per-layer cost vectors (``layer_names``, ``layer_costs(binarized)``)."""
+        return self._cost_model
+
+    def _cost(self, index: int, binarized: bool) -> torch.Tensor:
+        return self.check_finite(self._cost_model.layer_costs(binarized)[index].sum())
+
+    def get_size(self) -> torch.Tensor:
+        """Σ layer sizes with the continuous masks (SPEC §4.1)."""
+        return self._cost(0, False)
+
+    def get_macs(self) -> torch.Tensor:
+        """Σ layer MACs with the continuous masks, every call counted (SPEC §4.1)."""
+        return self._cost(1, False)
+
+    def get_size_binarized(self) -> torch.Tensor:
+        """Σ layer sizes with the binarized masks (straight-through gradient)."""
+        return self._cost(0, True)
+
+    def get_macs_binarized(self) -> torch.Tensor:
+        """Σ layer MACs with the binarized masks (straight-through gradient)."""
+        return self._cost(1, True)
+
+    def _nas_parameter_ids(self) -> Set[int]:
+        return {id(p) for m in self.seed.modules() if isinstance(m, PITMaskerBase)
+                for p in m.parameters(recurse=False)}
+
+    # ---- results -----------------------------------------------------------------------------
+    def arch_summary(self) -> Dict[str, Dict[str, Any]]:
+        """{qualified layer name: layer.summary()} for every PIT layer."""
+        return {name: layer.summary() for name, layer in self._pit_layers}
+
+    def arch_export(self, add_bn: bool = True) -> nn.Module:
+        """Plain ``torch.nn`` GraphModule of the found architecture (SPEC §6)."""
+        return export_graph(self.seed, add_bn=add_bn)
