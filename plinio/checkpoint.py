@@ -29,6 +29,8 @@ except ImportError:  # pragma: no cover - numpy is a test dependency
 
 __all__ = [
     "CheckpointError",
+    "StateDictMismatchError",
+    "validate_state_dict",
     "FORMAT_TAG",
     "FORMAT_VERSION",
     "save_checkpoint",
@@ -306,27 +308,39 @@ def _shape_of(value: Any) -> Optional[Tuple[int, ...]]:
     return tuple(value.shape) if isinstance(value, torch.Tensor) else None
 
 
-def _validate_model_state(saved: Mapping[str, Any], model: nn.Module, path: Path) -> None:
-    """Same keys, same order-independent set, same shapes: report the first difference."""
-    expected = model.state_dict()
+class StateDictMismatchError(CheckpointError, RuntimeError):
+    """A state_dict that does not fit the module it is loaded into. Also a RuntimeError, the
+    type ``nn.Module.load_state_dict`` raises, so existing ``except`` clauses still work."""
+
+
+def validate_state_dict(module: nn.Module, state_dict: Mapping[str, Any],
+                        source: str = "the state_dict") -> None:
+    """Check that ``state_dict`` has exactly ``module``'s keys with the same tensor shapes,
+    raising :class:`StateDictMismatchError` naming the first difference.
+
+    ``nn.Module.load_state_dict`` copies every matching entry before it reports the bad
+    ones, so a failed load leaves a half-loaded model; calling this first keeps a failed
+    load free of side effects.
+    """
+    expected = module.state_dict()
     for key, value in expected.items():
-        if key not in saved:
-            raise CheckpointError(
-                f"{path} does not match the model: key '{key}' of the model is missing from "
-                f"the checkpoint (was it saved from a different architecture or different "
-                f"PIT/PITSuperNet options?)"
+        if key not in state_dict:
+            raise StateDictMismatchError(
+                f"{source} does not match {type(module).__name__}: key '{key}' of the model is "
+                f"missing from it (was it saved from a different architecture or with "
+                f"different PIT/PITSuperNet options?)"
             )
-        want, got = _shape_of(value), _shape_of(saved[key])
+        want, got = _shape_of(value), _shape_of(state_dict[key])
         if want != got:
-            raise CheckpointError(
-                f"{path} does not match the model: key '{key}' has shape {got} in the "
-                f"checkpoint but {want} in the model"
+            raise StateDictMismatchError(
+                f"{source} does not match {type(module).__name__}: key '{key}' has shape {got} "
+                f"in {source} but {want} in the model (different layer widths?)"
             )
-    for key in saved:
+    for key in state_dict:
         if key not in expected:
-            raise CheckpointError(
-                f"{path} does not match the model: the checkpoint has key '{key}' that the "
-                f"model does not have (was it saved from a different architecture?)"
+            raise StateDictMismatchError(
+                f"{source} does not match {type(module).__name__}: {source} has key '{key}' "
+                f"that the model does not have (was it saved from a different architecture?)"
             )
 
 
@@ -377,7 +391,7 @@ def load_checkpoint(
     payload = _read(source)
     target = _unwrap(model)
 
-    _validate_model_state(payload["model"], target, source)
+    validate_state_dict(target, payload["model"], source=f"checkpoint {source}")
     for what, objs in (("optimizers", opt_list), ("schedulers", sched_list)):
         if len(payload[what]) != len(objs):
             raise CheckpointError(

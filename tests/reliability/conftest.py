@@ -1,5 +1,7 @@
 """Shared fixtures of the reliability tests: a guard proving that a failed call leaves the
 user's model exactly as it was (parameters, buffers and module structure)."""
+import sys
+from pathlib import Path
 from typing import Callable, Dict, Tuple
 
 import pytest
@@ -39,3 +41,10 @@ def unchanged() -> Callable[[nn.Module], Callable[[], None]]:
         return check
 
     return record
+
+
+# The shared search helpers (search_setup.py) are imported by name from the tests and from
+# the subprocess / spawned workers, whatever pytest's import mode.
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)

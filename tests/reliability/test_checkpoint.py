@@ -123,8 +123,8 @@ def test_optimizers_must_be_stateful(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("change, pattern", [
-    ("width", r"key 'conv\.weight' has shape \(16, 2, 3\) in the checkpoint but \(8, 2, 3\)"),
-    ("extra_key", r"checkpoint has key 'extra\.weight' that the model does not have"),
+    ("width", r"key 'conv\.weight' has shape \(16, 2, 3\) in checkpoint .* but \(8, 2, 3\)"),
+    ("extra_key", r"checkpoint .* has key 'extra\.weight' that the model does not have"),
     ("missing_key", r"key 'conv\.weight' of the model is missing"),
 ])
 def test_different_architecture_is_refused_before_loading(
@@ -295,3 +295,15 @@ def test_checkpoint_saved_without_rng_needs_explicit_opt_out(tmp_path: Path) -> 
     with pytest.raises(CheckpointError, match="restore_rng=False"):
         load_checkpoint(path, _Net())
     assert load_checkpoint(path, _Net(), restore_rng=False) == {}
+
+
+def test_validate_state_dict_is_a_side_effect_free_runtime_error(unchanged) -> None:
+    net = _Net()
+    check = unchanged(net)
+    other = _Net(hidden=4).state_dict()
+    with pytest.raises(RuntimeError, match=r"key 'conv\.weight' has shape \(4, 2, 3\) in the "
+                                           r"state_dict but \(8, 2, 3\)") as info:
+        ckpt.validate_state_dict(net, other)
+    assert isinstance(info.value, CheckpointError)
+    check()
+    ckpt.validate_state_dict(net, _Net().state_dict())  # same architecture: accepted

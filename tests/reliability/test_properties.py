@@ -1,0 +1,120 @@
+"""Property tests on random sequential / residual CNNs (1-D and 2-D) with random supernets:
+conversion succeeds and leaves the user's model alone, the exported network equals the
+search model in hard eval mode, and the costs equal an independent recomputation."""
+import copy
+from typing import Dict
+
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import random_models as rm
+from plinio.methods import PIT, PITSuperNet
+from plinio.methods.pit_supernet.nn import PITSuperNetCombiner
+
+SETTINGS = settings(max_examples=12, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def model_specs(draw: st.DrawFn) -> rm.ModelSpec:
+    dims = draw(st.sampled_from([1, 2]))
+    size = draw(st.integers(5, 12)) if dims == 1 else draw(st.integers(3, 6))
+    kernels = [1, 2, 3, 4, 5] if dims == 1 else [1, 3]
+    channels = draw(st.integers(1, 3))
+    blocks = []
+    for index in range(draw(st.integers(1, 3))):
+        # residual adds and identity branches need a PIT producer (not the raw input)
+        kind = "conv" if index == 0 else draw(st.sampled_from(["conv", "residual", "supernet"]))
+        dilation = draw(st.sampled_from([1, 2])) if dims == 1 else 1
+        if kind == "conv":
+            block = rm.BlockSpec("conv", draw(st.integers(1, 6)), draw(st.sampled_from(kernels)),
+                                 dilation, draw(st.booleans()), draw(st.booleans()),
+                                 draw(st.booleans()))
+        elif kind == "residual":
+            block = rm.BlockSpec("residual", channels, draw(st.sampled_from(kernels)), dilation,
+                                 draw(st.booleans()))
+        else:
+            branches = tuple(draw(st.lists(st.sampled_from(rm.BRANCH_KINDS), min_size=1,
+                                           max_size=3)))
+            out = channels if "identity" in branches else draw(st.integers(1, 6))
+            block = rm.BlockSpec("supernet", out, branches=branches)
+        blocks.append(block)
+        channels = rm.block_out_channels(block, channels)
+    return rm.ModelSpec(dims, draw(st.integers(1, 3)), size, tuple(blocks))
+
+
+def _convert(spec: rm.ModelSpec, use_supernet_wrapper: bool, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    model = rm.RandomNet(spec)
+    before = copy.deepcopy(model.state_dict())
+    structure = repr(model)
+    wrapper = PITSuperNet if (spec.has_supernet or use_supernet_wrapper) else PIT
+    search = wrapper(model, input_shape=spec.input_shape)
+    assert repr(model) == structure, "conversion changed the user's model structure"
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), f"conversion changed the user's {key}"
+    return search
+
+
+def _randomize_architecture(search: nn.Module, seed: int) -> None:
+    """Mask parameters around the binarization threshold (some pruned, some kept) and
+    random branch preferences."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in search.named_nas_parameters():
+            if name.endswith("sn_combiner.alpha"):
+                param.copy_(torch.randn(param.shape, generator=gen))
+            else:
+                param.copy_(torch.rand(param.shape, generator=gen) * 1.6 - 0.3)
+
+
+def _combiners(search: nn.Module) -> Dict[str, PITSuperNetCombiner]:
+    return {name[: -len(".sn_combiner")]: module for name, module in search.seed.named_modules()
+            if isinstance(module, PITSuperNetCombiner)}
+
+
+@SETTINGS
+@given(spec=model_specs(), use_sn=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_exported_equals_search_model_in_hard_eval_mode(spec: rm.ModelSpec, use_sn: bool,
+                                                       seed: int) -> None:
+    search = _convert(spec, use_sn, seed)
+    _randomize_architecture(search, seed + 1)
+    search.eval()
+    if isinstance(search, PITSuperNet):
+        search.update_softmax_options(hard=True)
+    x = torch.randn((2,) + spec.input_shape, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        expected = search(x)
+        exported = search.arch_export(add_bn=False)
+        exported.eval()
+        got = exported(x)
+    assert not any(type(m).__module__.startswith("plinio") for m in exported.modules())
+    assert got.shape == expected.shape
+    tolerance = 1e-4 * max(float(expected.abs().max()), 1e-3)
+    assert float((got - expected).abs().max()) <= tolerance
+    with torch.no_grad():  # export leaves the search model as it was
+        assert torch.equal(search(x), expected)
+
+
+@SETTINGS
+@given(spec=model_specs(), use_sn=st.booleans(), seed=st.integers(0, 2 ** 16),
+       temperature=st.sampled_from([1.0, 0.5, 2.0]))
+def test_costs_equal_layer_by_layer_recomputation(spec: rm.ModelSpec, use_sn: bool, seed: int,
+                                                  temperature: float) -> None:
+    search = _convert(spec, use_sn, seed)
+    _randomize_architecture(search, seed + 1)
+    search.eval()
+    combiners = _combiners(search)
+    if combiners:
+        search.update_softmax_options(temperature=temperature)
+    with torch.no_grad():
+        search(torch.randn((1,) + spec.input_shape))
+    thetas = {name: torch.softmax(c.alpha.detach() / temperature, 0)
+              for name, c in combiners.items()}
+    size, macs = rm.CostOracle(spec, search.seed).compute(thetas)
+    got_size, got_macs = search.get_size(), search.get_macs()
+    assert got_size.dtype == torch.float32 and got_size.dim() == 0
+    torch.testing.assert_close(got_size.detach(), size.float(), rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(got_macs.detach(), macs.float(), rtol=1e-5, atol=1e-3)
