@@ -1,0 +1,222 @@
+// CPU kernels of the PIT mask ops (plinio::pit_masks, plinio::pit_masked_weight and their
+// backwards). The mask vectors are tiny (Cout and K entries) and built sequentially with
+// the shared formulas of pit_mask_math.h; the weight-sized work (applying the masks, the
+// masked gradient and its per-channel / per-tap reductions) runs in parallel over output
+// channels with vectorizable inner loops.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "../ops_driver.h"
+#include "../pit_mask_math.h"
+
+namespace plinio {
+namespace {
+
+namespace mm = mask_math;
+
+template <typename T>
+const T* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<T>() : nullptr;
+}
+
+// Rows per parallel task so that each task touches at least ~32k elements.
+int64_t row_grain(int64_t row_len) {
+  const int64_t g = (32 * 1024) / std::max<int64_t>(row_len, 1);
+  return std::max<int64_t>(g, 1);
+}
+
+struct CpuMaskKernels {
+  static void masks(const MaskGeometry& g, const at::Tensor& alpha, const at::Tensor& beta,
+                    const at::Tensor& gamma, double threshold, int64_t keep_alive,
+                    at::Tensor& cm, at::Tensor& mbeta, at::Tensor& mgamma, at::Tensor& mtime) {
+    const at::Tensor& p = alpha.defined() ? alpha : (beta.defined() ? beta : gamma);
+    if (!p.defined()) return;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(),
+                                    "plinio_pit_masks_cpu", [&] {
+      using A = at::opmath_type<scalar_t>;
+      const A thr = static_cast<A>(threshold);
+      if (g.has_alpha) {
+        const scalar_t* a = alpha.contiguous().const_data_ptr<scalar_t>();
+        A* out = cm.mutable_data_ptr<A>();
+        for (int64_t c = 0; c < g.cout; ++c) {
+          out[c] = mm::binarize(mm::theta_alpha<A>(a, c, g.cout, keep_alive), thr);
+        }
+      }
+      if (g.time_masked()) {
+        at::Tensor bc = beta.defined() ? beta.contiguous() : beta;
+        at::Tensor gc = gamma.defined() ? gamma.contiguous() : gamma;
+        const scalar_t* b = ptr_or_null<scalar_t>(bc);
+        const scalar_t* gm = ptr_or_null<scalar_t>(gc);
+        A* ob = mbeta.mutable_data_ptr<A>();
+        A* og = mgamma.mutable_data_ptr<A>();
+        A* ot = mtime.mutable_data_ptr<A>();
+        for (int64_t j = 0; j < g.taps; ++j) {
+          ob[j] = b ? mm::binarize(mm::theta_beta<A>(b, j, g.taps), thr) : A(1);
+          og[j] = gm ? mm::binarize(mm::theta_gamma<A>(gm, j, g.taps, g.levels), thr) : A(1);
+          ot[j] = ob[j] * og[j];
+        }
+      }
+    });
+  }
+
+  static void apply(const at::Tensor& rows, const at::Tensor& cm, const at::Tensor& mtime,
+                    at::Tensor& out) {
+    const int64_t cout = rows.size(0);
+    const int64_t row_len = cout > 0 ? rows.numel() / cout : 0;
+    const int64_t taps = mtime.defined() ? mtime.numel() : 1;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, rows.scalar_type(),
+                                    "plinio_pit_apply_masks_cpu", [&] {
+      using A = at::opmath_type<scalar_t>;
+      const scalar_t* w = rows.const_data_ptr<scalar_t>();
+      scalar_t* o = out.mutable_data_ptr<scalar_t>();
+      const A* c_mask = ptr_or_null<A>(cm);
+      const A* t_mask = ptr_or_null<A>(mtime);
+      at::parallel_for(0, cout, row_grain(row_len), [&](int64_t begin, int64_t end) {
+        for (int64_t c = begin; c < end; ++c) {
+          const A s = c_mask ? c_mask[c] : A(1);
+          const scalar_t* wr = w + c * row_len;
+          scalar_t* orow = o + c * row_len;
+          if (t_mask == nullptr) {
+PLINIO_SIMD
+            for (int64_t j = 0; j < row_len; ++j) orow[j] = static_cast<scalar_t>(A(wr[j]) * s);
+          } else {
+            for (int64_t r = 0; r < row_len; r += taps) {
+              for (int64_t k = 0; k < taps; ++k) {
+                orow[r + k] = static_cast<scalar_t>(A(wr[r + k]) * s * t_mask[k]);
+              }
+            }
+          }
+        }
+      });
+    });
+  }
+
+  static void reduce(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& cm,
+                     const at::Tensor& mtime, const at::Tensor& grad_out,
+                     const at::Tensor& partial) {
+    const int64_t cout = weight.size(0);
+    const int64_t row_len = cout > 0 ? weight.numel() / cout : 0;
+    const int64_t taps = mtime.defined() ? mtime.numel() : 1;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(),
+                                    "plinio_pit_masked_weight_backward_cpu", [&] {
+      using A = at::opmath_type<scalar_t>;
+      const scalar_t* gw = grad.const_data_ptr<scalar_t>();
+      const scalar_t* w = weight.const_data_ptr<scalar_t>();
+      scalar_t* go = grad_out.defined() ? grad_out.mutable_data_ptr<scalar_t>() : nullptr;
+      A* part = partial.defined() ? partial.mutable_data_ptr<A>() : nullptr;
+      const A* c_mask = ptr_or_null<A>(cm);
+      const A* t_mask = ptr_or_null<A>(mtime);
+      at::parallel_for(0, cout, row_grain(row_len), [&](int64_t begin, int64_t end) {
+        std::vector<A> acc(taps);
+        for (int64_t c = begin; c < end; ++c) {
+          const A s = c_mask ? c_mask[c] : A(1);
+          const scalar_t* gr = gw + c * row_len;
+          const scalar_t* wr = w + c * row_len;
+          if (go != nullptr) {
+            scalar_t* orow = go + c * row_len;
+            if (t_mask == nullptr) {
+PLINIO_SIMD
+              for (int64_t j = 0; j < row_len; ++j) orow[j] = static_cast<scalar_t>(A(gr[j]) * s);
+            } else {
+              for (int64_t r = 0; r < row_len; r += taps) {
+                for (int64_t k = 0; k < taps; ++k) {
+                  orow[r + k] = static_cast<scalar_t>(A(gr[r + k]) * s * t_mask[k]);
+                }
+              }
+            }
+          }
+          if (part == nullptr) continue;
+          if (taps == 1) {
+            A dot = A(0);
+PLINIO_SIMD_SUM(dot)
+            for (int64_t j = 0; j < row_len; ++j) dot += A(gr[j]) * A(wr[j]);
+            part[c] = dot;
+          } else {
+            std::fill(acc.begin(), acc.end(), A(0));
+            for (int64_t r = 0; r < row_len; r += taps) {
+              for (int64_t k = 0; k < taps; ++k) acc[k] += A(gr[r + k]) * A(wr[r + k]);
+            }
+            for (int64_t k = 0; k < taps; ++k) part[c * taps + k] = acc[k];
+          }
+        }
+      });
+    });
+  }
+
+  static void param_grads(const MaskGeometry& g, const at::Tensor& partial,
+                          const at::Tensor& grad_bias, const at::Tensor& bias,
+                          const at::Tensor& ext_cm, const at::Tensor& ext_time,
+                          const at::Tensor& alpha, const at::Tensor& beta,
+                          const at::Tensor& gamma, const at::Tensor& cm,
+                          const at::Tensor& mtime, const at::Tensor& mbeta,
+                          const at::Tensor& mgamma, int64_t keep_alive, at::Tensor& g_alpha,
+                          at::Tensor& g_beta, at::Tensor& g_gamma) {
+    const at::Tensor& p = alpha.defined() ? alpha : (beta.defined() ? beta : gamma);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(),
+                                    "plinio_pit_mask_param_grads_cpu", [&] {
+      using A = at::opmath_type<scalar_t>;
+      const int64_t taps = g.taps;
+      const A* part = ptr_or_null<A>(partial);
+      const A* c_mask = ptr_or_null<A>(cm);
+      const A* t_mask = ptr_or_null<A>(mtime);
+      if (g.has_alpha) {
+        const A* gb = ptr_or_null<A>(grad_bias);
+        const A* b = ptr_or_null<A>(bias);
+        const A* ext = ptr_or_null<A>(ext_cm);
+        const scalar_t* a = alpha.const_data_ptr<scalar_t>();
+        A* out = g_alpha.mutable_data_ptr<A>();
+        for (int64_t c = 0; c < g.cout; ++c) {
+          A s = A(0);
+          if (part) {
+            for (int64_t k = 0; k < taps; ++k) {
+              s += part[c * taps + k] * (t_mask ? t_mask[k] : A(1));
+            }
+          }
+          if (gb && b) s += gb[c] * b[c];
+          if (ext) s += ext[c];
+          out[c] = mm::grad_alpha<A>(a, s, c, g.cout, keep_alive);
+        }
+      }
+      if (!g.time_masked()) return;
+      // Gradient w.r.t. the time mask, then split over its two binarized factors.
+      const A* ext = ptr_or_null<A>(ext_time);
+      std::vector<A> g_b(taps), g_g(taps);
+      const A* mb = mbeta.const_data_ptr<A>();
+      const A* mg = mgamma.const_data_ptr<A>();
+      for (int64_t k = 0; k < taps; ++k) {
+        A s = ext ? ext[k] : A(0);
+        if (part) {
+          for (int64_t c = 0; c < g.cout; ++c) s += part[c * taps + k] * (c_mask ? c_mask[c] : A(1));
+        }
+        g_b[k] = s * mg[k];
+        g_g[k] = s * mb[k];
+      }
+      if (g.has_beta) {
+        const scalar_t* b = beta.const_data_ptr<scalar_t>();
+        A* out = g_beta.mutable_data_ptr<A>();
+        for (int64_t j = 0; j < taps; ++j) out[j] = mm::grad_beta<A>(b, g_b.data(), j, taps);
+      }
+      if (g.has_gamma) {
+        const scalar_t* gm = gamma.const_data_ptr<scalar_t>();
+        A* out = g_gamma.mutable_data_ptr<A>();
+        for (int64_t q = 0; q < g.levels; ++q) {
+          out[q] = mm::grad_gamma<A>(gm, g_g.data(), q, taps, g.levels);
+        }
+      }
+    });
+  }
+};
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(plinio, CPU, m) {
+  m.impl("pit_masks", &pit_masks<CpuMaskKernels>);
+  m.impl("pit_masks_backward", &pit_masks_backward<CpuMaskKernels>);
+  m.impl("pit_masked_weight", &pit_masked_weight<CpuMaskKernels>);
+  m.impl("pit_masked_weight_backward", &pit_masked_weight_backward<CpuMaskKernels>);
+}
+
+}  // namespace plinio

@@ -1,0 +1,47 @@
+// Schemas of the plinio op library (declared once, here) and the Python module init of
+// plinio._C. Implementations register per device in cpu/ and cuda/; fake kernels and
+// autograd formulas are registered from Python (plinio/ops/_library.py).
+//
+// Conventions: an absent optional result is returned as a numel-0 tensor; a numel-0
+// gradient argument stands for a zero gradient.
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(plinio, m) {
+  // y = Σ_i theta[i] * branches[i]
+  m.def("combine(Tensor[] branches, Tensor theta) -> Tensor");
+  // (grad_branches[i] = theta[i] * grad, grad_theta[i] = <grad, branches[i]>), one pass.
+  m.def(
+      "combine_backward(Tensor grad, Tensor[] branches, Tensor theta, bool[] branch_needs_grad, "
+      "bool theta_needs_grad) -> (Tensor[], Tensor)");
+  // (channel_mask [Cout] or [0], time_mask [K] or [0]), binarized PIT masks.
+  m.def(
+      "pit_masks(Tensor? alpha, Tensor? beta, Tensor? gamma, int kernel_size, float threshold, "
+      "int keep_alive) -> (Tensor, Tensor)");
+  // (grad_alpha, grad_beta, grad_gamma) from the gradients of the two masks (STE).
+  m.def(
+      "pit_masks_backward(Tensor grad_channel_mask, Tensor grad_time_mask, Tensor? alpha, "
+      "Tensor? beta, Tensor? gamma, int kernel_size, float threshold, int keep_alive) -> "
+      "(Tensor, Tensor, Tensor)");
+  // (masked_weight, masked_bias or [0], channel_mask or [0], time_mask or [0])
+  m.def(
+      "pit_masked_weight(Tensor weight, Tensor? bias, Tensor? alpha, Tensor? beta, "
+      "Tensor? gamma, float threshold, int keep_alive) -> (Tensor, Tensor, Tensor, Tensor)");
+  // (grad_weight, grad_bias, grad_alpha, grad_beta, grad_gamma); [0] where not requested.
+  m.def(
+      "pit_masked_weight_backward(Tensor grad_weight, Tensor grad_bias, "
+      "Tensor grad_channel_mask, Tensor grad_time_mask, Tensor weight, Tensor? bias, "
+      "Tensor? alpha, Tensor? beta, Tensor? gamma, float threshold, int keep_alive, "
+      "bool weight_needs_grad, bool bias_needs_grad, bool params_need_grad) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+// `import plinio._C` loads this library, which runs the registrations above.
+extern "C" {
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT, "_C", "plinio compiled op library (registers torch.ops.plinio)",
+      -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
