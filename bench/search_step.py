@@ -66,14 +66,14 @@ def build_pair(name: str, batch_size: int, device: str, hard: bool = False,
     out = {}
     gen = torch.Generator().manual_seed(seed)
     inputs = torch.randn((batch_size,) + tuple(workload.input_shape), generator=gen).to(device)
+    with torch.no_grad():
+        probe = model.eval()(inputs[:1].cpu())
+    targets = torch.randint(0, probe.shape[1], (batch_size,), generator=gen).to(device) \
+        if probe.dim() == 2 else torch.empty(0, device=device)
     for label, fast in (("fast", True), ("reference", False)):
         wrapper = build_wrapper(copy.deepcopy(model), workload.input_shape, fast).to(device)
         wrapper.train()
         set_hard(wrapper, hard)
-        with torch.no_grad():
-            probe = wrapper(inputs[:1])
-        targets = torch.randint(0, probe.shape[1], (batch_size,), generator=gen).to(device) \
-            if probe.dim() == 2 else torch.empty(0, device=device)
         optimizers = [torch.optim.SGD(list(wrapper.net_parameters()), lr=1e-4, momentum=0.9),
                       torch.optim.Adam(list(wrapper.nas_parameters()), lr=1e-4)]
         out[label] = SearchSetup(wrapper, wrapper, optimizers, inputs, targets)
