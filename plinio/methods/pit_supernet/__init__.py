@@ -1,4 +1,5 @@
 """PIT-SuperNet: differentiable choice among alternative branches, with PIT inside them."""
 from .nn import PITSuperNetModule
+from .pit_supernet import PITSuperNet
 
-__all__ = ["PITSuperNetModule"]
+__all__ = ["PITSuperNet", "PITSuperNetModule"]

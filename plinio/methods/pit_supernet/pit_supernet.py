@@ -1,0 +1,218 @@
+"""The PIT-SuperNet wrapper (SPEC §2.2): branch selection plus PIT inside and outside branches."""
+import copy
+import warnings
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from plinio.methods.pit.graph import convert  # first: plinio.graph.export imports PIT layers
+from plinio.fast import fast_path_requested, optimize_supernets
+from plinio.graph.export import check_plain, export_graph
+from plinio.graph.tracing import make_example, model_device_dtype
+from plinio.methods.dnas_base import DNAS
+from plinio.methods.pit.nn.masker_base import PITMaskerBase
+from plinio.methods.pit.nn.module import PITModule, PITWeightedModule, fused_ops_available
+from plinio.safety import check_nas_parameters
+
+from .costs import SuperNetCosts, branch_prefix
+from .graph import (combiner_nodes, find_supernets, keep_best_branches, probe_supernets,
+                    reset_combiners)
+from .nn.combiner import PITSuperNetCombiner
+
+
+def _combiner_name(supernet_name: str) -> str:
+    return f"{supernet_name}.sn_combiner" if supernet_name else "sn_combiner"
+
+
+class PITSuperNet(DNAS):
+    """Searches which branch of every ``PITSuperNetModule`` to keep and, with
+    ``autoconvert_layers=True``, prunes channels / receptive field / dilation of every
+    PIT-able layer inside and outside the branches. ``model`` is deep-copied, never modified.
+    """
+
+    def __init__(self, model: nn.Module, input_shape: Optional[Sequence[int]] = None,
+                 regularizer: str = "size", autoconvert_layers: bool = True,
+                 exclude_names: Iterable[str] = (), exclude_types: Iterable[type] = (), *,
+                 input_example: Any = None, fast: bool = True) -> None:
+        super().__init__(regularizer)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"PITSuperNet: model must be a torch.nn.Module, got "
+                            f"{type(model).__name__}")
+        if input_shape is not None and input_example is not None:
+            warnings.warn("PITSuperNet: both input_shape and input_example were given; using "
+                          "input_example", UserWarning, stacklevel=2)
+            input_shape = None
+        user_supernets = find_supernets(model)
+        if not user_supernets:
+            warnings.warn(f"PITSuperNet: {type(model).__name__} contains no PITSuperNetModule; "
+                          "only the PIT layers are searched (use PIT for plain models)",
+                          UserWarning, stacklevel=2)
+        self._branch_types: Dict[str, Tuple[str, ...]] = {
+            name: tuple(type(b).__name__ for b in sn.sn_input_layers)
+            for name, sn in user_supernets.items()}
+        device, dtype = model_device_dtype(model)
+        example = make_example(input_shape, input_example, device, dtype)
+        static = self._measure_static_costs(model, example)
+        conversion = convert(model, None, input_example=example,
+                             autoconvert_layers=autoconvert_layers, exclude_names=exclude_names,
+                             exclude_types=exclude_types)
+        self.seed = conversion.gm
+        self._cost_model = conversion.cost_model
+        self._pit_layers: Tuple[Tuple[str, PITModule], ...] = tuple(conversion.layers.items())
+        self.supernet_names: Tuple[str, ...] = tuple(user_supernets)
+        combiner_names = [_combiner_name(n) for n in self.supernet_names]
+        combiner_nodes(self.seed, combiner_names)  # each supernet is called exactly once
+        self._combiners: Tuple[PITSuperNetCombiner, ...] = tuple(
+            self.seed.get_submodule(n) for n in combiner_names)
+        reset_combiners(self._combiners)
+        self._sn_costs = SuperNetCosts(self.supernet_names, self._combiners, static,
+                                       self._cost_model.layer_names,
+                                       self._cost_model.layer_costs)
+        self._fast_runner: Optional[Tuple[fx.GraphModule]] = None
+        self.fast = fast
+
+    @staticmethod
+    def _measure_static_costs(model: nn.Module, example: Tuple[torch.Tensor, ...]
+                              ) -> Dict[str, Any]:
+        """Branch shape check and static costs on a private copy (SPEC §4.2)."""
+        probe = copy.deepcopy(model)
+        return probe_supernets(probe, find_supernets(probe), lambda: probe(*example))
+
+    # ---- switches ----------------------------------------------------------------------------
+    @property
+    def fast(self) -> bool:
+        """Exact fast paths on (branch merging, fused combine and masks, vectorized costs).
+        False: the plain-PyTorch reference path (also forced by ``PLINIO_BACKEND=reference``)."""
+        return self._fast
+
+    @fast.setter
+    def fast(self, value: bool) -> None:
+        self._fast = fast_path_requested(bool(value))
+        self._cost_model.fast = self._fast
+        fused_masks = self._fast and fused_ops_available()
+        for _, layer in self._pit_layers:
+            if isinstance(layer, PITWeightedModule):
+                layer.use_fused_ops = fused_masks
+        for combiner in self._combiners:
+            combiner.use_fused_ops = self._fast
+        # the fast graph refers to (does not own) the layers of self.seed
+        self._fast_runner = (optimize_supernets(self.seed),) if self._fast and \
+            self._combiners else None
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Runs the converted model (through the fast supernet graph when enabled)."""
+        runner = self._fast_runner[0] if self._fast_runner is not None else self.seed
+        return runner(*args, **kwargs)
+
+    # ---- softmax options ---------------------------------------------------------------------
+    def update_softmax_options(self, temperature: Optional[float] = None,
+                               hard: Optional[bool] = None) -> None:
+        """Set the softmax temperature and/or the hard-selection flag of every supernet."""
+        if temperature is not None:
+            value = float(temperature)
+            if not value > 0.0 or value == float("inf"):
+                raise ValueError(f"PITSuperNet: softmax temperature must be a finite positive "
+                                 f"number, got {temperature!r}")
+        for combiner in self._combiners:
+            combiner.update_softmax_options(temperature=temperature, hard=hard)
+
+    def update_softmax_temperature(self, value: float) -> None:
+        """Deprecated single-value form of ``update_softmax_options(temperature=value)``."""
+        warnings.warn("PITSuperNet.update_softmax_temperature is deprecated; use "
+                      "update_softmax_options(temperature=...)", DeprecationWarning,
+                      stacklevel=2)
+        self.update_softmax_options(temperature=value)
+
+    @property
+    def train_selection(self) -> bool:
+        """Whether the branch choice α of the supernets is trained."""
+        return all(c.train_selection for c in self._combiners)
+
+    @train_selection.setter
+    def train_selection(self, value: bool) -> None:
+        for combiner in self._combiners:
+            combiner.train_selection = value
+
+    # ---- costs -------------------------------------------------------------------------------
+    @property
+    def cost_model(self) -> nn.Module:
+        """PIT per-layer cost vectors (``layer_names``, ``layer_costs(binarized)``)."""
+        return self._cost_model
+
+    def theta_alpha(self) -> torch.Tensor:
+        """Concatenated θ of every supernet (order of ``supernet_names``)."""
+        return self._sn_costs.theta_all()
+
+    def get_size(self) -> torch.Tensor:
+        """Σ θ-weighted branch sizes + PIT layers outside supernets (SPEC §4.3)."""
+        return self.check_finite(self._sn_costs.cost("size", fast=self._fast))
+
+    def get_macs(self) -> torch.Tensor:
+        """Σ θ-weighted branch MACs + PIT layers outside supernets (SPEC §4.3)."""
+        return self.check_finite(self._sn_costs.cost("macs", fast=self._fast))
+
+    def get_total_icv(self, eps: float = 1e-3) -> torch.Tensor:
+        """Σ over supernets of mean(θ)² / (var(θ) + eps) with the unbiased variance (SPEC §3.3)."""
+        return self._sn_costs.total_icv(eps, fast=self._fast)
+
+    def _nas_parameter_ids(self) -> Set[int]:
+        ids = {id(p) for m in self.seed.modules() if isinstance(m, PITMaskerBase)
+               for p in m.parameters(recurse=False)}
+        return ids | {id(c.alpha) for c in self._combiners}
+
+    # ---- results -----------------------------------------------------------------------------
+    def _owner_supernet(self, target: str) -> Optional[str]:
+        """The supernet whose branches or combiner hold the submodule ``target``, if any."""
+        for sn_name in self.supernet_names:
+            layers_prefix = branch_prefix(sn_name, 0).rsplit(".", 1)[0]  # "<sn>.sn_input_layers"
+            if target.startswith(layers_prefix + ".") or target == _combiner_name(sn_name):
+                return sn_name
+        return None
+
+    def _supernet_summary(self, sn_name: str, combiner: PITSuperNetCombiner,
+                          layers: Dict[str, PITModule]) -> Dict[str, Any]:
+        theta = combiner.theta_alpha.detach()
+        branches: Dict[str, Any] = {}
+        for i in range(combiner.n_branches):
+            prefix = branch_prefix(sn_name, i)
+            entry: Dict[str, Any] = {"type": self._branch_types[sn_name][i],
+                                     "alpha": float(theta[i])}
+            for name, layer in layers.items():
+                if name == prefix or name.startswith(prefix + "."):
+                    entry[name] = layer.summary()
+            branches[f"branch_{i}"] = entry
+        return {"supernet_branches": branches, "type": "PITSuperNetModule"}
+
+    def arch_summary(self) -> Dict[str, Dict[str, Any]]:
+        """One entry per supernet (its branches with θ and PIT layer summaries) and per PIT
+        layer outside supernets, in graph order."""
+        layers = dict(self._pit_layers)
+        combiners = dict(zip(self.supernet_names, self._combiners))
+        summary: Dict[str, Dict[str, Any]] = {}
+        for node in self.seed.graph.nodes:
+            if node.op != "call_module":
+                continue
+            owner = self._owner_supernet(node.target)
+            if owner is not None:
+                if owner not in summary:
+                    summary[owner] = self._supernet_summary(owner, combiners[owner], layers)
+            elif node.target in layers and node.target not in summary:
+                summary[node.target] = layers[node.target].summary()
+        return summary
+
+    def best_branches(self) -> Dict[str, int]:
+        """Supernet qualified name → index of the branch export keeps (argmax α)."""
+        return {n: c.best_layer_index() for n, c in zip(self.supernet_names, self._combiners)}
+
+    def arch_export(self, add_bn: bool = True) -> nn.Module:
+        """Plain ``torch.nn`` GraphModule: each supernet replaced by its best branch, every PIT
+        layer by its pruned plain layer (SPEC §6). The search model is not changed."""
+        check_nas_parameters(self, "arch_export")
+        best = {_combiner_name(n): i for n, i in self.best_branches().items()}
+        # a new graph sharing the layers of self.seed; export_graph copies what it keeps
+        selected = fx.GraphModule(self.seed, copy.deepcopy(self.seed.graph),
+                                  type(self.seed).__name__)
+        keep_best_branches(selected, best)
+        return check_plain(export_graph(selected, add_bn=add_bn))
