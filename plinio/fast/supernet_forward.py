@@ -21,14 +21,29 @@ from .merge_plan import MergePlan
 from .merged_conv import MergedConv
 
 
-def weighted_sum(outputs: Sequence[torch.Tensor], theta: torch.Tensor) -> torch.Tensor:
-    """Σ θ_i·y_i with the op library's fused kernel (its pure-PyTorch reference if the op
-    library is not importable)."""
+def _combine_op() -> Callable[[List[torch.Tensor], torch.Tensor], torch.Tensor]:
+    """The op library's fused ``combine`` (its pure-PyTorch reference if the op library is
+    not importable)."""
     try:
         from plinio.ops import combine
     except ImportError:
         from plinio.methods.pit_supernet.nn.combiner import reference_combine as combine
-    return combine(list(outputs), theta)
+    return combine
+
+
+def load_op_library() -> None:
+    """Load the compiled op library now, in eager mode, so that a later ``torch.compile``
+    trace does not have to run its one-time loader (locks, imports)."""
+    try:
+        from plinio.ops import get_backend
+    except ImportError:
+        return
+    get_backend("cpu")
+
+
+def weighted_sum(outputs: Sequence[torch.Tensor], theta: torch.Tensor) -> torch.Tensor:
+    """Σ θ_i·y_i with the fused kernel, no stacked copy."""
+    return _combine_op()(list(outputs), theta)
 
 
 def _take(theta: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
@@ -57,6 +72,7 @@ class FastSuperNet(nn.Module):
         self._merged = (merged,)
         self._branches = tuple(branches)
         self._branch_modules = tuple(tuple(m) for m in branch_modules)
+        load_op_library()
 
     @property
     def combiner(self) -> nn.Module:

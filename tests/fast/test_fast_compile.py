@@ -1,0 +1,64 @@
+"""torch.compile: a full search step runs with fullgraph=True (no graph break), and changing
+the temperature or hard/soft mode causes no recompilation. Uses the ``aot_eager`` backend
+(dynamo capture + AOT autograd, no C++ code generation) to stay quick on a CPU."""
+import pytest
+import torch
+import torch._dynamo
+
+from fast_helpers import OneSuperNet, branch, randomize, set_mode, traced_pair
+
+
+def _compile_available() -> bool:
+    try:
+        return bool(torch._dynamo.is_dynamo_supported())
+    except Exception:  # dynamo missing or unsupported interpreter
+        return False
+
+
+pytestmark = pytest.mark.skipif(not _compile_available(),
+                                reason="torch.compile is not supported on this platform")
+
+
+def _model():
+    kinds = [branch("conv", 2, 4, k=3), branch("padded_chain", 2, 4), branch("conv", 2, 4, k=5),
+             branch("identity", 2, 4), branch("nonlinear", 2, 4)]
+    model = OneSuperNet(kinds, 2, 3, 4, gumbel=True)
+    randomize(model, 0)
+    return model
+
+
+def test_fast_supernet_step_compiles_without_breaks_or_recompiles():
+    model = _model()
+    _, fast = traced_pair(model)
+    torch._dynamo.reset()
+    compiled = torch.compile(fast, fullgraph=True, backend="aot_eager")
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    x = torch.randn(2, 3, 8, 8)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = compiled(x).square().mean()
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    first = step()
+    assert torch.isfinite(first)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for temperature, hard in [(0.5, False), (0.5, True), (2.0, True), (1.0, False)]:
+            set_mode(model, hard=hard, temperature=temperature)
+            assert torch.isfinite(step())
+        model.eval()  # eval ⇄ train is a different graph by design: only check values there
+    theta = model.sn.sn_combiner.theta_alpha.detach()
+    assert torch.allclose(theta.sum(), torch.tensor(1.0))
+
+
+def test_compiled_equals_eager():
+    model = _model().double()
+    model.eval()
+    _, fast = traced_pair(model)
+    torch._dynamo.reset()
+    compiled = torch.compile(fast, fullgraph=True, backend="aot_eager")
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), fast(x))
