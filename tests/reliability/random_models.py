@@ -216,16 +216,14 @@ class CostOracle:
                 group = f"{prefix}.conv"
             elif block.kind == "residual":
                 name = f"{prefix}.conv"
-                assert group is not None, "oracle: residual blocks never follow the input"
-                assert self.layer(name).out_features_masker is \
-                    self.layer(group).out_features_masker, f"{name} must share {group}'s masker"
                 s, m = self._conv_cost(name, cin, block.kernel)
                 size, macs = size + s, macs + m
+                group = self._join([name], group, f"residual block {prefix}")
             else:
                 s, m, group = self._supernet(prefix, block, channels, cin, group, thetas)
                 size, macs = size + s, macs + m
             channels = block_out_channels(block, channels)
-            cin = theta_alpha(self.layer(group)).sum()
+            cin = self._width(group)
         head = self.layer("head")
         lin = cin * spec.positions * theta_alpha(head).sum()
         return size + lin, macs + lin
@@ -237,12 +235,12 @@ class CostOracle:
         outputs: List[str] = []
         totals = [torch.zeros(()), torch.zeros(())]
         theta = thetas[sn]
+        joins_input = False
         for i, kind in enumerate(block.branches):
             base = f"{sn}.sn_input_layers.{i}"
             if kind == "identity":
                 static, pit_init, pit_now = (0, 0), (0.0, 0.0), (torch.zeros(()),) * 2
-                assert in_group is not None, "oracle: identity branches never follow the input"
-                outputs.append(in_group)
+                joins_input = True
             elif kind in ("conv3", "conv5"):
                 k = 3 if kind == "conv3" else 5
                 w = cin_full * cout_full * k ** dims
@@ -262,8 +260,30 @@ class CostOracle:
                 outputs.append(f"{base}.2")
             for c in range(2):
                 totals[c] = totals[c] + theta[i] * (static[c] - pit_init[c] + pit_now[c])
-        masker = self.layer(outputs[0]).out_features_masker
-        for name in outputs[1:]:
+        if joins_input:
+            group = self._join(outputs, in_group, f"supernet {sn}")
+        else:
+            group = self._join(outputs[1:], outputs[0], f"supernet {sn}")
+        return totals[0], totals[1], group
+
+    def _width(self, group: Optional[str]) -> torch.Tensor:
+        """Continuous channel count of a tensor carrying ``group``'s mask (None: the
+        network input, never pruned)."""
+        if group is None:
+            return torch.tensor(float(self.spec.in_channels))
+        return theta_alpha(self.layer(group)).sum()
+
+    def _join(self, names: List[str], group: Optional[str], where: str) -> Optional[str]:
+        """Outputs of ``names`` meet a tensor of ``group`` (an add or a combiner): they must
+        share its channel masker, or, when it is the network input, have frozen maskers."""
+        if group is None:
+            for name in names:
+                assert isinstance(self.layer(name).out_features_masker,
+                                  PITFrozenFeaturesMasker), \
+                    f"{where}: {name} meets the network input, its masker must be frozen"
+            return None  # the joined tensor still carries the (unprunable) input channels
+        masker = self.layer(group).out_features_masker
+        for name in names:
             assert self.layer(name).out_features_masker is masker, \
-                f"supernet {sn}: {name} must share the channel masker of {outputs[0]}"
-        return totals[0], totals[1], outputs[0]
+                f"{where}: {name} must share the channel masker of {group}"
+        return group
