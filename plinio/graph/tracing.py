@@ -30,6 +30,7 @@ class PlinioTracer(fx.Tracer):
     def __init__(self) -> None:
         super().__init__()
         self.plinio_stack: List[str] = []
+        self.failed_in: Optional[str] = None
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return is_torch_nn_module(m) or is_plinio_leaf(m)
@@ -38,6 +39,10 @@ class PlinioTracer(fx.Tracer):
         self.plinio_stack.append(self.path_of_module(m) or type(m).__name__)
         try:
             return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = self.plinio_stack[-1]
+            raise
         finally:
             self.plinio_stack.pop()
 
@@ -48,7 +53,7 @@ def trace(model: nn.Module) -> fx.GraphModule:
     try:
         graph = tracer.trace(model)
     except Exception as err:  # fx raises TraceError, TypeError, ... depending on the construct
-        where = tracer.plinio_stack[-1] if tracer.plinio_stack else type(model).__name__
+        where = tracer.failed_in or type(model).__name__
         hint = ("data-dependent control flow (if/while on tensor values) is not supported: rewrite the "
                 "forward without Python control flow on tensor values") if isinstance(err, fx.proxy.TraceError) \
             else "the forward must be symbolically traceable by torch.fx"
@@ -67,6 +72,9 @@ def make_example(input_shape: Optional[Sequence[int]], input_example: Any,
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"input_example[{i}] must be a tensor (with batch dimension), got "
                                 f"{type(t).__name__}")
+            if t.device != device:
+                raise ValueError(f"input_example[{i}] is on device {t.device} but the model is on "
+                                 f"{device}; move the example (or the model) to one device")
         return tuple(example)
     if input_shape is None:
         raise TypeError("give input_shape (a tuple of ints, without batch dimension) or input_example")
@@ -82,6 +90,26 @@ def make_example(input_shape: Optional[Sequence[int]], input_example: Any,
     return (torch.rand((1,) + tuple(input_shape), device=device, dtype=dtype),)
 
 
+class _NamedShapeProp(ShapeProp):
+    """ShapeProp that reports which node failed."""
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            return super().run_node(n)
+        except _ShapeError:
+            raise
+        except Exception as err:
+            where = f"module '{n.target}'" if n.op == "call_module" else f"node '{n.name}' ({n.target})"
+            raise _ShapeError(where, err) from err
+
+
+class _ShapeError(Exception):
+    def __init__(self, where: str, err: Exception) -> None:
+        super().__init__(where)
+        self.where = where
+        self.err = err
+
+
 def propagate_shapes(gm: fx.GraphModule, example: Tuple[torch.Tensor, ...]) -> None:
     """Run ``gm`` once in eval mode under no_grad, storing each node's output in
     ``node.meta['tensor_meta']``; restores the training flags afterwards."""
@@ -89,11 +117,13 @@ def propagate_shapes(gm: fx.GraphModule, example: Tuple[torch.Tensor, ...]) -> N
     gm.eval()
     try:
         with torch.no_grad():
-            ShapeProp(gm).propagate(*example)
-    except Exception as err:
+            _NamedShapeProp(gm).propagate(*example)
+    except _ShapeError as failure:
         shapes = [tuple(t.shape) for t in example]
-        raise ValueError(f"the model cannot run on an input of shape {shapes} (batch included): "
-                         f"{type(err).__name__}: {err}. Check input_shape / input_example.") from err
+        err = failure.err
+        raise ValueError(f"the model cannot run on an input of shape {shapes} (batch included): {failure.where} "
+                         f"failed with {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. "
+                         f"Check input_shape / input_example.") from err
     finally:
         for m, flag in flags:
             m.training = flag

@@ -9,6 +9,9 @@ from plinio.methods import PIT
 from tests.models import (DSCNN, BNAfterAddModel, ConcatModel, MultiInputModel, ToyModel, tcn_irregular,
                           tcn_regular)
 
+# The fixture models are tiny: one intra-op thread is fastest and fair on a shared machine.
+torch.set_num_threads(1)
+
 BUILDERS: Dict[str, Callable[[], nn.Module]] = {
     "toy": ToyModel, "tcn": tcn_regular, "tcn_irregular": tcn_irregular, "dscnn": DSCNN,
     "concat": ConcatModel, "bn_after_add": BNAfterAddModel, "multi_input": MultiInputModel,

@@ -4,6 +4,9 @@ from typing import Any, Dict, Iterator, Set, Tuple
 import torch
 import torch.nn as nn
 
+from plinio.checkpoint import validate_state_dict
+from plinio.safety import check_nas_parameters
+
 
 class DNAS(nn.Module):
     """Wraps the converted model (``self.seed``) and exposes the search interface.
@@ -48,8 +51,17 @@ class DNAS(nn.Module):
         raise NotImplementedError
 
     def get_regularization_loss(self) -> torch.Tensor:
-        """``get_size()`` or ``get_macs()`` according to ``regularizer``."""
+        """``get_size()`` or ``get_macs()`` according to ``regularizer``. With debug checks on
+        (``plinio.safety``), NaN/Inf in an architectural parameter raises FloatingPointError."""
+        check_nas_parameters(self, "get_regularization_loss", always=False)
         return self.get_size() if self._regularizer == "size" else self.get_macs()
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """As ``nn.Module.load_state_dict``, but a strict load of another architecture's state
+        raises (naming the first mismatching key) before anything is copied."""
+        if strict:
+            validate_state_dict(self, state_dict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _nas_parameter_ids(self) -> Set[int]:
         """ids of the architectural parameters (read at call time: replaced parameters count)."""

@@ -208,6 +208,8 @@ def convert(model: nn.Module, input_shape: Optional[Sequence[int]] = None, *, in
         if info.name in planner.folds:
             continue
         module = modules[info.name]
+        if type(module) in _BN_TYPES and isinstance(info.input_desc, Const):
+            continue  # a BatchNorm after a fixed-width producer has no mask to follow: left plain
         masker = maskers[info.output_group] if info.output_group is not None else None
         if isinstance(module, PITModule):
             layer = module

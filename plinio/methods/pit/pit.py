@@ -11,6 +11,7 @@ from plinio.methods.pit.graph import convert
 from plinio.methods.pit.nn.conv1d import PITConv1d
 from plinio.methods.pit.nn.masker_base import PITMaskerBase
 from plinio.methods.pit.nn.module import PITModule, PITWeightedModule
+from plinio.safety import check_nas_parameters
 
 
 class PIT(DNAS):
@@ -56,10 +57,16 @@ class PIT(DNAS):
     def _layers_of(self, cls: type) -> Iterable[Any]:
         return (layer for _, layer in self._pit_layers if isinstance(layer, cls))
 
+    def _switch_state(self, default: bool, cls: type, attr: str) -> bool:
+        """True when every searchable masker of that kind is trained (read from the maskers, so
+        a loaded state_dict is reflected); ``default`` when the model has none."""
+        maskers = [getattr(layer, attr) for layer in self._layers_of(cls) if not getattr(layer, attr).frozen]
+        return all(m.trainable for m in maskers) if maskers else default
+
     @property
     def train_features(self) -> bool:
         """Whether channel masks are trained (setting it applies to every layer)."""
-        return self._train_features
+        return self._switch_state(self._train_features, PITWeightedModule, "out_features_masker")
 
     @train_features.setter
     def train_features(self, value: bool) -> None:
@@ -70,7 +77,7 @@ class PIT(DNAS):
     @property
     def train_rf(self) -> bool:
         """Whether receptive-field masks are trained (setting it applies to every Conv1d)."""
-        return self._train_rf
+        return self._switch_state(self._train_rf, PITConv1d, "timestep_masker")
 
     @train_rf.setter
     def train_rf(self, value: bool) -> None:
@@ -81,7 +88,7 @@ class PIT(DNAS):
     @property
     def train_dilation(self) -> bool:
         """Whether dilation masks are trained (setting it applies to every Conv1d)."""
-        return self._train_dilation
+        return self._switch_state(self._train_dilation, PITConv1d, "dilation_masker")
 
     @train_dilation.setter
     def train_dilation(self, value: bool) -> None:
@@ -125,4 +132,5 @@ class PIT(DNAS):
 
     def arch_export(self, add_bn: bool = True) -> nn.Module:
         """Plain ``torch.nn`` GraphModule of the found architecture (SPEC §6)."""
+        check_nas_parameters(self, "arch_export")
         return export_graph(self.seed, add_bn=add_bn)
