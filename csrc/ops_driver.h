@@ -59,15 +59,18 @@ template <typename K>
 std::tuple<std::vector<at::Tensor>, at::Tensor> combine_backward(
     const at::Tensor& grad, at::TensorList branches, const at::Tensor& theta,
     const c10::List<bool>& branch_needs_grad, bool theta_needs_grad) {
-  TORCH_CHECK(branch_needs_grad.size() == branches.size(),
-              "plinio::combine_backward: one branch_needs_grad flag per branch expected");
+  const size_t n = static_cast<size_t>(theta.size(0));
+  TORCH_CHECK(branch_needs_grad.size() == n,
+              "plinio::combine_backward: one branch_needs_grad flag per theta entry expected");
+  TORCH_CHECK(!theta_needs_grad || branches.size() == n,
+              "plinio::combine_backward: the theta gradient needs all ", n, " branches");
   const at::ScalarType acc = accumulate_type(grad.scalar_type());
   at::Tensor ref = at::empty_like(grad);
   at::Tensor g = align_to(grad, ref);
   std::vector<at::Tensor> xs;
   std::vector<at::Tensor> grads;
   std::vector<bool> needs;
-  for (size_t i = 0; i < branches.size(); ++i) {
+  for (size_t i = 0; i < n; ++i) {
     const bool need = branch_needs_grad.get(i);
     xs.push_back(theta_needs_grad ? align_to(branches[i], ref) : at::Tensor());
     needs.push_back(need);
@@ -227,7 +230,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pit_masked_weight(
   at::Tensor w = working_weight(weight, g.time_masked());
   at::TensorOptions acc_opts = mask_acc_options(alpha, beta, gamma, weight);
   MaskSet m = compute_masks<K>(g, alpha, beta, gamma, threshold, keep_alive, acc_opts);
-  at::Tensor mw = at::empty_like(w);
+  at::Tensor mw = at::empty(w.sizes(), w.options().memory_format(masked_weight_format(weight, g.time_masked())));
   if (w.numel() > 0) K::apply(w, m.cm, m.mtime, mw);
   at::Tensor mb = absent_like(weight);
   if (bias.defined()) {
@@ -261,7 +264,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pit_maske
     const at::MemoryFormat fmt = masked_weight_format(weight, g.time_masked());
     at::Tensor w = weight.contiguous(fmt);
     at::Tensor gw = gw_in.contiguous(fmt);
-    if (weight_needs_grad) grad_w = at::empty_like(w);
+    if (weight_needs_grad) grad_w = at::empty(w.sizes(), w.options().memory_format(fmt));
     if (params_need_grad && any_param) partial = at::empty({g.cout, g.taps}, acc_opts);
     if (w.numel() > 0) {
       K::reduce(gw, w, m.cm, m.mtime, weight_needs_grad ? grad_w : at::Tensor(), partial);
@@ -269,8 +272,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pit_maske
       partial.zero_();
     }
   } else if (weight_needs_grad) {
-    grad_w = at::zeros_like(weight, at::MemoryFormat::Contiguous)
-                 .contiguous(masked_weight_format(weight, g.time_masked()));
+    grad_w = at::zeros(weight.sizes(), weight.options().memory_format(
+                                           masked_weight_format(weight, g.time_masked())));
   }
 
   at::Tensor grad_b = absent_like(weight);

@@ -1,0 +1,186 @@
+"""plinio's op library: the two hot-path ops of a PIT / PIT-SuperNet search.
+
+- :func:`combine` — y = Σ_i θ_i·y_i over supernet branches, without a stacked buffer.
+- :func:`pit_masked_weight` — a layer's weight (and bias) with its binarized PIT masks
+  applied, in one kernel; :func:`pit_masks` gives the masks alone.
+
+Each op has four implementations: ``reference`` (pure PyTorch), ``cpp`` (the compiled
+extension: CPU kernels, and CUDA kernels when built with CUDA), ``cuda`` (the compiled
+CUDA kernels only) and ``triton``. By default CUDA tensors use Triton when it is
+importable (else the CUDA C++ kernels) and CPU tensors use the C++ kernels when the
+extension is built (else the reference). ``PLINIO_BACKEND=<name>`` or
+:func:`set_backend` forces one; a forced backend that cannot run raises RuntimeError.
+"""
+import os
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from . import _library, _validate, reference
+
+__all__ = ["combine", "pit_masks", "pit_masked_weight", "set_backend", "get_backend",
+           "available_backends", "BACKENDS"]
+
+BACKENDS = ("reference", "cpp", "cuda", "triton")
+_ENV = "PLINIO_BACKEND"
+_forced: Optional[str] = None
+
+
+def set_backend(name: Optional[str]) -> None:
+    """Force a backend for every op (None: automatic choice, honouring PLINIO_BACKEND)."""
+    global _forced
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"plinio.ops.set_backend: unknown backend {name!r}; "
+                         f"choose one of {', '.join(BACKENDS)} or None")
+    _forced = name
+
+
+def _requested() -> Optional[str]:
+    if _forced is not None:
+        return _forced
+    env = os.environ.get(_ENV, "").strip().lower()
+    if not env:
+        return None
+    if env not in BACKENDS:
+        raise ValueError(f"{_ENV}={env!r} is not a plinio backend; "
+                         f"use one of {', '.join(BACKENDS)} (or unset it)")
+    return env
+
+
+def _triton_usable(device_type: str) -> Tuple[bool, str]:
+    from . import triton as triton_backend
+
+    return triton_backend.usable(device_type)
+
+
+def _unavailable_reason(name: str, device_type: str) -> Optional[str]:
+    """None when backend `name` can run on `device_type` tensors, else why not."""
+    if name == "reference":
+        return None
+    if name in ("cpp", "cuda"):
+        if _library.compiled_ops() is None:
+            return (f"the compiled extension plinio._C is not available "
+                    f"({_library._extension.load_error()}); build it with "
+                    "`pip install --no-build-isolation -e .`")
+        if name == "cuda" and device_type != "cuda":
+            return f"it runs on CUDA tensors only, got {device_type} tensors"
+        if not _library.compiled_has_device(device_type):
+            return (f"plinio._C was built without {device_type.upper()} kernels "
+                    "(rebuild with FORCE_CUDA=1 for CUDA)")
+        return None
+    ok, why = _triton_usable(device_type)
+    return None if ok else why
+
+
+def get_backend(device: Union[torch.device, str] = "cpu") -> str:
+    """The backend the ops use for tensors on `device` (raises if a forced one can't run)."""
+    device_type = torch.device(device).type
+    wanted = _requested()
+    if wanted is not None:
+        why = _unavailable_reason(wanted, device_type)
+        if why is not None:
+            raise RuntimeError(f"plinio.ops: backend {wanted!r} was forced (PLINIO_BACKEND or "
+                               f"set_backend) but cannot run: {why}")
+        return wanted
+    order = ("triton", "cuda", "reference") if device_type == "cuda" else ("cpp", "reference")
+    for name in order:
+        if _unavailable_reason(name, device_type) is None:
+            return name
+    return "reference"
+
+
+def available_backends(device: Union[torch.device, str] = "cpu") -> List[str]:
+    """Every backend that can run on tensors of `device` (for tests and benchmarks)."""
+    device_type = torch.device(device).type
+    return [b for b in BACKENDS if _unavailable_reason(b, device_type) is None]
+
+
+def _ops_for(backend: str):  # noqa: ANN202 - returns torch.ops namespace or triton ops
+    if backend == "triton":
+        from . import triton as triton_backend
+
+        return triton_backend.ops()
+    return _library.compiled_ops()
+
+
+def combine(branches: Sequence[Tensor], theta: Tensor) -> Tensor:
+    """y = Σ_i theta[i]·branches[i], differentiable w.r.t. every branch and theta.
+
+    The result has the branches' dtype (θ is cast to the float32/float64 accumulation
+    type) and the first branch's memory layout. The fused kernels keep no stacked copy:
+    the backward reads the saved branches only for θ's gradient.
+    """
+    _validate.check_combine(branches, theta)
+    backend = get_backend(branches[0].device)
+    if backend == "reference":
+        return reference.combine(branches, theta)
+    return _ops_for(backend).combine(list(branches), theta)
+
+
+def pit_masks(
+    alpha: Optional[Tensor],
+    beta: Optional[Tensor] = None,
+    gamma: Optional[Tensor] = None,
+    *,
+    kernel_size: Optional[int] = None,
+    threshold: float = 0.5,
+    keep_alive: int = 1,
+) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """Binarized PIT masks (SPEC §5.1): (channel mask [Cout] or None, time mask [K] or None).
+
+    Values are exact 0./1. in the parameters' dtype; gradients flow to alpha / beta /
+    gamma through the straight-through estimator. `kernel_size` is needed only when gamma
+    is given without beta. Pass a frozen parameter detached.
+    """
+    if beta is not None and kernel_size is None:
+        kernel_size = int(beta.shape[0])
+    _validate.check_mask_params("plinio.ops.pit_masks", alpha, beta, gamma, None, kernel_size,
+                                keep_alive)
+    like = alpha if alpha is not None else (beta if beta is not None else gamma)
+    if like is None:
+        return None, None
+    backend = get_backend(like.device)
+    if backend == "reference":
+        return reference.pit_masks(alpha, beta, gamma, kernel_size=kernel_size,
+                                   threshold=threshold, keep_alive=keep_alive)
+    channel, time = _ops_for(backend).pit_masks(alpha, beta, gamma, int(kernel_size or 1),
+                                                float(threshold), int(keep_alive))
+    return (channel if alpha is not None else None,
+            time if (beta is not None or gamma is not None) else None)
+
+
+def pit_masked_weight(
+    weight: Tensor,
+    bias: Optional[Tensor],
+    alpha: Optional[Tensor],
+    beta: Optional[Tensor] = None,
+    gamma: Optional[Tensor] = None,
+    *,
+    threshold: float = 0.5,
+    keep_alive: int = 1,
+    return_masks: bool = False,
+) -> Union[Tuple[Tensor, Optional[Tensor]],
+           Tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]]:
+    """A layer's weight (and bias) with its binarized PIT masks applied, in one kernel.
+
+    `weight` is a Linear (Cout, Cin), Conv1d (Cout, Cin/g, K) or Conv2d (Cout, Cin/g, kh, kw)
+    weight; alpha masks output channels (weight rows and bias), beta/gamma (Conv1d only)
+    mask kernel taps. Returns (masked_weight, masked_bias or None), plus the channel and
+    time masks when `return_masks`. The backward applies the straight-through estimator and
+    reduces the weight/bias gradient into alpha/beta/gamma gradients in the same pass.
+    """
+    _validate.check_masked_weight(weight, bias, alpha, beta, gamma, keep_alive)
+    backend = get_backend(weight.device)
+    if backend == "reference":
+        w, b, channel, time = reference.pit_masked_weight(
+            weight, bias, alpha, beta, gamma, threshold=threshold, keep_alive=keep_alive)
+    else:
+        w, b, channel, time = _ops_for(backend).pit_masked_weight(
+            weight, bias, alpha, beta, gamma, float(threshold), int(keep_alive))
+        b = b if bias is not None else None
+        channel = channel if alpha is not None else None
+        time = time if (beta is not None or gamma is not None) else None
+    if return_masks:
+        return w, b, channel, time
+    return w, b
