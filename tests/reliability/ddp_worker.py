@@ -12,6 +12,14 @@ import search_setup
 
 PER_RANK_BATCH = 3
 NOISE_SEED = 42
+# name -> (model kind, freeze PIT mask kinds during the run, find_unused_parameters)
+SCENARIOS = {
+    "pit": ("pit", False, False),
+    "supernet": ("supernet", False, False),
+    # freezing a mask kind after wrapping, with and without unused-parameter detection
+    "pit_freeze_find_unused": ("pit", True, True),
+    "pit_freeze": ("pit", True, False),
+}
 
 
 def global_batches(kind: str, steps: int, batch: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
@@ -33,11 +41,15 @@ def _gumbel_noise(search: nn.Module) -> List[torch.Tensor]:
             if hasattr(m, "gumbel_noise")]
 
 
-def _search(kind: str, steps: int, rank: int, world: int, distributed: bool) -> Dict[str, Any]:
+def run_search(scenario: str, steps: int, rank: int, world: int,
+               distributed: bool) -> Dict[str, Any]:
     """Run ``steps`` steps on this rank's slice of each global batch (the whole batch when
     not distributed) and describe the result."""
+    kind, freeze, find_unused = SCENARIOS[scenario]
     search = search_setup.build_search(kind, seed=0, batchnorm=False)
-    model: nn.Module = DistributedDataParallel(search) if distributed else search
+    model: nn.Module = search
+    if distributed:
+        model = DistributedDataParallel(search, find_unused_parameters=find_unused)
     optimizers = _optimizers(search)
     data = global_batches(kind, steps, PER_RANK_BATCH * world)
     torch.manual_seed(NOISE_SEED)  # same Gumbel noise on every rank
@@ -45,7 +57,7 @@ def _search(kind: str, steps: int, rank: int, world: int, distributed: bool) -> 
     for step, (x, y) in enumerate(data):
         if distributed:
             x, y = x.chunk(world)[rank], y.chunk(world)[rank]
-        search_setup.search_step(search, model, optimizers, kind, step, x, y)
+        search_setup.search_step(search, model, optimizers, kind, step, x, y, freeze=freeze)
         noise.append(_gumbel_noise(search))
     search.eval()
     exported = search.arch_export()
@@ -58,19 +70,20 @@ def _search(kind: str, steps: int, rank: int, world: int, distributed: bool) -> 
     }
 
 
-def reference_run(kind: str, steps: int, world: int) -> Dict[str, Any]:
-    """One process, the concatenated batch of all ranks."""
-    return _search(kind, steps, 0, world, distributed=False)
-
-
 def ddp_worker(rank: int, world: int, init_file: str, out_dir: str, steps: int) -> None:
-    """Entry point for ``torch.multiprocessing.spawn``: both kinds of search in one group."""
+    """Entry point for ``torch.multiprocessing.spawn``: every scenario in one group; a
+    scenario that raises is recorded as its error message."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world)
+    results: Dict[str, Any] = {}
     try:
-        results = {kind: _search(kind, steps, rank, world, distributed=True)
-                   for kind in search_setup.KINDS}
+        for scenario in SCENARIOS:
+            try:
+                results[scenario] = run_search(scenario, steps, rank, world, distributed=True)
+            except RuntimeError as err:
+                results[scenario] = {"error": str(err)}
+                break  # the group may be unusable after a failed collective
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()

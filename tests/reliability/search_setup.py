@@ -80,9 +80,10 @@ def make_optimizers(search: nn.Module) -> List[torch.optim.Optimizer]:
             torch.optim.Adam(search.nas_parameters(), lr=5e-2)]
 
 
-def apply_schedule(search: nn.Module, kind: str, step: int) -> None:
+def apply_schedule(search: nn.Module, kind: str, step: int, freeze: bool = True) -> None:
     """Search-phase switches changed at fixed steps. They are set only at the step where
-    they change, so a run resumed later must get them from the checkpoint."""
+    they change, so a run resumed later must get them from the checkpoint. ``freeze=False``
+    leaves every PIT mask kind trainable."""
     if kind == "supernet":
         if step == 0:
             search.update_softmax_options(temperature=1.0)
@@ -90,7 +91,7 @@ def apply_schedule(search: nn.Module, kind: str, step: int) -> None:
             search.update_softmax_options(temperature=0.5, hard=True)
         elif step == 4:
             search.update_softmax_options(temperature=0.25)
-    else:
+    elif freeze:
         if step == 1:
             search.train_dilation = False
         elif step == 2:
@@ -99,10 +100,10 @@ def apply_schedule(search: nn.Module, kind: str, step: int) -> None:
 
 def search_step(search: nn.Module, model: nn.Module, optimizers: List[torch.optim.Optimizer],
                 kind: str, step: int, x: torch.Tensor, y: torch.Tensor,
-                strength: float = 1e-4) -> float:
+                strength: float = 1e-4, freeze: bool = True) -> float:
     """One search step (schedule, forward, regularizer, backward, both optimizers).
     ``model`` is what is called (the wrapper itself, or a DDP wrapper around it)."""
-    apply_schedule(search, kind, step)
+    apply_schedule(search, kind, step, freeze)
     loss = F.cross_entropy(model(x), y) + strength * search.get_regularization_loss()
     for opt in optimizers:
         opt.zero_grad()
