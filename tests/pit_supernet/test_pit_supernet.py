@@ -372,3 +372,25 @@ def test_nan_alpha_is_reported_by_name(seed_search):
         seed_search.get_size()
     with pytest.raises(FloatingPointError, match="conv.sn_combiner.alpha"):
         seed_search.arch_export()
+
+
+# ---------------------------------------------------------------- torch.compile
+def test_costs_compile_fullgraph_without_recompiles_on_option_changes():
+    import torch._dynamo
+    search = _small(gumbel=True)
+    x = torch.randn(2, 3, 8, 8)
+
+    def regularizer():
+        return search.get_regularization_loss() + search.get_total_icv()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(regularizer, fullgraph=True, backend="eager")
+    search(x)
+    assert compiled().item() == pytest.approx(regularizer().item(), rel=1e-6)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for temperature, hard in [(0.5, False), (0.5, True), (2.0, True)]:
+            search.update_softmax_options(temperature=temperature, hard=hard)
+            search(x)
+            value = compiled()
+            value.backward()
+            assert value.item() == pytest.approx(regularizer().item(), rel=1e-6)

@@ -147,11 +147,11 @@ class PITSuperNet(DNAS):
 
     def get_size(self) -> torch.Tensor:
         """Σ θ-weighted branch sizes + PIT layers outside supernets (SPEC §4.3)."""
-        return self.check_finite(self._sn_costs.cost("size", fast=self._fast))
+        return self.checked_cost(self._sn_costs.cost("size", fast=self._fast), "get_size")
 
     def get_macs(self) -> torch.Tensor:
         """Σ θ-weighted branch MACs + PIT layers outside supernets (SPEC §4.3)."""
-        return self.check_finite(self._sn_costs.cost("macs", fast=self._fast))
+        return self.checked_cost(self._sn_costs.cost("macs", fast=self._fast), "get_macs")
 
     def get_total_icv(self, eps: float = 1e-3) -> torch.Tensor:
         """Σ over supernets of mean(θ)² / (var(θ) + eps) with the unbiased variance (SPEC §3.3)."""
