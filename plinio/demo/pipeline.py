@@ -52,7 +52,7 @@ def run_demo(config: DemoConfig) -> DemoResults:
         model = supernet_cnn()
         seed_cost = expected_supernet_cost(model, input_shape)
         net = wrap_supernet(model, input_shape, config.regularizer, config.fast).to(device)
-        reference_cost = float(net.get_regularization_loss())
+        reference_cost = float(net.get_regularization_loss().detach())
         warmup = warm_up(net, data, schedule, _generator(config.seed, 0), config.progress)
         warm_state = copy.deepcopy(net.state_dict())
         _, seed_test_acc = evaluate(net, data.test, schedule.batch_size)
@@ -83,7 +83,7 @@ def run_demo(config: DemoConfig) -> DemoResults:
                 test_accuracy=test_acc, val_accuracy=val_acc,
                 search_val_accuracy=search_val_acc,
                 cost=model_cost(exported, input_shape),
-                regularizer_value=float(candidate.get_regularization_loss()),
+                regularizer_value=float(candidate.get_regularization_loss().detach()),
                 arch_summary=summary,
                 files={"torch_export": files.torch_export.relative_to(config.out).as_posix(),
                        "onnx": files.onnx.relative_to(config.out).as_posix()},
