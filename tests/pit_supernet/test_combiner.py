@@ -181,3 +181,9 @@ def test_forward_compiles_fullgraph_without_recompiling_on_option_changes():
         out = compiled(ys)
     assert torch.equal(comb.theta_alpha.detach().sort().values, torch.tensor([0.0, 0.0, 1.0]))
     assert torch.allclose(out, reference_combine(ys, comb.theta_alpha.detach()))
+
+
+def test_reference_backend_env_selects_stack_and_sum(monkeypatch):
+    assert PITSuperNetCombiner(2).use_fused_ops
+    monkeypatch.setenv("PLINIO_BACKEND", "reference")
+    assert not PITSuperNetCombiner(2).use_fused_ops

@@ -5,12 +5,14 @@ lives in buffers that are only ever written in place, so that the module is
 ``state_dict``-complete, ``torch.compile(fullgraph=True)`` friendly (no ``.item()``, no
 Python branch on tensor values, no attribute reassignment in ``forward``) and DDP friendly.
 """
-import os
 from typing import List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from plinio import ops
+from plinio.fast import fast_path_requested
 
 
 def reference_combine(branches: Sequence[torch.Tensor], theta: torch.Tensor) -> torch.Tensor:
@@ -18,20 +20,6 @@ def reference_combine(branches: Sequence[torch.Tensor], theta: torch.Tensor) -> 
     stacked = torch.stack(list(branches), dim=0)
     weights = theta.reshape((theta.shape[0],) + (1,) * (stacked.dim() - 1))
     return (stacked * weights.to(stacked.dtype)).sum(dim=0)
-
-
-def _fast_combine(branches: Sequence[torch.Tensor], theta: torch.Tensor) -> torch.Tensor:
-    """Fused weighted mix from the op library (no stacked tensor is materialised)."""
-    try:
-        from plinio.ops import combine
-    except ImportError:  # op library not available in this checkout yet
-        return reference_combine(branches, theta)
-    return combine(list(branches), theta)
-
-
-def _reference_forced() -> bool:
-    """True when the user asked for the pure-PyTorch path with ``PLINIO_BACKEND=reference``."""
-    return os.environ.get("PLINIO_BACKEND", "").strip().lower() == "reference"
 
 
 class PITSuperNetCombiner(nn.Module):
@@ -51,8 +39,8 @@ class PITSuperNetCombiner(nn.Module):
                 f"PITSuperNetCombiner needs at least one branch, got n_branches={n_branches!r}")
         self.n_branches = n_branches
         self.gumbel_softmax = bool(gumbel_softmax)
-        # fast path (plinio.ops.combine) unless the reference path is forced
-        self.use_fused_ops = not _reference_forced()
+        # fused plinio.ops.combine unless PLINIO_BACKEND=reference forces the reference path
+        self.use_fused_ops = fast_path_requested()
         self.alpha = nn.Parameter(torch.full((n_branches,), 1.0 / n_branches))
         self.register_buffer("temperature", torch.tensor(1.0, dtype=torch.float32))
         self.register_buffer("hard", torch.tensor(bool(hard_softmax)))
@@ -101,8 +89,8 @@ class PITSuperNetCombiner(nn.Module):
                 f"PITSuperNetCombiner expects {self.n_branches} branch outputs, "
                 f"got {len(branch_outputs)}")
         theta = self.sample_theta()
-        if self.use_fused_ops:
-            return _fast_combine(branch_outputs, theta)
+        if self.use_fused_ops:  # fused kernel: no stacked tensor is materialised
+            return ops.combine(list(branch_outputs), theta)
         return reference_combine(branch_outputs, theta)
 
     # ------------------------------------------------------------------ options
