@@ -184,6 +184,7 @@ def test_forward_compiles_fullgraph_without_recompiling_on_option_changes():
 
 
 def test_reference_backend_env_selects_stack_and_sum(monkeypatch):
+    monkeypatch.delenv("PLINIO_BACKEND", raising=False)
     assert PITSuperNetCombiner(2).use_fused_ops
     monkeypatch.setenv("PLINIO_BACKEND", "reference")
     assert not PITSuperNetCombiner(2).use_fused_ops
