@@ -6,19 +6,21 @@ The caller says which leaf modules are searchable layers (``roles``):
 - ``"depthwise"``: a depthwise conv: its output channels are its input's (same group);
 - ``"follower"``: a per-channel layer that follows its input's mask (PITBatchNorm, a folded BN).
 
-Every other node is handled by the rule tables of ``plinio.graph.channel_rules``. The result
+Every other node is handled by the rule tables of ``plinio.graph.channel_rules``; modules
+named in ``opaque`` (excluded by the user) keep every input channel, and nodes whose inputs
+all have a fixed width need no rule. The result
 gives, for each searchable layer, the descriptor of its input channels and (producers,
 depthwise) its output group, plus which groups must stay frozen (they reach the network output
 or an op that needs every channel).
 """
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch.fx as fx
 import torch.nn as nn
 
 from plinio.graph import channel_rules
-from plinio.graph.channels import Const, Desc, Group, Groups, canonical, desc_size, freeze, merge
+from plinio.graph.channels import Const, Desc, Group, Groups, canonical, desc_groups, desc_size, freeze, merge
 from plinio.graph.tracing import node_shape
 
 ROLES = ("producer", "depthwise", "follower")
@@ -46,12 +48,13 @@ class ChannelAnalysis:
     """Walks the graph once in topological order, assigning a channel descriptor to every
     tensor-valued node. Use ``run()`` then read ``layers``, ``groups`` and ``descs``."""
 
-    def __init__(self, gm: fx.GraphModule, roles: Mapping[str, str]) -> None:
+    def __init__(self, gm: fx.GraphModule, roles: Mapping[str, str], opaque: Iterable[str] = ()) -> None:
         for name, role in roles.items():
             if role not in ROLES:
                 raise ValueError(f"unknown role {role!r} for layer '{name}' (expected one of {ROLES})")
         self.gm = gm
         self.roles = dict(roles)
+        self.opaque = set(opaque)
         self.groups = Groups()
         self.descs: Dict[fx.Node, Optional[Desc]] = {}
         self.layers: Dict[str, LayerInfo] = {name: LayerInfo(name, role) for name, role in roles.items()}
@@ -123,8 +126,10 @@ class ChannelAnalysis:
         if node.op == "call_module" and node.target in self.layers:
             return self._visit_layer(node)
         inputs = [self.descs.get(a) for a in channel_rules.flat_nodes((node.args, node.kwargs))]
-        if all(d is None for d in inputs):
-            return self.const_of(node)
+        if all(d is None or next(desc_groups(d), None) is None for d in inputs):
+            return self.const_of(node)  # only fixed-width inputs: no mask can be affected
+        if node.op == "call_module" and node.target in self.opaque:
+            return self.freeze_inputs(node)
         rule = self._rule(node)
         return rule(self, node)
 

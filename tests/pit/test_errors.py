@@ -182,3 +182,22 @@ def test_load_state_dict_from_another_architecture():
     other = PIT(model, input_shape=model.input_shape)
     with pytest.raises(RuntimeError, match="seed.conv0"):
         pit.load_state_dict(other.state_dict())
+
+
+def test_excluding_an_unknown_module_keeps_its_input_channels():
+    class Unflat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(3, 8, 3, padding=1)
+            self.unflat = nn.Unflatten(1, (2, 4))
+            self.fc = nn.Linear(8 * 5, 2)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(self.unflat(self.conv(x)), 1))
+
+    model = Unflat()
+    with pytest.raises(NotImplementedError, match="node 'unflat'.*Unflatten.*exclude"):
+        PIT(model, input_shape=(3, 5))
+    pit = PIT(model, input_shape=(3, 5), exclude_names=("unflat",))
+    assert pit.seed.conv.out_features_masker.frozen
+    assert isinstance(pit.seed.conv, PITConv1d) and pit.seed.fc.in_features_opt == 40

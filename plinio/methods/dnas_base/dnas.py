@@ -91,17 +91,16 @@ class DNAS(nn.Module):
         for _, p in self.named_net_parameters(recurse=recurse):
             yield p
 
-    def check_finite(self, cost: torch.Tensor) -> torch.Tensor:
-        """Raise ``FloatingPointError`` naming the architectural parameter when ``cost`` is not
-        finite. Checked on CPU only (a check on an accelerator would synchronise every step)."""
+    def checked_cost(self, cost: torch.Tensor, where: str) -> torch.Tensor:
+        """``cost``, or ``FloatingPointError`` naming the architectural parameter that made it
+        NaN/Inf. Checked for CPU costs only: on an accelerator the check would synchronise
+        every step (turn on ``plinio.safety`` debug checks there)."""
         if cost.device.type != "cpu" or torch.compiler.is_compiling():
             return cost
         if not bool(torch.isfinite(cost).all()):
-            bad = [name for name, p in self.named_nas_parameters() if not bool(torch.isfinite(p).all())]
-            where = f"architectural parameter(s) {bad}" if bad else "a cost term"
-            raise FloatingPointError(f"{type(self).__name__}: the cost is {cost.tolist()} because {where} "
-                                     f"hold NaN/Inf; lower the learning rate of the NAS optimizer or reload a "
-                                     f"checkpoint")
+            check_nas_parameters(self, where)
+            raise FloatingPointError(f"{type(self).__name__}.{where}: the cost is {cost.tolist()} although every "
+                                     f"architectural parameter is finite; check the layers' weights and shapes")
         return cost
 
     def arch_summary(self) -> Dict[str, Dict[str, Any]]:

@@ -201,7 +201,8 @@ def convert(model: nn.Module, input_shape: Optional[Sequence[int]] = None, *, in
                          f"(use names as in model.named_modules())")
     planner = _Planner(gm, autoconvert_layers, names, types, tuple(conversion_types))
     planner.plan()
-    analysis = ChannelAnalysis(gm, planner.roles).run()
+    opaque = {name for name, m in modules.items() if name in names or isinstance(m, types)}
+    analysis = ChannelAnalysis(gm, planner.roles, opaque).run()
     maskers = _masker_for_groups(analysis, modules)
     layers: Dict[str, PITModule] = {}
     for info in analysis.layers.values():

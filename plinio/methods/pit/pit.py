@@ -102,24 +102,24 @@ class PIT(DNAS):
         """Per-layer cost vectors (``layer_names``, ``layer_costs(binarized)``)."""
         return self._cost_model
 
-    def _cost(self, index: int, binarized: bool) -> torch.Tensor:
-        return self.check_finite(self._cost_model.layer_costs(binarized)[index].sum())
+    def _cost(self, index: int, binarized: bool, where: str) -> torch.Tensor:
+        return self.checked_cost(self._cost_model.layer_costs(binarized)[index].sum(), where)
 
     def get_size(self) -> torch.Tensor:
         """Σ layer sizes with the continuous masks (SPEC §4.1)."""
-        return self._cost(0, False)
+        return self._cost(0, False, "get_size")
 
     def get_macs(self) -> torch.Tensor:
         """Σ layer MACs with the continuous masks, every call counted (SPEC §4.1)."""
-        return self._cost(1, False)
+        return self._cost(1, False, "get_macs")
 
     def get_size_binarized(self) -> torch.Tensor:
         """Σ layer sizes with the binarized masks (straight-through gradient)."""
-        return self._cost(0, True)
+        return self._cost(0, True, "get_size_binarized")
 
     def get_macs_binarized(self) -> torch.Tensor:
         """Σ layer MACs with the binarized masks (straight-through gradient)."""
-        return self._cost(1, True)
+        return self._cost(1, True, "get_macs_binarized")
 
     def _nas_parameter_ids(self) -> Set[int]:
         return {id(p) for m in self.seed.modules() if isinstance(m, PITMaskerBase)
