@@ -8,6 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.models import SimpleSuperNet
+from plinio.fast import fast_path_requested
 from plinio.methods import PITSuperNet
 from plinio.methods.pit_supernet import PITSuperNetModule
 from plinio.methods.pit_supernet.nn import PITSuperNetCombiner
@@ -91,7 +92,7 @@ def test_icv_matches_definition_after_forward(seed_search):
     with torch.no_grad():
         seed_search.seed.conv.sn_combiner.alpha.copy_(torch.tensor([0.3, 0.1, -0.4, 1.2]))
     seed_search(torch.randn(1, 32, 8, 8))
-    theta = seed_search.theta_alpha().detach()
+    theta = seed_search.thetas().detach()
     expected = float(theta.mean() ** 2 / (theta.var(unbiased=True) + 1e-2))
     assert seed_search.get_total_icv(1e-2).item() == pytest.approx(expected, rel=1e-5)
 
@@ -104,7 +105,7 @@ def test_hard_selection_gives_one_hot_theta_and_different_costs(seed_search):
     soft_size, soft_macs = seed_search.get_size().item(), seed_search.get_macs().item()
     seed_search.update_softmax_options(hard=True)
     seed_search(x)
-    assert torch.equal(seed_search.theta_alpha().detach(), torch.tensor([0.0, 0.0, 1.0, 0.0]))
+    assert torch.equal(seed_search.thetas().detach(), torch.tensor([0.0, 0.0, 1.0, 0.0]))
     assert seed_search.get_size().item() == 25632
     assert seed_search.get_macs().item() == 104988672
     assert seed_search.get_size().item() != soft_size
@@ -119,7 +120,7 @@ def test_temperature_changes_soft_theta_like_softmax(seed_search):
     for temperature in (1.0, 0.2, 5.0):
         seed_search.update_softmax_options(temperature=temperature)
         seed_search(x)
-        assert torch.allclose(seed_search.theta_alpha().detach(),
+        assert torch.allclose(seed_search.thetas().detach(),
                               torch.softmax(alpha / temperature, 0), atol=1e-6)
 
 
@@ -129,7 +130,7 @@ def test_gumbel_modes_give_finite_costs(hard):
     search.train()
     torch.manual_seed(3)
     out = search(torch.randn(4, 3, 8, 8))
-    theta = search.theta_alpha().detach()
+    theta = search.thetas().detach()
     assert torch.isclose(theta.sum(), torch.tensor(1.0))
     if hard:
         assert sorted(theta.tolist()) == [0.0, 0.0, 0.0, 1.0]
@@ -156,7 +157,7 @@ def test_fast_and_reference_paths_agree_on_costs_outputs_and_gradients():
     randomize_architecture(fast, seed=4)
     ref = copy.deepcopy(fast)
     ref.fast = False
-    assert fast.fast and not ref.fast
+    assert fast.fast == fast_path_requested() and not ref.fast
     x = torch.randn(3, 3, 8, 8)
     results = []
     for search in (fast, ref):
@@ -345,7 +346,7 @@ def test_theta_is_uniform_after_construction_even_if_user_ran_the_model():
         model.choice.sn_combiner.alpha.copy_(torch.tensor([3.0, 0.0, 0.0, 0.0]))
     model(torch.randn(1, 3, 8, 8))
     search = PITSuperNet(model, input_shape=(3, 8, 8))
-    assert torch.allclose(search.theta_alpha(), torch.full((4,), 0.25))
+    assert torch.allclose(search.thetas(), torch.full((4,), 0.25))
 
 
 def test_model_without_supernets_warns():

@@ -6,7 +6,7 @@ per-layer cost vectors of the PIT cost model; a looped reference formulation giv
 values and is used when the fast paths are switched off.
 """
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn

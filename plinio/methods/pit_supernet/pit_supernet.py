@@ -1,7 +1,7 @@
 """The PIT-SuperNet wrapper (SPEC §2.2): branch selection plus PIT inside and outside branches."""
 import copy
 import warnings
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.fx as fx
@@ -16,7 +16,7 @@ from plinio.methods.pit.nn.masker_base import PITMaskerBase
 from plinio.methods.pit.nn.module import PITModule, PITWeightedModule, fused_ops_available
 from plinio.safety import check_nas_parameters
 
-from .costs import SuperNetCosts, branch_prefix
+from .costs import BranchStaticCosts, SuperNetCosts, branch_prefix
 from .graph import (combiner_nodes, find_supernets, keep_best_branches, probe_supernets,
                     reset_combiners)
 from .nn.combiner import PITSuperNetCombiner
@@ -75,7 +75,7 @@ class PITSuperNet(DNAS):
 
     @staticmethod
     def _measure_static_costs(model: nn.Module, example: Tuple[torch.Tensor, ...]
-                              ) -> Dict[str, Any]:
+                              ) -> Dict[str, BranchStaticCosts]:
         """Branch shape check and static costs on a private copy (SPEC §4.2)."""
         probe = copy.deepcopy(model)
         return probe_supernets(probe, find_supernets(probe), lambda: probe(*example))
@@ -141,8 +141,8 @@ class PITSuperNet(DNAS):
         """PIT per-layer cost vectors (``layer_names``, ``layer_costs(binarized)``)."""
         return self._cost_model
 
-    def theta_alpha(self) -> torch.Tensor:
-        """Concatenated θ of every supernet (order of ``supernet_names``)."""
+    def thetas(self) -> torch.Tensor:
+        """Current θ of every supernet, concatenated in the order of ``supernet_names``."""
         return self._sn_costs.theta_all()
 
     def get_size(self) -> torch.Tensor:
