@@ -22,7 +22,7 @@ from plinio.methods.pit.nn.batchnorm_common import PITBatchNormBase
 from plinio.methods.pit.nn.binarizer import PITBinarizer
 from plinio.methods.pit.nn.conv1d import PITConv1d
 from plinio.methods.pit.nn.features_masker import PITFeaturesMasker
-from plinio.methods.pit.nn.module import PITModule, PITWeightedModule, prod
+from plinio.methods.pit.nn.module import PITModule, PITWeightedModule
 
 
 def reference_backend_forced() -> bool:

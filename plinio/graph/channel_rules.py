@@ -13,14 +13,14 @@ descriptor of the node's output (None for non-tensor values):
 - ``no_channels``: the output is not a tensor with channels (``x.size()``, ``x.dim()``).
 """
 import operator
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from plinio.graph.channels import Concat, Const, Desc, Flatten, freeze, merge
+from plinio.graph.channels import Concat, Desc, Flatten, merge
 
 if TYPE_CHECKING:
     from plinio.graph.analysis import ChannelAnalysis

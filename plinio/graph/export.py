@@ -54,7 +54,7 @@ def _add_module(gm: fx.GraphModule, name: str, module: nn.Module) -> None:
 def _export_node(gm: fx.GraphModule, node: fx.Node, layer: PITModule, modules: Dict[str, nn.Module],
                  calls: Dict[str, int], add_bn: bool) -> None:
     extra = (0, 0)
-    if isinstance(layer, PITConv1d) and calls[node.target] == 1:
+    if isinstance(layer, PITConv1d) and layer.padding_mode == "zeros" and calls[node.target] == 1:
         src = node.args[0]
         pad = _zero_pad_1d(src, modules) if isinstance(src, fx.Node) and len(src.users) == 1 else None
         if pad is not None:

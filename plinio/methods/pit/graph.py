@@ -5,7 +5,7 @@
 """
 import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Type
+from typing import Any, Dict, Iterable, Optional, Sequence, Set, Tuple, Type
 
 import torch
 import torch.fx as fx
