@@ -75,7 +75,13 @@ def _unavailable_reason(name: str, device_type: str) -> Optional[str]:
 
 def get_backend(device: Union[torch.device, str] = "cpu") -> str:
     """The backend the ops use for tensors on `device` (raises if a forced one can't run)."""
-    device_type = torch.device(device).type
+    return _select(torch.device(device).type)
+
+
+# torch.compile evaluates the choice once while tracing (it queries the dispatcher and the
+# environment, which Dynamo cannot trace) and bakes it into the graph.
+@torch.compiler.assume_constant_result
+def _select(device_type: str) -> str:
     wanted = _requested()
     if wanted is not None:
         why = _unavailable_reason(wanted, device_type)
@@ -112,7 +118,7 @@ def combine(branches: Sequence[Tensor], theta: Tensor) -> Tensor:
     the backward reads the saved branches only for θ's gradient.
     """
     _validate.check_combine(branches, theta)
-    backend = get_backend(branches[0].device)
+    backend = _select(branches[0].device.type)
     if backend == "reference":
         return reference.combine(branches, theta)
     return _ops_for(backend).combine(list(branches), theta)
@@ -140,7 +146,7 @@ def pit_masks(
     like = alpha if alpha is not None else (beta if beta is not None else gamma)
     if like is None:
         return None, None
-    backend = get_backend(like.device)
+    backend = _select(like.device.type)
     if backend == "reference":
         return reference.pit_masks(alpha, beta, gamma, kernel_size=kernel_size,
                                    threshold=threshold, keep_alive=keep_alive)
@@ -171,7 +177,7 @@ def pit_masked_weight(
     reduces the weight/bias gradient into alpha/beta/gamma gradients in the same pass.
     """
     _validate.check_masked_weight(weight, bias, alpha, beta, gamma, keep_alive)
-    backend = get_backend(weight.device)
+    backend = _select(weight.device.type)
     if backend == "reference":
         w, b, channel, time = reference.pit_masked_weight(
             weight, bias, alpha, beta, gamma, threshold=threshold, keep_alive=keep_alive)

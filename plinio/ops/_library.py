@@ -11,7 +11,7 @@ Conventions shared with the C++ side: an absent optional result is a numel-0 ten
 numel-0 gradient stands for zero.
 """
 import threading
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -239,14 +239,17 @@ def compiled_ops() -> Optional[Any]:
     return torch.ops.plinio
 
 
+_has_device: Dict[str, bool] = {}
+
+
 def compiled_has_device(device_type: str) -> bool:
     """Whether the compiled library has kernels for `device_type` ('cpu' or 'cuda')."""
-    if compiled_ops() is None:
-        return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    if key is None:
-        return False
-    return bool(torch._C._dispatch_has_kernel_for_dispatch_key("plinio::combine", key))
+    if device_type not in _has_device:
+        key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+        _has_device[device_type] = bool(
+            key is not None and compiled_ops() is not None
+            and torch._C._dispatch_has_kernel_for_dispatch_key("plinio::combine", key))
+    return _has_device[device_type]
 
 
 def fakes() -> Sequence[Tuple[str, Callable[..., Any]]]:

@@ -123,18 +123,14 @@ class _Masks:
 
 def _apply(rows: Tensor, m: _Masks, time: bool, out: Tensor) -> None:
     """out = rows ⊙ m_α[c] (⊙ m_t[k] when `time`), rows viewed as [Cout, R, taps]."""
-    cout = rows.shape[0]
-    if rows.numel() == 0:
+    n = rows.numel()
+    if n == 0:
         return
     taps = m.taps if time else 1
-    r = rows.numel() // cout // taps
-    bk = _pow2(taps)
-    br = max(1, TILE // bk)
-    grid = (cout, triton.cdiv(r, br))
-    _launch(K.apply_kernel)[grid](
-        rows, m.cm if m.cm is not None else m.dummy, m.mt if (time and m.mt is not None) else m.dummy,
-        out, r, taps, HAS_CM=m.cm is not None, HAS_MT=bool(time and m.mt is not None),
-        BLOCK_R=br, BLOCK_K=bk)
+    has_mt = bool(time and m.mt is not None)
+    _launch(K.apply_kernel)[(triton.cdiv(n, TILE),)](
+        rows, m.cm if m.cm is not None else m.dummy, m.mt if has_mt else m.dummy, out,
+        n, n // rows.shape[0], taps, HAS_CM=m.cm is not None, HAS_MT=has_mt, BLOCK=TILE)
 
 
 def _param_grads(m: _Masks, partial: Optional[Tensor], grad_bias: Optional[Tensor],
@@ -150,6 +146,9 @@ def _param_grads(m: _Masks, partial: Optional[Tensor], grad_bias: Optional[Tenso
         return t.to(m.acc).contiguous() if t is not None else m.dummy
 
     has_bias = grad_bias is not None and bias is not None
+    # channels of the layer (the partial sums have one row per output channel even when
+    # the channel mask is absent)
+    cout = partial.shape[0] if partial is not None else m.cout
     _launch(K.param_grads_kernel)[(1,)](
         acc(partial), acc(grad_bias if has_bias else None), acc(bias if has_bias else None),
         acc(ext_cm), acc(ext_t),
@@ -157,11 +156,11 @@ def _param_grads(m: _Masks, partial: Optional[Tensor], grad_bias: Optional[Tenso
         gamma if gamma is not None else m.dummy,
         m.cm if m.cm is not None else m.dummy, m.mt if m.mt is not None else m.dummy,
         m.mb if m.mb is not None else m.dummy, m.mg if m.mg is not None else m.dummy,
-        ga, gb, gg, m.cout, m.taps, m.levels, keep_alive,
+        ga, gb, gg, cout, m.taps, m.levels, keep_alive,
         HAS_PARTIAL=partial is not None, HAS_BIAS=has_bias, HAS_EXT_CM=ext_cm is not None,
         HAS_EXT_T=ext_t is not None, HAS_ALPHA=alpha is not None, HAS_BETA=beta is not None,
         HAS_GAMMA=gamma is not None, HAS_MT=m.timed,
-        BLOCK_C=max(1, min(_pow2(m.cout), TILE // _pow2(m.taps))), BLOCK_K=_pow2(m.taps),
+        BLOCK_C=max(1, min(_pow2(cout), TILE // _pow2(m.taps))), BLOCK_K=_pow2(m.taps),
         LEVELS_MAX=_pow2(m.levels, 2))
     return (ga.to(alpha.dtype) if alpha is not None else _library.absent(absent_like),
             gb.to(beta.dtype) if beta is not None else _library.absent(absent_like),

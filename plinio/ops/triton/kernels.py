@@ -95,20 +95,17 @@ def masks_kernel(alpha_ptr, beta_ptr, gamma_ptr, cm_ptr, mb_ptr, mg_ptr, mt_ptr,
 
 
 @triton.jit
-def apply_kernel(w_ptr, cm_ptr, mt_ptr, out_ptr, rows_per_channel, taps,
-                 HAS_CM: tl.constexpr, HAS_MT: tl.constexpr,
-                 BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-    c = tl.program_id(0).to(tl.int64)
-    r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
-    k = tl.arange(0, BLOCK_K)
-    inb = (r[:, None] < rows_per_channel) & (k[None, :] < taps)
-    offs = c * rows_per_channel * taps + r[:, None] * taps + k[None, :]
+def apply_kernel(w_ptr, cm_ptr, mt_ptr, out_ptr, n, row_len, taps,
+                 HAS_CM: tl.constexpr, HAS_MT: tl.constexpr, BLOCK: tl.constexpr):
+    """out = w ⊙ m_α[c] ⊙ m_t[k] over a flat [Cout, R, taps] weight (row_len = R·taps)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inb = offs < n
     acc_ty = cm_ptr.dtype.element_ty
     v = tl.load(w_ptr + offs, mask=inb, other=0.0).to(acc_ty)
     if HAS_CM:
-        v = v * tl.load(cm_ptr + c)
+        v = v * tl.load(cm_ptr + offs // row_len, mask=inb, other=0.0)
     if HAS_MT:
-        v = v * tl.load(mt_ptr + k, mask=k < taps, other=0.0)[None, :]
+        v = v * tl.load(mt_ptr + offs % taps, mask=inb, other=0.0)
     tl.store(out_ptr + offs, v.to(out_ptr.dtype.element_ty), mask=inb)
 
 

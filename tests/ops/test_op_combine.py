@@ -1,0 +1,216 @@
+"""plinio.ops.combine against the reference, on every backend present."""
+import pytest
+import torch
+
+import plinio.ops as ops
+from plinio.ops import reference
+from ops_backends import backend_params, forced, require
+
+SHAPES = {"linear": (5, 7), "conv1d": (2, 3, 11), "conv2d": (2, 3, 5, 6)}
+
+
+def _branches(n, shape, device, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ys = [torch.randn(shape, generator=g, dtype=dtype).to(device).requires_grad_() for _ in range(n)]
+    theta = torch.randn(n, generator=g, dtype=torch.float32 if dtype != torch.float64
+                        else torch.float64).to(device).requires_grad_()
+    return ys, theta
+
+
+def _grads(out, inputs, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    cot = torch.randn(out.shape, generator=g, dtype=out.dtype).to(out.device)
+    return torch.autograd.grad(out, inputs, cot)
+
+
+def _check_against_reference(backend, ys, theta, rtol=1e-5, atol=1e-5):
+    with forced(backend):
+        out = ops.combine(ys, theta)
+    ref = reference.combine(ys, theta)
+    torch.testing.assert_close(out, ref, rtol=rtol, atol=atol)
+    got = _grads(out, [*ys, theta])
+    want = _grads(ref, [*ys, theta])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+    return out
+
+
+def test_reference_is_the_weighted_sum():
+    ys, theta = _branches(3, (4, 5), "cpu")
+    want = theta[0] * ys[0] + theta[1] * ys[1] + theta[2] * ys[2]
+    torch.testing.assert_close(reference.combine(ys, theta), want)
+
+
+@pytest.mark.parametrize("backend_device", backend_params())
+@pytest.mark.parametrize("n", [1, 2, 4, 7])
+@pytest.mark.parametrize("kind", sorted(SHAPES))
+def test_values_and_gradients(backend_device, n, kind):
+    backend, device = backend_device
+    require(backend, device)
+    ys, theta = _branches(n, SHAPES[kind], device, seed=n)
+    _check_against_reference(backend, ys, theta)
+
+
+@pytest.mark.parametrize("backend_device", backend_params())
+@pytest.mark.parametrize("n", [16, 17])
+def test_many_branches(backend_device, n):
+    backend, device = backend_device
+    require(backend, device)
+    ys, theta = _branches(n, (3, 33), device)
+    _check_against_reference(backend, ys, theta)
+
+
+@pytest.mark.parametrize("backend_device", backend_params())
+def test_channels_last_keeps_layout(backend_device):
+    backend, device = backend_device
+    require(backend, device)
+    ys, theta = _branches(3, (2, 4, 5, 3), device)
+    ys = [y.detach().to(memory_format=torch.channels_last).requires_grad_() for y in ys]
+    out = _check_against_reference(backend, ys, theta)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("backend_device", backend_params())
+def test_non_contiguous_and_mixed_layouts(backend_device):
+    backend, device = backend_device
+    require(backend, device)
+    g = torch.Generator().manual_seed(3)
+    base = [torch.randn(4, 6, 10, generator=g).to(device) for _ in range(3)]
+    ys = [base[0][:, ::2, 1:8].requires_grad_(),                        # strided slice
+          base[1].transpose(1, 2).contiguous().transpose(1, 2)[:, ::2, 1:8].requires_grad_(),
+          base[2][:, 1::2, 2:9].clone().requires_grad_()]
+    theta = torch.tensor([0.3, -1.2, 0.7], device=device, requires_grad=True)
+    _check_against_reference(backend, ys, theta)
+
+
+@pytest.mark.parametrize("backend_device", backend_params())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_forward(backend_device, dtype):
+    backend, device = backend_device
+    require(backend, device)
+    ys, theta = _branches(4, (3, 5, 7), device, dtype=dtype)
+    with forced(backend):
+        out = ops.combine(ys, theta)
+    assert out.dtype == dtype
+    exact = sum(t * y.double() for t, y in zip(theta.double(), ys))
+    tol = 1e-2 if dtype == torch.float16 else 5e-2
+    torch.testing.assert_close(out.double(), exact, rtol=tol, atol=tol)
+    out.float().sum().backward()
+    assert theta.grad is not None and torch.isfinite(theta.grad).all()
+
+
+@pytest.mark.parametrize("backend_device", backend_params())
+def test_partial_requires_grad(backend_device):
+    backend, device = backend_device
+    require(backend, device)
+    ys, theta = _branches(3, (4, 6), device)
+    ys[1] = ys[1].detach()
+    theta = theta.detach()
+    with forced(backend):
+        out = ops.combine(ys, theta)
+    out.sum().backward()
+    assert ys[1].grad is None
+    torch.testing.assert_close(ys[0].grad, torch.full_like(ys[0], float(theta[0])))
+    torch.testing.assert_close(ys[2].grad, torch.full_like(ys[2], float(theta[2])))
+
+
+@pytest.mark.parametrize("backend_device", backend_params())
+def test_no_stacked_buffer_is_saved(backend_device):
+    backend, device = backend_device
+    require(backend, device)
+    ys, theta = _branches(4, (8, 16), device)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), forced(backend):
+        ops.combine(ys, theta)
+    input_ptrs = {y.data_ptr() for y in ys} | {theta.data_ptr()}
+    assert saved, "the θ gradient needs the branches: they must be saved"
+    for t in saved:
+        assert t.data_ptr() in input_ptrs, "combine saved a new buffer instead of its inputs"
+
+
+@pytest.mark.parametrize("backend_device", backend_params())
+def test_gradcheck_float64(backend_device):
+    backend, device = backend_device
+    require(backend, device)
+    ys, theta = _branches(3, (2, 3, 4), device, dtype=torch.float64)
+    with forced(backend):
+        assert torch.autograd.gradcheck(lambda *a: ops.combine(list(a[:-1]), a[-1]),
+                                        (*ys, theta))
+
+
+@pytest.mark.parametrize("backend_device", [p for p in backend_params()
+                                            if p.id != "triton-interp"])
+def test_opcheck(backend_device):
+    backend, device = backend_device
+    require(backend, device)
+    ys, theta = _branches(3, (2, 3, 4), device)
+    op = torch.ops.plinio.combine if backend != "triton" else torch.ops.plinio.triton_combine
+    torch.library.opcheck(op, (ys, theta))
+    ys_cl = [y.detach().to(memory_format=torch.channels_last).requires_grad_()
+             for y in _branches(2, (2, 3, 4, 5), device)[0]]
+    torch.library.opcheck(op, (ys_cl, theta[:2].detach().requires_grad_()))
+
+
+@pytest.mark.triton_interpret
+def test_triton_interpreter_schema_and_autograd_registration():
+    require("triton", "cpu")
+    from plinio.ops import triton as triton_backend
+
+    triton_backend.ops()
+    ys, theta = _branches(2, (3, 4), "cpu")
+    # The interpreter runs kernels on real data pointers, so the fake-tensor parts of
+    # opcheck only run on a GPU (test_opcheck[triton-cuda]).
+    torch.library.opcheck(torch.ops.plinio.triton_combine, (ys, theta),
+                          test_utils=("test_schema", "test_autograd_registration"))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+def test_torch_compile_fullgraph(backend):
+    require(backend, "cpu")
+    ys, theta = _branches(3, (4, 5), "cpu")
+    with forced(backend):
+        fn = torch.compile(lambda a, b, c, t: ops.combine([a, b, c], t), fullgraph=True,
+                           backend="aot_eager")
+        out = fn(*ys, theta)
+    torch.testing.assert_close(out, reference.combine(ys, theta))
+
+
+# ------------------------------------------------------------------------ error cases
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+def test_errors_name_the_wrong_input(backend):
+    require(backend, "cpu")
+    a, b = torch.randn(2, 3), torch.randn(2, 3)
+    theta = torch.ones(2)
+    with forced(backend):
+        with pytest.raises(ValueError, match="branch 1 has shape"):
+            ops.combine([a, torch.randn(3, 2)], theta)
+        with pytest.raises(ValueError, match="branch 1 has dtype"):
+            ops.combine([a, b.double()], theta)
+        with pytest.raises(ValueError, match="branch 1 is on"):
+            ops.combine([a, torch.empty(2, 3, device="meta")], theta)
+        with pytest.raises(ValueError, match="theta must be a vector of 2"):
+            ops.combine([a, b], torch.ones(3))
+        with pytest.raises(ValueError, match="theta must be a vector of 2"):
+            ops.combine([a, b], torch.ones(2, 1))
+        with pytest.raises(ValueError, match="theta is on"):
+            ops.combine([a, b], torch.ones(2, device="meta"))
+        with pytest.raises(ValueError, match="theta must be floating point"):
+            ops.combine([a, b], torch.ones(2, dtype=torch.int64))
+        with pytest.raises(ValueError, match="empty"):
+            ops.combine([], theta)
+        with pytest.raises(TypeError, match="list or tuple"):
+            ops.combine(a, theta)
+
+
+def test_compiled_op_checks_inputs_too():
+    require("cpp", "cpu")
+    with pytest.raises(RuntimeError, match="branch 1 has shape"):
+        torch.ops.plinio.combine([torch.randn(2), torch.randn(3)], torch.ones(2))
+    with pytest.raises(RuntimeError, match="one weight per branch"):
+        torch.ops.plinio.combine([torch.randn(2)], torch.ones(2))
