@@ -4,7 +4,6 @@ from typing import Any, List, Optional, Sequence, Tuple
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
@@ -90,19 +89,6 @@ def make_example(input_shape: Optional[Sequence[int]], input_example: Any,
     return (torch.rand((1,) + tuple(input_shape), device=device, dtype=dtype),)
 
 
-class _NamedShapeProp(ShapeProp):
-    """ShapeProp that reports which node failed."""
-
-    def run_node(self, n: fx.Node) -> Any:
-        try:
-            return super().run_node(n)
-        except _ShapeError:
-            raise
-        except Exception as err:
-            where = f"module '{n.target}'" if n.op == "call_module" else f"node '{n.name}' ({n.target})"
-            raise _ShapeError(where, err) from err
-
-
 class _ShapeError(Exception):
     def __init__(self, where: str, err: Exception) -> None:
         super().__init__(where)
@@ -110,20 +96,36 @@ class _ShapeError(Exception):
         self.err = err
 
 
+class _ShapeRecorder(fx.Interpreter):
+    """Runs the graph once, storing each tensor output's shape in ``node.meta['plinio_shape']``
+    and naming the node that fails."""
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            result = super().run_node(n)
+        except Exception as err:
+            where = f"module '{n.target}'" if n.op == "call_module" else f"node '{n.name}' ({n.target})"
+            raise _ShapeError(where, err) from err
+        if isinstance(result, torch.Tensor):
+            n.meta["plinio_shape"] = tuple(result.shape)
+        return result
+
+
 def propagate_shapes(gm: fx.GraphModule, example: Tuple[torch.Tensor, ...]) -> None:
-    """Run ``gm`` once in eval mode under no_grad, storing each node's output in
-    ``node.meta['tensor_meta']``; restores the training flags afterwards."""
+    """Run ``gm`` once in eval mode under no_grad, recording each node's output shape;
+    restores the training flags afterwards."""
     flags = [(m, m.training) for m in gm.modules()]
     gm.eval()
     try:
         with torch.no_grad():
-            _NamedShapeProp(gm).propagate(*example)
+            _ShapeRecorder(gm).run(*example)
     except _ShapeError as failure:
         shapes = [tuple(t.shape) for t in example]
         err = failure.err
+        message = str(err).splitlines()[0] if str(err) else ""
         raise ValueError(f"the model cannot run on an input of shape {shapes} (batch included): {failure.where} "
-                         f"failed with {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. "
-                         f"Check input_shape / input_example.") from err
+                         f"failed with {type(err).__name__}: {message}. Check input_shape / input_example.") \
+            from err
     finally:
         for m, flag in flags:
             m.training = flag
@@ -131,9 +133,7 @@ def propagate_shapes(gm: fx.GraphModule, example: Tuple[torch.Tensor, ...]) -> N
 
 def node_shape(node: fx.Node) -> Optional[Tuple[int, ...]]:
     """Output shape of a tensor-valued node after shape propagation, else None."""
-    meta = node.meta.get("tensor_meta")
-    shape = getattr(meta, "shape", None)
-    return None if shape is None else tuple(shape)
+    return node.meta.get("plinio_shape")
 
 
 def model_device_dtype(model: nn.Module) -> Tuple[torch.device, torch.dtype]:
