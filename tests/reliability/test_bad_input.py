@@ -3,13 +3,13 @@ message names the module / node and says what to change; the user's model is nev
 modified. Supernet-specific cases live in test_bad_supernet_input.py."""
 import re
 import warnings
-from typing import Callable, Tuple
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reliability_checks import assert_export_matches, expect_error
 from plinio.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from plinio.methods import PIT
 from plinio.methods.pit.nn import PITConv1d
@@ -32,45 +32,6 @@ class Seq1d(nn.Module):
         return self.fc(torch.flatten(y, 1))
 
 
-def randomize_masks(search: nn.Module, seed: int = 0) -> None:
-    """Mask parameters spread around the threshold, so that some channels/taps are pruned."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, param in search.named_nas_parameters():
-            param.copy_(torch.rand(param.shape, generator=gen) * 1.6 - 0.3)
-
-
-def assert_export_matches(search: nn.Module, shape: Tuple[int, ...],
-                          dtype: torch.dtype = torch.float32, rtol: float = 1e-4) -> None:
-    """Correct behaviour: in eval mode the exported network computes the search model's
-    function (SPEC §6), with pruned channels actually removed."""
-    randomize_masks(search)
-    search.eval()
-    x = torch.randn((2,) + shape).to(dtype)
-    with torch.no_grad():
-        expected = search(x)
-        got = search.arch_export(add_bn=False)(x)
-    assert got.dtype == expected.dtype == dtype
-    scale = float(expected.abs().max().float())
-    assert float((got - expected).abs().max().float()) <= rtol * max(scale, 1e-3)
-
-
-def expect_error(unchanged, model: nn.Module, build: Callable[[nn.Module], object],
-                 exc: type, *patterns: str) -> str:
-    """``build(model)`` must raise ``exc`` whose message matches every pattern, and leave
-    ``model`` as it was."""
-    check = unchanged(model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with pytest.raises(exc) as info:
-            build(model)
-    message = str(info.value)
-    for pattern in patterns:
-        assert re.search(pattern, message, re.S), f"{pattern!r} not in: {message}"
-    check()
-    return message
-
-
 # ------------------------------------------------------------------ input_shape
 
 
@@ -81,40 +42,40 @@ def expect_error(unchanged, model: nn.Module, build: Callable[[nn.Module], objec
     ((3.0, 16), TypeError, r"input_shape must be a tuple of ints"),
     ("3,16", TypeError, r"input_shape must be a tuple of ints"),
 ])
-def test_malformed_input_shape(unchanged, shape, exc, pattern) -> None:
-    expect_error(unchanged, Seq1d(), lambda m: PIT(m, input_shape=shape), exc, pattern)
+def test_malformed_input_shape(shape, exc, pattern) -> None:
+    expect_error(Seq1d(), lambda m: PIT(m, input_shape=shape), exc, pattern)
 
 
-def test_input_shape_of_the_wrong_rank_names_the_first_layer(unchanged) -> None:
-    expect_error(unchanged, Seq1d(), lambda m: PIT(m, input_shape=(3, 16, 16)), ValueError,
+def test_input_shape_of_the_wrong_rank_names_the_first_layer() -> None:
+    expect_error(Seq1d(), lambda m: PIT(m, input_shape=(3, 16, 16)), ValueError,
                  r"cannot run on an input of shape \[\(1, 3, 16, 16\)\]", r"\bconv\b",
                  r"input_shape")
 
 
-def test_input_shape_the_model_cannot_run_on_names_the_failing_layer(unchanged) -> None:
-    expect_error(unchanged, Seq1d(), lambda m: PIT(m, input_shape=(3, 15)), ValueError,
+def test_input_shape_the_model_cannot_run_on_names_the_failing_layer() -> None:
+    expect_error(Seq1d(), lambda m: PIT(m, input_shape=(3, 15)), ValueError,
                  r"cannot run on an input of shape \[\(1, 3, 15\)\]", r"\bfc\b", r"input_shape")
 
 
-def test_input_example_on_another_device_is_explained(unchanged) -> None:
+def test_input_example_on_another_device_is_explained() -> None:
     example = torch.randn((1,) + SHAPE, device="meta")
-    expect_error(unchanged, Seq1d(), lambda m: PIT(m, input_example=example), ValueError,
+    expect_error(Seq1d(), lambda m: PIT(m, input_example=example), ValueError,
                  r"device", r"meta", r"cpu")
 
 
-def test_zero_sized_layer_is_refused_naming_it(unchanged) -> None:
+def test_zero_sized_layer_is_refused_naming_it() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch warns when initialising zero-element weights
         model = nn.Sequential(nn.Conv1d(3, 0, 3), nn.Flatten(), nn.Linear(0, 2))
-    expect_error(unchanged, model, lambda m: PIT(m, input_shape=SHAPE), ValueError,
+    expect_error(model, lambda m: PIT(m, input_shape=SHAPE), ValueError,
                  r"\b0\b")
 
 
 # ------------------------------------------------------------------ options
 
 
-def test_unknown_regularizer(unchanged) -> None:
-    expect_error(unchanged, Seq1d(), lambda m: PIT(m, input_shape=SHAPE, regularizer="flops"),
+def test_unknown_regularizer() -> None:
+    expect_error(Seq1d(), lambda m: PIT(m, input_shape=SHAPE, regularizer="flops"),
                  ValueError, r"'flops'", r"'size'", r"'macs'")
     search = PIT(Seq1d(), input_shape=SHAPE, regularizer="macs")
     with pytest.raises(ValueError, match=r"'params'.*'size', 'macs'"):
@@ -138,8 +99,8 @@ class DataDependent(nn.Module):
         return self.fc(torch.flatten(y, 1))
 
 
-def test_data_dependent_control_flow(unchanged) -> None:
-    expect_error(unchanged, DataDependent(), lambda m: PIT(m, input_shape=SHAPE), ValueError,
+def test_data_dependent_control_flow() -> None:
+    expect_error(DataDependent(), lambda m: PIT(m, input_shape=SHAPE), ValueError,
                  r"DataDependent", r"control flow", r"rewrite the forward")
 
 
@@ -155,8 +116,8 @@ class UnknownChannelOp(nn.Module):
         return self.fc(torch.flatten(self.conv2(y), 1))
 
 
-def test_unsupported_graph_node(unchanged) -> None:
-    expect_error(unchanged, UnknownChannelOp(), lambda m: PIT(m, input_shape=SHAPE),
+def test_unsupported_graph_node() -> None:
+    expect_error(UnknownChannelOp(), lambda m: PIT(m, input_shape=SHAPE),
                  NotImplementedError, r"node 'roll'", r"channel semantics",
                  r"channel_rules|rewrite")
 
@@ -247,9 +208,9 @@ def test_grouped_conv_is_skipped_with_a_warning(unchanged) -> None:
     assert_export_matches(search, (4, 16))
 
 
-def test_user_placed_grouped_pit_layer_is_refused(unchanged) -> None:
+def test_user_placed_grouped_pit_layer_is_refused() -> None:
     conv = nn.Conv1d(4, 8, 3, groups=2)
-    expect_error(unchanged, conv,
+    expect_error(conv,
                  lambda c: PITConv1d(c, 14, PITFeaturesMasker(8), PITTimestepMasker(3),
                                      PITDilationMasker(3)),
                  ValueError, r"PITConv1d", r"groups=2", r"[Ee]xclude")

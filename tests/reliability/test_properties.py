@@ -1,7 +1,6 @@
 """Property tests on random sequential / residual CNNs (1-D and 2-D) with random supernets:
 conversion succeeds and leaves the user's model alone, the exported network equals the
 search model in hard eval mode, and the costs equal an independent recomputation."""
-import copy
 import warnings
 from typing import Dict
 
@@ -11,6 +10,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import random_models as rm
+from reliability_checks import (assert_export_matches, assert_same_snapshot,
+                                randomize_architecture, snapshot)
 from plinio.methods import PIT, PITSuperNet
 from plinio.methods.pit_supernet.nn import PITSuperNetCombiner
 
@@ -48,28 +49,13 @@ def model_specs(draw: st.DrawFn) -> rm.ModelSpec:
 def _convert(spec: rm.ModelSpec, use_supernet_wrapper: bool, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     model = rm.RandomNet(spec)
-    before = copy.deepcopy(model.state_dict())
-    structure = repr(model)
+    before = snapshot(model)
     wrapper = PITSuperNet if (spec.has_supernet or use_supernet_wrapper) else PIT
     with warnings.catch_warnings():  # PITSuperNet on a plain model says "use PIT"
         warnings.simplefilter("ignore", UserWarning)
         search = wrapper(model, input_shape=spec.input_shape)
-    assert repr(model) == structure, "conversion changed the user's model structure"
-    for key, value in model.state_dict().items():
-        assert torch.equal(value, before[key]), f"conversion changed the user's {key}"
+    assert_same_snapshot(before, snapshot(model))
     return search
-
-
-def _randomize_architecture(search: nn.Module, seed: int) -> None:
-    """Mask parameters around the binarization threshold (some pruned, some kept) and
-    random branch preferences."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in search.named_nas_parameters():
-            if name.endswith("sn_combiner.alpha"):
-                param.copy_(torch.randn(param.shape, generator=gen))
-            else:
-                param.copy_(torch.rand(param.shape, generator=gen) * 1.6 - 0.3)
 
 
 def _combiners(search: nn.Module) -> Dict[str, PITSuperNetCombiner]:
@@ -82,22 +68,7 @@ def _combiners(search: nn.Module) -> Dict[str, PITSuperNetCombiner]:
 def test_exported_equals_search_model_in_hard_eval_mode(spec: rm.ModelSpec, use_sn: bool,
                                                        seed: int) -> None:
     search = _convert(spec, use_sn, seed)
-    _randomize_architecture(search, seed + 1)
-    search.eval()
-    if isinstance(search, PITSuperNet):
-        search.update_softmax_options(hard=True)
-    x = torch.randn((2,) + spec.input_shape, generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        expected = search(x)
-        exported = search.arch_export(add_bn=False)
-        exported.eval()
-        got = exported(x)
-    assert not any(type(m).__module__.startswith("plinio") for m in exported.modules())
-    assert got.shape == expected.shape
-    tolerance = 1e-4 * max(float(expected.abs().max()), 1e-3)
-    assert float((got - expected).abs().max()) <= tolerance
-    with torch.no_grad():  # export leaves the search model as it was
-        assert torch.equal(search(x), expected)
+    assert_export_matches(search, spec.input_shape, seed=seed + 1)
 
 
 @SETTINGS
@@ -106,7 +77,7 @@ def test_exported_equals_search_model_in_hard_eval_mode(spec: rm.ModelSpec, use_
 def test_costs_equal_layer_by_layer_recomputation(spec: rm.ModelSpec, use_sn: bool, seed: int,
                                                   temperature: float) -> None:
     search = _convert(spec, use_sn, seed)
-    _randomize_architecture(search, seed + 1)
+    randomize_architecture(search, seed + 1)
     search.eval()
     combiners = _combiners(search)
     if combiners:
