@@ -29,6 +29,7 @@ class BlockSpec:
     batchnorm: bool = False
     relu: bool = True
     branches: Tuple[str, ...] = ()
+    gumbel: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ class SuperNetBlock(nn.Module):
     def __init__(self, dims: int, cin: int, spec: BlockSpec) -> None:
         super().__init__()
         self.sn = PITSuperNetModule([_branch(dims, k, cin, spec.out_channels)
-                                     for k in spec.branches])
+                                     for k in spec.branches], gumbel_softmax=spec.gumbel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.sn(x)
