@@ -47,8 +47,7 @@ def rewrite_flatten(gm: fx.GraphModule, node: fx.Node) -> None:
 
 
 def finalize(gm: fx.GraphModule) -> fx.GraphModule:
-    """Drop unused submodules, check and recompile the graph."""
-    gm.graph.eliminate_dead_code()
+    """Drop submodules no node uses any more, check and recompile the graph."""
     gm.delete_all_unused_submodules()
     gm.graph.lint()
     gm.recompile()
