@@ -57,3 +57,21 @@ def test_tcn_is_causal():
         fx_, fy = model.features(x), model.features(y)
     assert torch.allclose(fx_[..., :100], fy[..., :100])
     assert not torch.allclose(fx_[..., 100:], fy[..., 100:])
+
+
+def test_tcn_converts_with_pit_and_exports_exactly():
+    from plinio.methods import PIT
+    torch.manual_seed(0)
+    search = PIT(TCN(), input_shape=TCN.INPUT_SHAPE)
+    assert list(search.arch_summary()) == ["features.1", "features.5", "features.9",
+                                           "features.13", "classifier"]
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for _, p in search.named_nas_parameters():
+            p.copy_(torch.rand(p.shape, generator=gen))
+    search.eval()
+    exported = search.arch_export(add_bn=False).eval()
+    x = torch.randn(2, *TCN.INPUT_SHAPE)
+    with torch.no_grad():
+        expected = search(x)
+        assert float((exported(x) - expected).abs().max()) <= 1e-4 * float(expected.abs().max())
