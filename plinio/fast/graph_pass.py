@@ -46,6 +46,13 @@ def _ancestor_sets(graph: fx.Graph) -> Dict[fx.Node, Set[fx.Node]]:
     return result
 
 
+def _trusted_forward(module: nn.Module) -> bool:
+    """Layers whose forward is known to be ``conv(x, *weights, hyper-parameters)``: plain
+    torch convs and plinio's PIT convs (internal contract, covered by the equivalence tests)."""
+    return type(module) in (nn.Conv1d, nn.Conv2d) or \
+        type(module).__module__.startswith("plinio.methods.pit.nn.")
+
+
 def _probe_matches(module: nn.Module, geometry: ConvGeometry) -> bool:
     """The layer computes ``conv(x, *weights, geometry)`` on a small random probe (guards
     against layers whose forward does more than their hyper-parameters say)."""
@@ -76,17 +83,20 @@ def _chain_candidate(nodes: Sequence[fx.Node], x: fx.Node, gm: fx.GraphModule,
         if node.args != (previous,) or node.kwargs:
             return f"node '{node.name}' does not take the previous branch value as its only input"
         previous = node
+    layers = []
+    for node in nodes:  # cheap structural checks first
+        module = _fetch(gm, node.target)
+        geometry, reason = (None, "") if type(module) is nn.Identity else conv_geometry(module)
+        if geometry is None and reason:
+            return f"layer '{node.target}': {reason}"
+        layers.append((node, module, geometry))
     composite: Optional[ConvGeometry] = None
     macs = 0
-    for node in nodes:
-        module = _fetch(gm, node.target)
-        if type(module) is nn.Identity:
+    for node, module, geometry in layers:
+        if geometry is None:
             chain_out.append((module, None))
             continue
-        geometry, reason = conv_geometry(module)
-        if geometry is None:
-            return f"layer '{node.target}': {reason}"
-        if not _probe_matches(module, geometry):
+        if not _trusted_forward(module) and not _probe_matches(module, geometry):
             return (f"layer '{node.target}': its forward is not the plain convolution its "
                     "hyper-parameters describe")
         macs += geometry.macs_per_output_position()
