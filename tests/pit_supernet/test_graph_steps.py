@@ -101,3 +101,24 @@ def test_keep_best_branches_rejects_unknown_combiner():
     gm = _trace(ResNet8SuperNet())
     with pytest.raises(ValueError, match="never called"):
         keep_best_branches(gm, {"missing.sn_combiner": 0})
+
+
+def test_keep_best_branches_removes_only_what_the_choice_made_dead():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.probe = nn.Conv2d(3, 3, 1)
+            self.sn = PITSuperNetModule([nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.ReLU()),
+                                         nn.Identity()])
+
+        def forward(self, x):
+            self.probe(x)  # output unused: the conversion keeps such layers
+            return self.sn(x)
+
+    gm = _trace(Net())
+    removed = keep_best_branches(gm, {"sn.sn_combiner": 1})
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_module"]
+    assert targets == ["probe", "sn.sn_input_layers.1"]
+    assert {"sn.sn_input_layers.0.0", "sn.sn_input_layers.0.1", "sn.sn_combiner"} <= set(removed)
+    x = torch.randn(1, 3, 4, 4)
+    assert torch.equal(gm(x), x)

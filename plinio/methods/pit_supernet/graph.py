@@ -8,7 +8,7 @@
 - ``keep_best_branches``: the export rewrite: each combiner node is replaced by the output
   node of its ``best_layer_index()`` branch and the other branches disappear.
 """
-from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Sequence, Set, Tuple
 
 import torch
 import torch.fx as fx
@@ -68,15 +68,26 @@ def probe_supernets(model: nn.Module, supernets: Mapping[str, PITSuperNetModule]
     """
     handles = [sn.sn_combiner.register_forward_pre_hook(_shape_check_hook(name))
                for name, sn in supernets.items()]
+    running: List[str] = []  # qualified names of the modules whose forward is in progress
+
+    def leave(_module: nn.Module, _args: Any, _output: Any) -> None:
+        running.pop()
+
+    for name, module in model.named_modules():
+        if name:
+            handles.append(module.register_forward_pre_hook(
+                lambda _m, _a, name=name: running.append(name)))
+            handles.append(module.register_forward_hook(leave))
     branches = {name: list(sn.sn_input_layers) for name, sn in supernets.items()}
     try:
         return measure_branch_static_costs(model, branches, run_model)
     except (BranchShapeError, TypeError):
         raise
     except RuntimeError as err:
+        where = f" in module '{running[-1]}'" if running else ""
         raise ValueError(
             f"PITSuperNet: the model ({type(model).__name__}) cannot run on the given input "
-            f"shape/example: {err}. Check input_shape (one sample, without the batch "
+            f"shape/example{where}: {err}. Check input_shape (one sample, without the batch "
             "dimension) or pass input_example=") from err
     finally:
         for handle in handles:
@@ -110,13 +121,32 @@ def combiner_nodes(gm: fx.GraphModule, combiner_targets: Sequence[str]) -> Dict[
     return nodes
 
 
+def _erase_newly_dead(gm: fx.GraphModule, roots: Sequence[fx.Node]) -> None:
+    """Erase ``roots`` and, transitively, the inputs that had no other user.
+
+    Only what the removal made dead goes: nodes that were unused before are kept, as the
+    conversion keeps them.
+    """
+    pending = list(roots)
+    erased: Set[fx.Node] = set()
+    while pending:
+        node = pending.pop()
+        if node in erased or node.users or node.op in ("placeholder", "output"):
+            continue
+        inputs = list(node.all_input_nodes)
+        gm.graph.erase_node(node)
+        erased.add(node)
+        pending.extend(inputs)
+
+
 def keep_best_branches(gm: fx.GraphModule, best: Mapping[str, int]) -> List[str]:
-    """Replace each combiner node by its chosen branch output, then drop what became dead.
+    """Replace each combiner node by its chosen branch output and drop the other branches.
 
     ``best`` maps combiner qualified names to branch indices. Returns the qualified names of
     the submodules that were removed because no node uses them any more.
     """
     nodes = combiner_nodes(gm, list(best))
+    dropped: List[fx.Node] = []
     for target, node in nodes.items():
         outputs = node.args[0] if node.args else None
         if not isinstance(outputs, (list, tuple)) or len(node.args) != 1 or node.kwargs:
@@ -131,7 +161,9 @@ def keep_best_branches(gm: fx.GraphModule, best: Mapping[str, int]) -> List[str]
         chosen = outputs[index]
         node.replace_all_uses_with(chosen)
         gm.graph.erase_node(node)
-    gm.graph.eliminate_dead_code()
+        dropped.extend(out for i, out in enumerate(outputs)
+                       if i != index and isinstance(out, fx.Node))
+    _erase_newly_dead(gm, dropped)
     before = {name for name, _ in gm.named_modules()}
     gm.delete_all_unused_submodules()
     gm.recompile()
