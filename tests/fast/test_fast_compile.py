@@ -62,3 +62,39 @@ def test_compiled_equals_eager():
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), fast(x))
+
+
+@pytest.mark.parametrize("name", ["seed", "resnet8", "dscnn", "mobilenetv1", "tcn"])
+def test_bench_model_search_step_compiles(name):
+    """Every bench model: forward under torch.compile(wrapper, fullgraph=True), regularizer,
+    backward and optimizer step; temperature / hard changes do not recompile."""
+    import warnings
+
+    from bench.models import workloads
+    from bench.search_step import build_wrapper, task_loss
+
+    workload = workloads()[name]
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wrapper = build_wrapper(workload.factory(), workload.input_shape, fast=True)
+    torch._dynamo.reset()
+    compiled = torch.compile(wrapper, fullgraph=True, backend="aot_eager")
+    opt = torch.optim.Adam(wrapper.parameters(), lr=1e-3)
+    x = torch.randn((2,) + tuple(workload.input_shape))
+    targets = torch.zeros(2, dtype=torch.long)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        out = compiled(x)
+        loss = task_loss(out, targets) + 1e-9 * wrapper.get_regularization_loss()
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    assert torch.isfinite(step())
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for temperature, hard in [(0.5, False), (0.5, True), (2.0, False)]:
+            if hasattr(wrapper, "update_softmax_options"):
+                wrapper.update_softmax_options(temperature=temperature, hard=hard)
+            assert torch.isfinite(step())

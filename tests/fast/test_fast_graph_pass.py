@@ -135,3 +135,36 @@ def test_random_supernets_match_reference(case):
     merged, _ = merge_plans(fast)["sn"]
     for i in merged:  # never merges a branch that is not provably one convolution
         assert kinds[i][0] not in ("padded_chain", "nonlinear", "conv_bn"), kinds
+
+
+class _CustomConv(nn.Module):
+    """A third-party layer exposing PIT's weight interface; ``shift`` makes its forward differ
+    from what its hyper-parameters say (it must then not be merged)."""
+
+    plinio_leaf = True  # an fx leaf, like plinio's own layers
+
+    def __init__(self, channels: int, shift: float) -> None:
+        super().__init__()
+        base = nn.Conv2d(channels, channels, 3, padding=1)
+        for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding",
+                     "dilation", "groups", "padding_mode"):
+            setattr(self, attr, getattr(base, attr))
+        self.weight, self.bias = base.weight, base.bias
+        self.shift = shift
+
+    def masked_weight_and_bias(self):
+        return self.weight, self.bias
+
+    def forward(self, x):
+        return nn.functional.conv2d(x, self.weight, self.bias, padding=1) + self.shift
+
+
+@pytest.mark.parametrize("shift,merged", [(0.0, (0, 1)), (0.5, ())])
+def test_unknown_layer_classes_are_checked_on_a_probe(shift, merged):
+    model = OneSuperNet([_CustomConv(4, shift), branch("conv", 2, 4, k=5)], 2, 3, 4).double()
+    randomize(model, 5)
+    _, fast = _compare(model, torch.randn(2, 3, 6, 6, dtype=torch.float64), hard=False)
+    plan = fast.plinio_merge_plans["sn"]
+    assert plan.merged == merged
+    if not merged:
+        assert "not the plain convolution" in plan.reasons[0]

@@ -128,7 +128,7 @@ SOFT_HARD = [(False, False), (True, False)]
 CASES = {
     "seed": (torch.float64, SOFT_HARD + [(False, True), (True, True)], 1e-7, 1e-10),
     "linear_supernet": (torch.float64, SOFT_HARD + [(False, True), (True, True)], 1e-7, 1e-10),
-    "resnet8": (torch.float64, SOFT_HARD + [(True, True)], 1e-7, 1e-10),
+    "resnet8": (torch.float64, SOFT_HARD, 1e-7, 1e-10),
     "tcn": (torch.float64, [(False, False)], 1e-7, 1e-10),
     "dscnn": (torch.float32, SOFT_HARD, 1e-3, 1e-4),
     "mobilenetv1": (torch.float32, SOFT_HARD, 1e-3, 1e-4),
