@@ -395,3 +395,40 @@ def test_costs_compile_fullgraph_without_recompiles_on_option_changes():
             value = compiled()
             value.backward()
             assert value.item() == pytest.approx(regularizer().item(), rel=1e-6)
+
+
+def test_branch_outputs_share_one_mask_that_feeds_the_next_layer():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 6, 3, padding=1)
+            self.sn = PITSuperNetModule([nn.Conv2d(6, 8, 3, padding=1),
+                                         nn.Sequential(nn.Conv2d(6, 8, 5, padding=2), nn.ReLU())])
+            self.after = nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            return self.after(torch.relu(self.sn(self.stem(x))))
+
+    torch.manual_seed(0)
+    search = PITSuperNet(Net(), input_shape=(3, 5, 5))
+    b0 = search.seed.get_submodule("sn.sn_input_layers.0")
+    b1 = search.seed.get_submodule("sn.sn_input_layers.1.0")
+    after = search.seed.after
+    assert b0.out_features_masker is b1.out_features_masker
+    assert after.input_features_calculator.masker is b0.out_features_masker
+    assert b0.out_features_masker is not search.seed.stem.out_features_masker
+    size_before = search.get_size().item()
+    with torch.no_grad():
+        b0.out_features_masker.alpha[:3] = 0.0  # prune 3 of the 8 shared channels
+    search.eval()
+    search.update_softmax_options(hard=True)
+    with torch.no_grad():
+        search.seed.sn.sn_combiner.alpha.copy_(torch.tensor([0.0, 1.0]))
+    x = torch.randn(2, 3, 5, 5)
+    exported = search.arch_export(add_bn=False).eval()
+    assert exported.get_submodule("sn.sn_input_layers.1.0").out_channels == 5
+    assert exported.after.in_channels == 5
+    with torch.no_grad():
+        assert torch.allclose(exported(x), search(x), atol=1e-5)
+    # continuous cost: the layer after the supernet sees Σθ_α input channels
+    assert search.get_size().item() < size_before
