@@ -167,10 +167,24 @@ class Row(NamedTuple):
         return self.fast_mb / self.reference_mb if self.reference_mb else float("nan")
 
 
+def same_loss(setups: Dict[str, SearchSetup]) -> bool:
+    """Whether both paths compute the same loss on the batch (same random draws): a timing
+    of a path that computes something else would be meaningless."""
+    losses = []
+    for setup in setups.values():
+        torch.manual_seed(1)
+        with torch.no_grad():
+            losses.append(forward_loss(setup))
+    return bool(torch.allclose(losses[0], losses[1], rtol=1e-4, atol=1e-6))
+
+
 def measure(name: str, mode: str, batch_size: int, device: str, repeats: int, warmup: int,
             compile_fast: bool = False) -> Row:
-    """One table row: build both paths, measure saved bytes, then time the steps."""
+    """One table row: build both paths, check they agree, measure saved bytes, then time."""
     setups = build_pair(name, batch_size, device, hard=(mode == "hard"))
+    if not same_loss(setups):
+        raise RuntimeError(f"{name} ({mode}): the fast and the reference path compute "
+                           "different losses; not timing a wrong result")
     saved = {k: saved_activation_bytes(s) for k, s in setups.items()}
     if compile_fast:
         fast = setups["fast"]

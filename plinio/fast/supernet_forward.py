@@ -92,7 +92,8 @@ class FastSuperNet(nn.Module):
         out = merged(x, theta) if merged is not None else None
         if rest:
             mixed = weighted_sum(rest, _take(theta, self.separate))
-            out = mixed if out is None else out + mixed
+            # in place into the fresh sum (combine's backward does not need its output)
+            out = mixed if out is None else mixed.add_(out)
         return out
 
     def _alpha_needs_outputs(self, theta: torch.Tensor) -> bool:
