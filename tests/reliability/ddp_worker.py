@@ -16,6 +16,8 @@ NOISE_SEED = 42
 SCENARIOS = {
     "pit": ("pit", False, False),
     "supernet": ("supernet", False, False),
+    # hard selection with α frozen: the fast path runs only the chosen branch
+    "supernet_freeze_selection": ("supernet", True, False),
     # freezing a mask kind after wrapping, with and without unused-parameter detection
     "pit_freeze_find_unused": ("pit", True, True),
     "pit_freeze": ("pit", True, False),

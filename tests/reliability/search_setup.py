@@ -83,14 +83,17 @@ def make_optimizers(search: nn.Module) -> List[torch.optim.Optimizer]:
 def apply_schedule(search: nn.Module, kind: str, step: int, freeze: bool = True) -> None:
     """Search-phase switches changed at fixed steps. They are set only at the step where
     they change, so a run resumed later must get them from the checkpoint. ``freeze=False``
-    leaves every PIT mask kind trainable."""
+    leaves every PIT mask kind and the branch selection trainable."""
     if kind == "supernet":
         if step == 0:
             search.update_softmax_options(temperature=1.0)
         elif step == 2:
             search.update_softmax_options(temperature=0.5, hard=True)
+            if freeze:
+                search.train_selection = False
         elif step == 4:
             search.update_softmax_options(temperature=0.25)
+            search.train_selection = True
     elif freeze:
         if step == 1:
             search.train_dilation = False

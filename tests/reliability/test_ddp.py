@@ -10,7 +10,7 @@ import ddp_worker
 import search_setup
 
 WORLD, STEPS = 2, 4
-EXACT = ("pit", "supernet", "pit_freeze_find_unused")
+EXACT = ("pit", "supernet", "supernet_freeze_selection", "pit_freeze_find_unused")
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
@@ -52,7 +52,7 @@ def test_ranks_export_the_same_network(ranks, scenario: str) -> None:
         assert torch.equal(value, second["exported"][key]), key
 
 
-@pytest.mark.parametrize("scenario", ("pit", "supernet"))
+@pytest.mark.parametrize("scenario", ("pit", "supernet", "supernet_freeze_selection"))
 def test_ddp_equals_one_process_on_the_concatenated_batch(ranks, scenario: str) -> None:
     reference = ddp_worker.run_search(scenario, STEPS, 0, WORLD, distributed=False)
     got = _result(ranks, 0, scenario)

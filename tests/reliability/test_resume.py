@@ -45,15 +45,21 @@ def test_resume_in_a_fresh_object_is_bit_identical(tmp_path: Path, kind: str) ->
     assert not torch.equal(next(search.parameters()).detach(),
                            final[next(iter(dict(search.named_parameters())))])
     assert load_checkpoint(path, search, optimizers=optimizers) == {"step": CUT}
+    _assert_switches_at_cut(search, kind)
     resumed = search_setup.run(search, optimizers, kind, range(CUT, STEPS))
     assert resumed == losses[CUT:]
     _assert_same_state(search_setup.state_copy(search), final)
-    # switches set before the cut come back from the checkpoint, on every layer and on
-    # the wrapper (they are buffers, not Python attributes)
+
+
+def _assert_switches_at_cut(search: torch.nn.Module, kind: str) -> None:
+    """The switches the schedule set before the cut come back from the checkpoint, on every
+    layer and on the wrapper (they are buffers, not Python attributes)."""
     if kind == "supernet":
         combiners = [m for m in search.modules() if isinstance(m, PITSuperNetCombiner)]
-        assert combiners and all(c.hard_softmax for c in combiners)
-        assert all(c.softmax_temperature == 0.25 for c in combiners)
+        assert combiners
+        assert all(c.hard_softmax and not c.train_selection for c in combiners)
+        assert all(c.softmax_temperature == 0.5 for c in combiners)
+        assert not search.train_selection
     else:
         convs = [m for m in search.modules() if isinstance(m, PITConv1d)]
         assert convs and not any(c.train_rf or c.train_dilation for c in convs)
