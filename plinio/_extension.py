@@ -22,6 +22,7 @@ def load() -> bool:
     with _lock:
         if _loaded is None:
             try:
+                importlib.import_module("torch")  # provides libc10/libtorch to the loader
                 importlib.import_module("plinio._C")
                 _loaded = True
             except ImportError as exc:  # not built, or built against another torch

@@ -22,9 +22,11 @@ const T* ptr_or_null(const at::Tensor& t) {
   return t.defined() ? t.const_data_ptr<T>() : nullptr;
 }
 
-// Rows per parallel task so that each task touches at least ~32k elements.
+// Rows per parallel task: each task touches at least ~128k elements, so typical layer
+// weights (tens of thousands of elements) run inline without waking the thread pool,
+// whose start-up would cost more than the work itself.
 int64_t row_grain(int64_t row_len) {
-  const int64_t g = (32 * 1024) / std::max<int64_t>(row_len, 1);
+  const int64_t g = (128 * 1024) / std::max<int64_t>(row_len, 1);
   return std::max<int64_t>(g, 1);
 }
 

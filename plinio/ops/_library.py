@@ -1,11 +1,12 @@
 """torch.library registration of the plinio ops.
 
-The schemas and the CPU/CUDA kernels of ``plinio::combine``, ``plinio::pit_masks`` and
-``plinio::pit_masked_weight`` (plus their ``*_backward`` ops) come from the compiled
-library (csrc/plinio_ops.cpp). This module adds, once the library is loaded, what the
-Python side owns: fake (meta) kernels for torch.compile / export, and the autograd
-formulas. The Triton implementations (plinio/ops/triton) reuse the same autograd
-functions with their own backward ops.
+The schemas, the CPU/CUDA kernels and the autograd formulas of ``plinio::combine``,
+``plinio::pit_masks`` and ``plinio::pit_masked_weight`` (plus their ``*_backward`` ops)
+come from the compiled library (csrc/plinio_ops.cpp, csrc/autograd.cpp: autograd in C++
+because a Python autograd registration costs more per call than these kernels). This
+module adds, once the library is loaded, the fake (meta) kernels for torch.compile /
+export, and holds the same autograd formulas for the Triton ops (plinio/ops/triton),
+registered with ``torch.library.register_autograd``.
 
 Conventions shared with the C++ side: an absent optional result is a numel-0 tensor; a
 numel-0 gradient stands for zero.
@@ -221,8 +222,8 @@ def register_autograd(op: Any, name: str, backward_op: Callable[..., Any]) -> No
 
 
 def compiled_ops() -> Optional[Any]:
-    """``torch.ops.plinio`` with fake kernels and autograd attached, or None when the
-    compiled library is unavailable."""
+    """``torch.ops.plinio`` with its fake kernels registered, or None when the compiled
+    library is unavailable."""
     global _registered
     if not _extension.load():
         return None
@@ -232,9 +233,6 @@ def compiled_ops() -> Optional[Any]:
         if not _registered:
             for name in _OPS:
                 torch.library.register_fake(f"plinio::{name}", _FAKES[name])
-            for name in AUTOGRAD:
-                register_autograd(f"plinio::{name}", name,
-                                  getattr(torch.ops.plinio, f"{name}_backward"))
             _registered = True
     return torch.ops.plinio
 

@@ -114,7 +114,9 @@ def pit_masks(
         time = binarize(theta_beta(beta), threshold)
     if gamma is not None:
         k = beta.shape[0] if beta is not None else kernel_size
-        assert k is not None, "kernel_size is required when only gamma is given"
+        if k is None:
+            raise ValueError("plinio.ops.reference.pit_masks: give kernel_size (or beta) "
+                             "together with gamma")
         m_gamma = binarize(theta_gamma(gamma, k), threshold)
         time = m_gamma if time is None else time * m_gamma
     return channel, time

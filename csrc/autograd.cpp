@@ -1,0 +1,199 @@
+// Autograd formulas of the compiled plinio ops, registered for the Autograd dispatch key.
+//
+// They live in C++ (torchvision's pattern) rather than in Python: a Python autograd
+// registration costs tens of microseconds per call, more than the kernels themselves
+// for typical PIT layer weights. The formulas are the ones of plinio/ops/_library.py,
+// which the Triton ops use:
+//   combine:            grad_y_i = θ_i·g, grad_θ_i = <g, y_i>, one pass (combine_backward);
+//                       the branches are saved only when θ needs a gradient.
+//   pit_masks / pit_masked_weight: straight-through masks; the weight/bias gradient is
+//                       reduced into α/β/γ gradients in the same backward kernel.
+// Double backward is not supported (the *_backward ops have no autograd formula).
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+#include <vector>
+
+namespace plinio {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+using OptTensor = std::optional<at::Tensor>;
+
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> op_handle(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
+at::Tensor or_absent(const at::Tensor& t, const at::Tensor& like) {
+  return t.defined() ? t : at::empty({0}, like.options());
+}
+
+at::Tensor if_needed(bool need, const at::Tensor& t) { return need ? t : at::Tensor(); }
+
+OptTensor saved_opt(const at::Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
+
+// needs_input_grad() counts only the tensor arguments that were present, so map the
+// (possibly undefined) saved tensors, one per tensor argument, onto those indices.
+std::vector<bool> needs_per_argument(AutogradContext* ctx, const variable_list& saved) {
+  std::vector<bool> needs;
+  size_t edge = 0;
+  for (const auto& t : saved) needs.push_back(t.defined() ? ctx->needs_input_grad(edge++) : false);
+  return needs;
+}
+
+// ------------------------------------------------------------------------------ combine
+
+class CombineFunction : public torch::autograd::Function<CombineFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, at::TensorList branches,
+                            const at::Tensor& theta) {
+    static auto op = op_handle<at::Tensor(at::TensorList, const at::Tensor&)>("plinio::combine");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    at::Tensor out = op.call(branches, theta);
+    std::vector<at::Tensor> saved{theta};
+    if (theta.requires_grad()) saved.insert(saved.end(), branches.begin(), branches.end());
+    ctx->save_for_backward(saved);
+    ctx->saved_data["n"] = static_cast<int64_t>(branches.size());
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    using Sig = std::tuple<std::vector<at::Tensor>, at::Tensor>(
+        const at::Tensor&, at::TensorList, const at::Tensor&, const c10::List<bool>&, bool);
+    static auto op = op_handle<Sig>("plinio::combine_backward");
+    const int64_t n = ctx->saved_data["n"].toInt();
+    variable_list saved = ctx->get_saved_variables();
+    const at::Tensor theta = saved[0];
+    std::vector<at::Tensor> branches(saved.begin() + 1, saved.end());
+    c10::List<bool> needs;
+    for (int64_t i = 0; i < n; ++i) needs.push_back(ctx->needs_input_grad(i));
+    const bool theta_needs = ctx->needs_input_grad(n);
+    auto [grads, theta_grad] = op.call(grad_outputs[0], branches, theta, needs, theta_needs);
+    variable_list out;
+    for (int64_t i = 0; i < n; ++i) out.push_back(if_needed(needs.get(i), grads[i]));
+    out.push_back(if_needed(theta_needs, theta_grad));
+    return out;
+  }
+};
+
+// ---------------------------------------------------------------------------- pit_masks
+
+class PitMasksFunction : public torch::autograd::Function<PitMasksFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const OptTensor& alpha,
+                               const OptTensor& beta, const OptTensor& gamma,
+                               int64_t kernel_size, double threshold, int64_t keep_alive) {
+    using Sig = std::tuple<at::Tensor, at::Tensor>(const OptTensor&, const OptTensor&,
+                                                   const OptTensor&, int64_t, double, int64_t);
+    static auto op = op_handle<Sig>("plinio::pit_masks");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [channel, time] = op.call(alpha, beta, gamma, kernel_size, threshold, keep_alive);
+    ctx->save_for_backward({alpha.value_or(at::Tensor()), beta.value_or(at::Tensor()),
+                            gamma.value_or(at::Tensor())});
+    ctx->saved_data["kernel_size"] = kernel_size;
+    ctx->saved_data["threshold"] = threshold;
+    ctx->saved_data["keep_alive"] = keep_alive;
+    return {channel, time};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    using Sig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+        const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&,
+        const OptTensor&, int64_t, double, int64_t);
+    static auto op = op_handle<Sig>("plinio::pit_masks_backward");
+    variable_list saved = ctx->get_saved_variables();
+    const at::Tensor& like = saved[0].defined() ? saved[0] : (saved[1].defined() ? saved[1] : saved[2]);
+    auto [ga, gb, gg] = op.call(or_absent(grads[0], like), or_absent(grads[1], like),
+                                saved_opt(saved[0]), saved_opt(saved[1]), saved_opt(saved[2]),
+                                ctx->saved_data["kernel_size"].toInt(),
+                                ctx->saved_data["threshold"].toDouble(),
+                                ctx->saved_data["keep_alive"].toInt());
+    const std::vector<bool> need = needs_per_argument(ctx, saved);
+    return {if_needed(need[0], ga), if_needed(need[1], gb), if_needed(need[2], gg),
+            at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+// -------------------------------------------------------------------- pit_masked_weight
+
+class PitMaskedWeightFunction : public torch::autograd::Function<PitMaskedWeightFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& weight,
+                               const OptTensor& bias, const OptTensor& alpha,
+                               const OptTensor& beta, const OptTensor& gamma, double threshold,
+                               int64_t keep_alive) {
+    using Sig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+        const at::Tensor&, const OptTensor&, const OptTensor&, const OptTensor&,
+        const OptTensor&, double, int64_t);
+    static auto op = op_handle<Sig>("plinio::pit_masked_weight");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [w, b, channel, time] = op.call(weight, bias, alpha, beta, gamma, threshold, keep_alive);
+    ctx->save_for_backward({weight, bias.value_or(at::Tensor()), alpha.value_or(at::Tensor()),
+                            beta.value_or(at::Tensor()), gamma.value_or(at::Tensor())});
+    ctx->saved_data["threshold"] = threshold;
+    ctx->saved_data["keep_alive"] = keep_alive;
+    return {w, b, channel, time};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    using Sig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+        const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+        const at::Tensor&, const OptTensor&, const OptTensor&, const OptTensor&,
+        const OptTensor&, double, int64_t, bool, bool, bool);
+    static auto op = op_handle<Sig>("plinio::pit_masked_weight_backward");
+    variable_list saved = ctx->get_saved_variables();
+    const at::Tensor& weight = saved[0];
+    const std::vector<bool> need = needs_per_argument(ctx, saved);
+    const bool w_need = need[0];
+    const bool b_need = need[1];
+    const bool p_need = need[2] || need[3] || need[4];
+    auto [gw, gb, ga, gbeta, ggamma] =
+        op.call(or_absent(grads[0], weight), or_absent(grads[1], weight),
+                or_absent(grads[2], weight), or_absent(grads[3], weight), weight,
+                saved_opt(saved[1]), saved_opt(saved[2]), saved_opt(saved[3]),
+                saved_opt(saved[4]), ctx->saved_data["threshold"].toDouble(),
+                ctx->saved_data["keep_alive"].toInt(), w_need, b_need, p_need);
+    return {if_needed(w_need, gw),
+            if_needed(b_need, gb),
+            if_needed(need[2], ga),
+            if_needed(need[3], gbeta),
+            if_needed(need[4], ggamma),
+            at::Tensor(),
+            at::Tensor()};
+  }
+};
+
+at::Tensor combine_autograd(at::TensorList branches, const at::Tensor& theta) {
+  return CombineFunction::apply(branches, theta);
+}
+
+std::tuple<at::Tensor, at::Tensor> pit_masks_autograd(const OptTensor& alpha,
+                                                      const OptTensor& beta,
+                                                      const OptTensor& gamma, int64_t kernel_size,
+                                                      double threshold, int64_t keep_alive) {
+  auto out = PitMasksFunction::apply(alpha, beta, gamma, kernel_size, threshold, keep_alive);
+  return {out[0], out[1]};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pit_masked_weight_autograd(
+    const at::Tensor& weight, const OptTensor& bias, const OptTensor& alpha,
+    const OptTensor& beta, const OptTensor& gamma, double threshold, int64_t keep_alive) {
+  auto out = PitMaskedWeightFunction::apply(weight, bias, alpha, beta, gamma, threshold,
+                                            keep_alive);
+  return {out[0], out[1], out[2], out[3]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(plinio, Autograd, m) {
+  m.impl("combine", &combine_autograd);
+  m.impl("pit_masks", &pit_masks_autograd);
+  m.impl("pit_masked_weight", &pit_masked_weight_autograd);
+}
+
+}  // namespace plinio
