@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Dict, List, Tuple
 
 import pytest
 import torch
@@ -18,14 +19,24 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 STEPS, CUT = 6, 3
 
 
-def _uninterrupted(kind: str, checkpoint: Path):
-    torch.manual_seed(7)
-    search = search_setup.build_search(kind, seed=0)
-    optimizers = search_setup.make_optimizers(search)
-    losses = search_setup.run(search, optimizers, kind, range(CUT))
-    save_checkpoint(checkpoint, search, optimizers=optimizers, extra={"step": CUT})
-    losses += search_setup.run(search, optimizers, kind, range(CUT, STEPS))
-    return losses, search_setup.state_copy(search)
+Uninterrupted = Tuple[Path, List[float], Dict[str, torch.Tensor]]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Uninterrupted]:
+    """For each kind: the checkpoint written at the cut, the 6 losses and the final state
+    of the run that was not interrupted (computed once for the module)."""
+    runs = {}
+    for kind in search_setup.KINDS:
+        checkpoint = tmp_path_factory.mktemp(kind) / "search.ckpt"
+        torch.manual_seed(7)
+        search = search_setup.build_search(kind, seed=0)
+        optimizers = search_setup.make_optimizers(search)
+        losses = search_setup.run(search, optimizers, kind, range(CUT))
+        save_checkpoint(checkpoint, search, optimizers=optimizers, extra={"step": CUT})
+        losses += search_setup.run(search, optimizers, kind, range(CUT, STEPS))
+        runs[kind] = (checkpoint, losses, search_setup.state_copy(search))
+    return runs
 
 
 def _assert_same_state(got, expected) -> None:
@@ -35,9 +46,8 @@ def _assert_same_state(got, expected) -> None:
 
 
 @pytest.mark.parametrize("kind", search_setup.KINDS)
-def test_resume_in_a_fresh_object_is_bit_identical(tmp_path: Path, kind: str) -> None:
-    path = tmp_path / "search.ckpt"
-    losses, final = _uninterrupted(kind, path)
+def test_resume_in_a_fresh_object_is_bit_identical(uninterrupted, kind: str) -> None:
+    path, losses, final = uninterrupted[kind]
 
     torch.manual_seed(999)  # the RNG must come from the checkpoint, not from this seed
     search = search_setup.build_search(kind, seed=1)
@@ -68,10 +78,9 @@ def _assert_switches_at_cut(search: torch.nn.Module, kind: str) -> None:
             (True, False, False)
 
 
-def test_resume_in_a_fresh_process_is_bit_identical(tmp_path: Path) -> None:
+def test_resume_in_a_fresh_process_is_bit_identical(uninterrupted, tmp_path: Path) -> None:
     kind = "supernet"
-    path = tmp_path / "search.ckpt"
-    losses, final = _uninterrupted(kind, path)
+    path, losses, final = uninterrupted[kind]
     output = tmp_path / "resumed.pt"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
