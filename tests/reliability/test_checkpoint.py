@@ -94,10 +94,14 @@ def test_rng_state_roundtrip_restores_every_generator() -> None:
     assert got[2] == expected[2]
 
 
-def test_checkpoint_of_a_ddp_style_wrapper_loads_into_the_plain_model(tmp_path: Path) -> None:
+@pytest.mark.parametrize("wrap", [nn.DataParallel, torch.compile])
+def test_checkpoint_of_a_wrapped_model_loads_into_the_plain_model(tmp_path: Path, wrap) -> None:
+    """DataParallel / DDP / torch.compile only prefix the keys (nothing is compiled here:
+    compilation is lazy); checkpoints are written and read without the prefix."""
     torch.manual_seed(0)
     net = _Net()
-    wrapped = nn.DataParallel(net)  # on CPU this is only a key-prefixing wrapper
+    wrapped = wrap(net)
+    assert any(k.startswith(("module.", "_orig_mod.")) for k in wrapped.state_dict())
     path = tmp_path / "w.ckpt"
     save_checkpoint(path, wrapped)
     torch.manual_seed(1)
@@ -105,6 +109,15 @@ def test_checkpoint_of_a_ddp_style_wrapper_loads_into_the_plain_model(tmp_path: 
     load_checkpoint(path, plain)
     for key, value in net.state_dict().items():
         assert torch.equal(plain.state_dict()[key], value)
+    torch.manual_seed(2)
+    rewrapped = wrap(_Net())
+    load_checkpoint(path, rewrapped)
+    for key, value in net.state_dict().items():
+        assert torch.equal(_unwrapped(rewrapped).state_dict()[key], value)
+
+
+def _unwrapped(module: nn.Module) -> nn.Module:
+    return getattr(module, "module", None) or getattr(module, "_orig_mod")
 
 
 def test_extra_must_be_plain_data(tmp_path: Path) -> None:
