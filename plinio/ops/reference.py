@@ -6,7 +6,6 @@ Autograd comes from PyTorch itself; the only custom piece is the straight-throug
 binarizer, which must return exact 0./1. values (``x + (b - x).detach()`` would not).
 """
 import math
-from functools import lru_cache
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -67,7 +66,6 @@ def theta_beta(beta: Tensor) -> Tensor:
     return torch.cumsum(_abs_keep_last(beta, 1), dim=0)
 
 
-@lru_cache(maxsize=None)
 def _gamma_levels_of_taps(kernel_size: int) -> Tuple[int, ...]:
     """min(v(K-1-j), L-1) for every tap j (v = 2-adic valuation, v(0) = ∞)."""
     levels = dilation_levels(kernel_size)
