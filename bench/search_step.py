@@ -10,7 +10,7 @@ excluded). It prints a Markdown table with the ratios fast/reference.
 
     python bench/search_step.py [--batch-size 32] [--threads 2] [--device cpu]
                                 [--workloads seed,resnet8] [--modes soft,hard] [--hard]
-                                [--compile] [--repeats 5] [--warmup 1]
+                                [--compile] [--repeats 5] [--warmup 1] [--min-seconds 15]
 """
 import argparse
 import copy
@@ -133,12 +133,21 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_steps(setups: Dict[str, SearchSetup], repeats: int, warmup: int,
-               device: str) -> Dict[str, float]:
-    """Median seconds per step of each setup, the setups' steps interleaved."""
-    for _ in range(warmup):
+def time_steps(setups: Dict[str, SearchSetup], repeats: int, warmup: int, device: str,
+               min_seconds: float = 0.0, max_repeats: int = 50) -> Dict[str, float]:
+    """Median seconds per step of each setup, the setups' steps interleaved. Short steps are
+    repeated more (until about ``min_seconds`` per setup, at most ``max_repeats``) so that
+    the median resists the noise of a shared machine."""
+    warm_times: List[float] = []
+    for _ in range(max(warmup, 1)):
         for setup in setups.values():
+            _sync(device)
+            start = time.perf_counter()
             search_step(setup)
+            _sync(device)
+            warm_times.append(time.perf_counter() - start)
+    per_step = max(min(warm_times), 1e-6)
+    repeats = max(repeats, min(max_repeats, int(min_seconds / per_step) + 1))
     times: Dict[str, List[float]] = {k: [] for k in setups}
     for _ in range(repeats):
         for label, setup in setups.items():
@@ -179,7 +188,7 @@ def same_loss(setups: Dict[str, SearchSetup]) -> bool:
 
 
 def measure(name: str, mode: str, batch_size: int, device: str, repeats: int, warmup: int,
-            compile_fast: bool = False) -> Row:
+            compile_fast: bool = False, min_seconds: float = 0.0) -> Row:
     """One table row: build both paths, check they agree, measure saved bytes, then time."""
     setups = build_pair(name, batch_size, device, hard=(mode == "hard"))
     if not same_loss(setups):
@@ -189,7 +198,7 @@ def measure(name: str, mode: str, batch_size: int, device: str, repeats: int, wa
     if compile_fast:
         fast = setups["fast"]
         setups["fast"] = fast._replace(forward=torch.compile(fast.wrapper, fullgraph=True))
-    times = time_steps(setups, repeats, warmup, device)
+    times = time_steps(setups, repeats, warmup, device, min_seconds)
     return Row(name, mode + (" (fast compiled)" if compile_fast else ""),
                times["fast"] * 1e3, times["reference"] * 1e3,
                saved["fast"] / 2 ** 20, saved["reference"] / 2 ** 20)
@@ -232,6 +241,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
                         help="also time the fast path under torch.compile(fullgraph=True)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--min-seconds", type=float, default=15.0,
+                        help="repeat short steps until about this many seconds per path")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     known = workloads()
@@ -251,7 +262,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
             variants = [False, True] if args.compile else [False]
             for compiled in variants:
                 row = measure(name, mode, args.batch_size, args.device, args.repeats,
-                              args.warmup, compile_fast=compiled)
+                              args.warmup, compile_fast=compiled, min_seconds=args.min_seconds)
                 rows.append(row)
                 print(f"#  {name} {row.mode}: time ratio {row.time_ratio:.2f}, "
                       f"saved ratio {row.bytes_ratio:.2f}", flush=True)
