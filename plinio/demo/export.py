@@ -88,7 +88,8 @@ def export_and_check(model: nn.Module, images: torch.Tensor, directory: Path,
         program = torch.export.export(cpu_model, example, dynamic_shapes=({0: batch},))
         torch.export.save(program, str(pt2_path))
         torch.onnx.export(program, example, str(onnx_path), input_names=["image"],
-                          output_names=["logits"], dynamo=True, verbose=False)
+                          output_names=["logits"], dynamo=True, external_data=False,
+                          verbose=False)
 
     with torch.no_grad():
         reloaded = torch.export.load(str(pt2_path)).module()(cpu_images)

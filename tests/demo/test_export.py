@@ -20,6 +20,8 @@ def test_files_reproduce_pytorch_on_any_batch_size(tmp_path):
     images = torch.randn(7, 1, 16, 16)
     files = export_and_check(model, images, tmp_path / "models", "net")
     assert files.onnx.is_file() and files.torch_export.is_file()
+    # one self-contained ONNX file (weights inside, no external data file)
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["net.onnx", "net.pt2"]
     assert files.onnx_max_abs_diff < 1e-4 and files.torch_export_max_abs_diff < 1e-4
     # independent check with a batch size the export never saw
     other = torch.randn(3, 1, 16, 16)
