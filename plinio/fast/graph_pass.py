@@ -19,7 +19,7 @@ from .linear_ops import (ConvGeometry, compose, conv_geometry, layer_weight_and_
                          reference_conv)
 from .merge_plan import IDENTITY, Candidate, LinearCandidate, MergePlan, plan_merge
 from .merged_conv import ChainLayer, MergedConv
-from .supernet_forward import FastSuperNet
+from .supernet_forward import FastSuperNet, LinearTail
 
 FAST_MODULE_NAME = "plinio_fast_forward"
 
@@ -176,6 +176,24 @@ def _branch_module(gm: fx.GraphModule, region: List[fx.Node], x: fx.Node,
     return fx.GraphModule(_targets_of(gm, graph), graph, "SuperNetBranch")
 
 
+def _linear_tail(gm: fx.GraphModule, region: List[fx.Node], x: fx.Node, out: fx.Node
+                 ) -> Optional[Tuple[fx.GraphModule, LinearTail]]:
+    """When a branch ends with a plain or PIT convolution, ``θ·conv(z, W, b)`` equals
+    ``conv(z, θ·W, θ·b)``: return (runner of the branch up to ``z``, the final layer) so that
+    θ can scale the (small) weights instead of the (large) output."""
+    if not region or out.op != "call_module" or out.kwargs or len(out.args) != 1:
+        return None
+    module = _fetch(gm, out.target)
+    geometry, _ = conv_geometry(module)
+    if geometry is None or not _trusted_forward(module):
+        return None
+    z = out.args[0]
+    if not isinstance(z, fx.Node) or (z is not x and z not in region):
+        return None
+    prefix = [n for n in region if n is not out]
+    return _branch_module(gm, prefix, x, z), (module, geometry)
+
+
 def _targets_of(gm: fx.GraphModule, graph: fx.Graph) -> Dict[str, Any]:
     return {n.target: _fetch(gm, n.target) for n in graph.nodes
             if n.op in ("call_module", "get_attr")}
@@ -224,8 +242,14 @@ def optimize_supernets(gm: fx.GraphModule) -> fx.GraphModule:
                    for region, out in zip(site.regions, site.outputs)]
         modules = [[_fetch(gm, n.target) for n in region if n.op == "call_module"]
                    for region in site.regions]
+        tails = {}
+        for i in plan.separate:
+            tail = _linear_tail(gm, site.regions[i], site.x, site.outputs[i])
+            if tail is not None:
+                tails[i] = tail
         target = f"{prefix}.{FAST_MODULE_NAME}" if prefix else FAST_MODULE_NAME
-        new_modules[target] = FastSuperNet(name, combiner, plan, merged, runners, modules)
+        new_modules[target] = FastSuperNet(name, combiner, plan, merged, runners, modules,
+                                           tails)
         plans[name] = plan
         with graph.inserting_before(node):
             fast_node = graph.call_module(target, (site.x,))

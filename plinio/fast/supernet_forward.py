@@ -11,14 +11,20 @@ node. It computes exactly what the reference computes, ``Σ_i θ_i·branch_i(x)`
 It only *refers* to layers owned by the model (kept in tuples, not registered), so the
 model's parameters, buffers and ``state_dict`` keys are unchanged.
 """
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
 from .hard_mode import gradient_anchors, updates_state_in_training, zero_gradient_link
+from .linear_ops import ConvGeometry, layer_weight_and_bias, reference_conv
 from .merge_plan import MergePlan
 from .merged_conv import MergedConv
+
+
+Runner = Callable[[torch.Tensor], torch.Tensor]
+# (runner of a branch up to the input of its final convolution, (that layer, its geometry))
+LinearTail = Tuple[Runner, Tuple[nn.Module, ConvGeometry]]
 
 
 def _combine_op() -> Callable[[List[torch.Tensor], torch.Tensor], torch.Tensor]:
@@ -57,9 +63,9 @@ class FastSuperNet(nn.Module):
     """Exact fast forward of one supernet (see module docstring)."""
 
     def __init__(self, name: str, combiner: nn.Module, plan: MergePlan,
-                 merged: Optional[MergedConv], branches: Sequence[Callable[[torch.Tensor],
-                                                                           torch.Tensor]],
-                 branch_modules: Sequence[Sequence[nn.Module]]) -> None:
+                 merged: Optional[MergedConv], branches: Sequence[Runner],
+                 branch_modules: Sequence[Sequence[nn.Module]],
+                 linear_tails: Optional[Dict[int, LinearTail]] = None) -> None:
         super().__init__()
         if len(branches) != plan.n_branches or len(branch_modules) != plan.n_branches:
             raise ValueError(f"FastSuperNet '{name}': {plan.n_branches} branches planned, got "
@@ -72,6 +78,9 @@ class FastSuperNet(nn.Module):
         self._merged = (merged,)
         self._branches = tuple(branches)
         self._branch_modules = tuple(tuple(m) for m in branch_modules)
+        # separate branches ending in a convolution: θ scales that layer's weights (soft path)
+        self._tails = dict(sorted((linear_tails or {}).items()))
+        self._combined = tuple(i for i in self.separate if i not in self._tails)
         load_op_library()
 
     @property
@@ -82,9 +91,24 @@ class FastSuperNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.compiler.is_compiling() and bool(self.combiner.hard):
             return self._hard_forward(x)
-        rest = [self._branches[i](x) for i in self.separate]
+        inputs = {}
+        for i in self.separate:  # branch by branch, then θ: random draws as in the reference
+            tail = self._tails.get(i)
+            inputs[i] = tail[0](x) if tail is not None else self._branches[i](x)
         theta = self.combiner.sample_theta()
-        return self._mix(x, theta, rest)
+        merged = self._merged[0]
+        out = merged(x, theta) if merged is not None else None
+        for i, (_, (layer, geometry)) in self._tails.items():
+            weight, bias = layer_weight_and_bias(layer)
+            scale = theta[i].to(weight.dtype)
+            y = reference_conv(inputs[i], weight * scale, None if bias is None else bias * scale,
+                               geometry)
+            out = y if out is None else out.add_(y)  # fresh conv outputs, not saved: in place
+        if self._combined:
+            mixed = weighted_sum([inputs[i] for i in self._combined],
+                                 _take(theta, self._combined))
+            out = mixed if out is None else mixed.add_(out)
+        return out
 
     def _mix(self, x: torch.Tensor, theta: torch.Tensor,
              rest: List[torch.Tensor]) -> torch.Tensor:

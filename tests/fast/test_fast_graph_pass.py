@@ -40,6 +40,8 @@ def test_seed_like_supernet_float64(name, hard, gumbel):
     x = torch.randn(2, 3, 9, 8, dtype=torch.float64)
     _, fast = _compare(model, x, hard)
     assert merge_plans(fast) == {"sn": ((0, 2, 3), (1,))}
+    # the chain ends in a conv: θ scales that conv's weights instead of the branch output
+    assert set(fast.sn.get_submodule(FAST_MODULE_NAME)._tails) == {1}
 
 
 def test_float32_allclose_and_eval_mode():
@@ -120,7 +122,7 @@ def _supernets(draw):
     return ndim, stride, channels, kinds, mode, draw(st.integers(0, 2 ** 16))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_supernets())
 def test_random_supernets_match_reference(case):
     ndim, stride, channels, kinds, (_, hard, gumbel), seed = case

@@ -78,7 +78,9 @@ def _assert_close_results(name, fast, ref, rtol, atol):
                                        msg=lambda m: f"{name} {key}: {m}")
 
 
-RUNTIME_INPUT = {"mobilenetv1": (3, 48, 48)}  # any size works for equivalence; keep it small
+# any input size works for equivalence (conversion used the workload's): keep them small
+RUNTIME_INPUT = {"mobilenetv1": (3, 48, 48), "resnet8": (3, 16, 16), "seed": (32, 16, 16),
+                 "linear_supernet": (3, 16, 16)}
 
 
 def _compare(name, wrapper, dtype, modes, rtol, atol):
