@@ -10,8 +10,8 @@ What keeps the processes one search:
   supernets is drawn identically on every rank (the data differ through the sampler only);
 - DDP averages the gradients of the weights *and* of the architectural parameters, so α and
   the PIT masks stay identical; nothing toggles ``requires_grad`` after wrapping: the
-  warm-up phase simply does not step the architecture optimizer (freezing a PIT mask kind
-  instead, e.g. ``train_rf = False``, would need ``find_unused_parameters=True``);
+  warm-up phase simply does not step the architecture optimizer (freezing a PIT mask kind,
+  e.g. ``train_rf = False``, also works: frozen parameters receive zero gradients);
 - every step changes the softmax temperature identically on every rank (it is a buffer);
 - rank 0 writes checkpoints with ``plinio.checkpoint.save_checkpoint`` (the DDP wrapper is
   removed from the keys), ``--resume`` loads them on every rank;

@@ -10,7 +10,7 @@ import ddp_worker
 import search_setup
 
 WORLD, STEPS = 2, 4
-EXACT = ("pit", "supernet", "supernet_freeze_selection", "pit_freeze_find_unused")
+EXACT = ("pit", "supernet", "supernet_freeze_selection", "pit_freeze")
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
@@ -52,7 +52,7 @@ def test_ranks_export_the_same_network(ranks, scenario: str) -> None:
         assert torch.equal(value, second["exported"][key]), key
 
 
-@pytest.mark.parametrize("scenario", ("pit", "supernet", "supernet_freeze_selection"))
+@pytest.mark.parametrize("scenario", EXACT)
 def test_ddp_equals_one_process_on_the_concatenated_batch(ranks, scenario: str) -> None:
     reference = ddp_worker.run_search(scenario, STEPS, 0, WORLD, distributed=False)
     got = _result(ranks, 0, scenario)
@@ -73,10 +73,3 @@ def test_ddp_equals_one_process_on_the_concatenated_batch(ranks, scenario: str) 
         "no architectural parameter moved: the comparison would be vacuous"
     assert got["exported_structure"] == reference["exported_structure"]
 
-
-@pytest.mark.xfail(strict=True, reason=(
-    "PIT maskers use a frozen mask kind detached (plinio/methods/pit/nn/masker_base.py, "
-    "PITMaskerBase.param_for_use), so its parameter gets no gradient and DDP without "
-    "find_unused_parameters=True stops at the next step; see README (reliability)"))
-def test_freezing_a_mask_kind_under_ddp_without_find_unused_parameters(ranks) -> None:
-    _result(ranks, 0, "pit_freeze")

@@ -2,9 +2,12 @@
 
 A masker owns one mask parameter (``alpha``, ``beta`` or ``gamma``). Whether it is trained is
 kept in a boolean buffer (so it is saved by ``state_dict()``) mirrored by a Python flag (so
-that reading it never synchronises with the device). A non-trainable masker uses its
-parameter detached: no gradient flows, but ``requires_grad`` is never toggled (toggling it
-breaks DistributedDataParallel). Frozen maskers hold a buffer of ones instead of a parameter.
+that reading it never synchronises with the device). A non-trainable masker passes its
+parameter through ``torch.where(flag, p, p.detach())``: the parameter takes part in every
+step and receives an exactly-zero gradient, so DistributedDataParallel (which needs a
+gradient for every parameter that requires one) keeps working, ``requires_grad`` is never
+toggled, and switching needs no recompilation. Frozen maskers hold a buffer of ones instead
+of a parameter.
 """
 from typing import Any, Dict, List, Optional
 
@@ -53,9 +56,11 @@ class PITMaskerBase(nn.Module):
         self.trainable_flag.fill_(value)
 
     def param_for_use(self) -> torch.Tensor:
-        """The parameter as the mask math must see it: detached when not trainable."""
+        """The parameter as the mask math must see it: zero gradient when not trainable."""
         p = self.raw
-        return p if self._trainable else p.detach()
+        if self.frozen:
+            return p
+        return torch.where(self.trainable_flag, p, p.detach())
 
     def fused_param(self) -> Optional[torch.Tensor]:
         """Argument for ``plinio.ops.pit_masked_weight``: None (all ones) when frozen."""
