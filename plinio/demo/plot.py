@@ -39,8 +39,9 @@ def draw_pareto(seed: ParetoPoint, searched: Sequence[ParetoPoint], title: str) 
     axes = figure.add_subplot()
     front = pareto_front([seed, *searched])
     if len(front) > 1:
-        axes.plot([p.macs for p in front], [100 * p.accuracy for p in front], "--",
-                  color="tab:gray", linewidth=1, label="Pareto front", zorder=1)
+        # staircase: the best accuracy reachable with at most x MACs
+        axes.step([p.macs for p in front], [100 * p.accuracy for p in front], "--",
+                  where="post", color="tab:gray", linewidth=1, label="Pareto front", zorder=1)
     axes.scatter([p.macs for p in searched], [100 * p.accuracy for p in searched],
                  color="tab:blue", s=45, label="searched + fine-tuned (one per strength)",
                  zorder=2)
@@ -54,7 +55,8 @@ def draw_pareto(seed: ParetoPoint, searched: Sequence[ParetoPoint], title: str) 
     axes.set_ylabel("test accuracy (%)")
     axes.set_title(title)
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(loc="lower right")
+    axes.margins(x=0.1, y=0.2)
+    axes.legend(loc="best", fontsize=8)
     return figure
 
 
