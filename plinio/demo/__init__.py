@@ -8,6 +8,6 @@ and ONNX files (the ONNX files checked against PyTorch with onnxruntime).
 Modules: ``config`` (options), ``data`` (digits splits), ``model`` (the supernet CNN),
 ``training`` (epoch loops), ``search`` (warm-up / search / fine-tune with the DNAS API),
 ``costs`` (parameter and MAC counting of plain models), ``export`` (torch.export, ONNX and the
-onnxruntime check), ``plot`` (Pareto PNG), ``report`` (table and JSON), ``pipeline`` (the run),
-``cli`` (argument parsing and error reporting).
+onnxruntime check), ``plot`` (Pareto PNG), ``results`` (what a run measured), ``report``
+(table and JSON), ``pipeline`` (the run), ``cli`` (argument parsing and error reporting).
 """
