@@ -30,6 +30,17 @@ int64_t row_grain(int64_t row_len) {
   return std::max<int64_t>(g, 1);
 }
 
+// The time mask repeated over one output-channel row [R, taps] (all ones without one),
+// so that applying it is a flat, vectorizable loop.
+template <typename A>
+std::vector<A> row_pattern(const A* t_mask, int64_t taps, int64_t row_len) {
+  std::vector<A> p(row_len, A(1));
+  if (t_mask != nullptr) {
+    for (int64_t j = 0; j < row_len; ++j) p[j] = t_mask[j % taps];
+  }
+  return p;
+}
+
 struct CpuMaskKernels {
   static void masks(const MaskGeometry& g, const at::Tensor& alpha, const at::Tensor& beta,
                     const at::Tensor& gamma, double threshold, int64_t keep_alive,
@@ -77,20 +88,14 @@ struct CpuMaskKernels {
       const A* c_mask = ptr_or_null<A>(cm);
       const A* t_mask = ptr_or_null<A>(mtime);
       at::parallel_for(0, cout, row_grain(row_len), [&](int64_t begin, int64_t end) {
+        const std::vector<A> pattern = row_pattern(t_mask, taps, row_len);
+        const A* pat = pattern.data();
         for (int64_t c = begin; c < end; ++c) {
           const A s = c_mask ? c_mask[c] : A(1);
           const scalar_t* wr = w + c * row_len;
           scalar_t* orow = o + c * row_len;
-          if (t_mask == nullptr) {
 PLINIO_SIMD
-            for (int64_t j = 0; j < row_len; ++j) orow[j] = static_cast<scalar_t>(A(wr[j]) * s);
-          } else {
-            for (int64_t r = 0; r < row_len; r += taps) {
-              for (int64_t k = 0; k < taps; ++k) {
-                orow[r + k] = static_cast<scalar_t>(A(wr[r + k]) * s * t_mask[k]);
-              }
-            }
-          }
+          for (int64_t j = 0; j < row_len; ++j) orow[j] = static_cast<scalar_t>(A(wr[j]) * (s * pat[j]));
         }
       });
     });
@@ -112,23 +117,17 @@ PLINIO_SIMD
       const A* c_mask = ptr_or_null<A>(cm);
       const A* t_mask = ptr_or_null<A>(mtime);
       at::parallel_for(0, cout, row_grain(row_len), [&](int64_t begin, int64_t end) {
-        std::vector<A> acc(taps);
+        const std::vector<A> pattern = row_pattern(t_mask, taps, row_len);
+        const A* pat = pattern.data();
+        std::vector<A> prod(taps > 1 ? row_len : 0);
         for (int64_t c = begin; c < end; ++c) {
           const A s = c_mask ? c_mask[c] : A(1);
           const scalar_t* gr = gw + c * row_len;
           const scalar_t* wr = w + c * row_len;
           if (go != nullptr) {
             scalar_t* orow = go + c * row_len;
-            if (t_mask == nullptr) {
 PLINIO_SIMD
-              for (int64_t j = 0; j < row_len; ++j) orow[j] = static_cast<scalar_t>(A(gr[j]) * s);
-            } else {
-              for (int64_t r = 0; r < row_len; r += taps) {
-                for (int64_t k = 0; k < taps; ++k) {
-                  orow[r + k] = static_cast<scalar_t>(A(gr[r + k]) * s * t_mask[k]);
-                }
-              }
-            }
+            for (int64_t j = 0; j < row_len; ++j) orow[j] = static_cast<scalar_t>(A(gr[j]) * (s * pat[j]));
           }
           if (part == nullptr) continue;
           if (taps == 1) {
@@ -137,11 +136,16 @@ PLINIO_SIMD_SUM(dot)
             for (int64_t j = 0; j < row_len; ++j) dot += A(gr[j]) * A(wr[j]);
             part[c] = dot;
           } else {
-            std::fill(acc.begin(), acc.end(), A(0));
-            for (int64_t r = 0; r < row_len; r += taps) {
-              for (int64_t k = 0; k < taps; ++k) acc[k] += A(gr[r + k]) * A(wr[r + k]);
+            // products in one vectorized pass, then summed per tap (rows of `taps`)
+            A* pr = prod.data();
+PLINIO_SIMD
+            for (int64_t j = 0; j < row_len; ++j) pr[j] = A(gr[j]) * A(wr[j]);
+            A* out = part + c * taps;
+            for (int64_t k = 0; k < taps; ++k) out[k] = pr[k];
+            for (int64_t r = taps; r < row_len; r += taps) {
+PLINIO_SIMD
+              for (int64_t k = 0; k < taps; ++k) out[k] += pr[r + k];
             }
-            for (int64_t k = 0; k < taps; ++k) part[c * taps + k] = acc[k];
           }
         }
       });
