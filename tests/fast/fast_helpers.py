@@ -10,6 +10,10 @@ from plinio.graph.tracing import trace
 from plinio.methods.pit_supernet import PITSuperNetModule
 
 CONV = {1: nn.Conv1d, 2: nn.Conv2d}
+# bench workloads run on smaller inputs than the ones they were converted with (any size
+# works for equivalence and compile checks; the tests stay quick)
+RUNTIME_INPUT = {"mobilenetv1": (3, 48, 48), "resnet8": (3, 16, 16), "seed": (32, 16, 16),
+                 "linear_supernet": (3, 16, 16)}
 BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}
 
 

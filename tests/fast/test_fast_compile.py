@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch._dynamo
 
-from fast_helpers import OneSuperNet, branch, randomize, set_mode, traced_pair
+from fast_helpers import RUNTIME_INPUT, OneSuperNet, branch, randomize, set_mode, traced_pair
 
 
 def _compile_available() -> bool:
@@ -81,7 +81,7 @@ def test_bench_model_search_step_compiles(name):
     torch._dynamo.reset()
     compiled = torch.compile(wrapper, fullgraph=True, backend="aot_eager")
     opt = torch.optim.Adam(wrapper.parameters(), lr=1e-3)
-    x = torch.randn((2,) + tuple(workload.input_shape))
+    x = torch.randn((2,) + tuple(RUNTIME_INPUT.get(name, workload.input_shape)))
     targets = torch.zeros(2, dtype=torch.long)
 
     def step():

@@ -9,6 +9,7 @@ import torch
 
 from bench.models import count_supernets, workloads
 from bench.search_step import build_wrapper, task_loss
+from fast_helpers import RUNTIME_INPUT
 from plinio.methods.pit_supernet import PITSuperNetModule
 
 WORKLOADS = workloads()
@@ -78,9 +79,7 @@ def _assert_close_results(name, fast, ref, rtol, atol):
                                        msg=lambda m: f"{name} {key}: {m}")
 
 
-# any input size works for equivalence (conversion used the workload's): keep them small
-RUNTIME_INPUT = {"mobilenetv1": (3, 48, 48), "resnet8": (3, 16, 16), "seed": (32, 16, 16),
-                 "linear_supernet": (3, 16, 16)}
+
 
 
 def _compare(name, wrapper, dtype, modes, rtol, atol):
