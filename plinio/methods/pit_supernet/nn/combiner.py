@@ -67,7 +67,7 @@ class PITSuperNetCombiner(nn.Module):
             hard_theta = one_hot
         theta = torch.where(self.hard, hard_theta, soft)
         uniform = torch.full_like(theta, 1.0 / self.n_branches)
-        return torch.where(self.has_forwarded, theta, uniform)
+        return torch.where(self.has_forwarded.clone(), theta, uniform)  # clone: forwards write it
 
     def sample_theta(self) -> torch.Tensor:
         """Draw this forward's Gumbel noise in place (training + Gumbel only) and return θ."""
