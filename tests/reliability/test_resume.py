@@ -84,6 +84,8 @@ def test_resume_in_a_fresh_process_is_bit_identical(uninterrupted, tmp_path: Pat
     output = tmp_path / "resumed.pt"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    # same intra-op thread count as the uninterrupted run: CPU reductions split by thread
+    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
     worker = Path(__file__).resolve().parent / "resume_worker.py"
     proc = subprocess.run(
         [sys.executable, str(worker), kind, str(path), str(output), str(CUT), str(STEPS)],
