@@ -4,8 +4,8 @@ from pathlib import Path
 from typing import Tuple
 
 DEFAULT_OUT = Path("plinio-demo-out")
-DEFAULT_STRENGTHS_MACS: Tuple[float, ...] = (0.01, 0.03, 0.1, 1.0)
-DEFAULT_STRENGTHS_SIZE: Tuple[float, ...] = (0.01, 0.03, 0.1, 1.0)
+DEFAULT_STRENGTHS_MACS: Tuple[float, ...] = (0.01, 0.1, 1.0)
+DEFAULT_STRENGTHS_SIZE: Tuple[float, ...] = (0.01, 0.1, 1.0)
 QUICK_STRENGTHS: Tuple[float, ...] = (0.1, 1.0)
 
 
@@ -25,9 +25,9 @@ class DemoError(Exception):
 class Schedule:
     """Epoch counts and learning rates of the three training phases."""
 
-    warmup_epochs: int = 5
-    search_epochs: int = 6
-    finetune_epochs: int = 5
+    warmup_epochs: int = 4
+    search_epochs: int = 5
+    finetune_epochs: int = 4
     batch_size: int = 64
     net_lr: float = 3e-3
     nas_lr: float = 3e-2
