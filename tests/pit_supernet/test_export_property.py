@@ -45,7 +45,7 @@ class _RandomNet(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(blocks=st.lists(st.lists(st.sampled_from(BRANCH_KINDS), min_size=1, max_size=4),
                        min_size=1, max_size=3),
        channels=st.integers(2, 6), residual=st.booleans(), seed=st.integers(0, 10_000))
