@@ -10,7 +10,12 @@ excluded). It prints a Markdown table with the ratios fast/reference.
 
     python bench/search_step.py [--batch-size 32] [--threads 2] [--device cpu]
                                 [--workloads seed,resnet8] [--modes soft,hard] [--hard]
-                                [--compile] [--repeats 5] [--warmup 1] [--min-seconds 15]
+                                [--compile [--compile-mode reduce-overhead]]
+                                [--repeats 5] [--warmup 1] [--min-seconds 15]
+
+With ``--compile`` a second row per workload times the fast path's model under
+``torch.compile(fullgraph=True)`` (``--compile-mode reduce-overhead`` adds CUDA graphs on a
+GPU) against the eager reference path; the regularizer and the optimizer steps stay eager.
 """
 import argparse
 import copy
@@ -188,7 +193,8 @@ def same_loss(setups: Dict[str, SearchSetup]) -> bool:
 
 
 def measure(name: str, mode: str, batch_size: int, device: str, repeats: int, warmup: int,
-            compile_fast: bool = False, min_seconds: float = 0.0) -> Row:
+            compile_fast: bool = False, min_seconds: float = 0.0,
+            compile_mode: Optional[str] = None) -> Row:
     """One table row: build both paths, check they agree, measure saved bytes, then time."""
     setups = build_pair(name, batch_size, device, hard=(mode == "hard"))
     if not same_loss(setups):
@@ -197,9 +203,11 @@ def measure(name: str, mode: str, batch_size: int, device: str, repeats: int, wa
     saved = {k: saved_activation_bytes(s) for k, s in setups.items()}
     if compile_fast:
         fast = setups["fast"]
-        setups["fast"] = fast._replace(forward=torch.compile(fast.wrapper, fullgraph=True))
+        setups["fast"] = fast._replace(forward=torch.compile(fast.wrapper, fullgraph=True,
+                                                             mode=compile_mode))
     times = time_steps(setups, repeats, warmup, device, min_seconds)
-    return Row(name, mode + (" (fast compiled)" if compile_fast else ""),
+    label = f" (fast compiled, {compile_mode or 'default'})" if compile_fast else ""
+    return Row(name, mode + label,
                times["fast"] * 1e3, times["reference"] * 1e3,
                saved["fast"] / 2 ** 20, saved["reference"] / 2 ** 20)
 
@@ -239,6 +247,11 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
     parser.add_argument("--hard", action="store_true", help="shorthand for --modes hard")
     parser.add_argument("--compile", action="store_true",
                         help="also time the fast path under torch.compile(fullgraph=True)")
+    parser.add_argument("--compile-mode", default=None,
+                        choices=["default", "reduce-overhead", "max-autotune"],
+                        help="torch.compile mode of --compile (reduce-overhead: CUDA graphs)")
+    parser.add_argument("--compile-only", action="store_true",
+                        help="with --compile, skip the eager fast-path row")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--min-seconds", type=float, default=15.0,
@@ -260,9 +273,12 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
             if mode == "hard" and not has_supernets:
                 continue
             variants = [False, True] if args.compile else [False]
+            if args.compile and args.compile_only:
+                variants = [True]
             for compiled in variants:
                 row = measure(name, mode, args.batch_size, args.device, args.repeats,
-                              args.warmup, compile_fast=compiled, min_seconds=args.min_seconds)
+                              args.warmup, compile_fast=compiled, min_seconds=args.min_seconds,
+                              compile_mode=args.compile_mode)
                 rows.append(row)
                 print(f"#  {name} {row.mode}: time ratio {row.time_ratio:.2f}, "
                       f"saved ratio {row.bytes_ratio:.2f}", flush=True)

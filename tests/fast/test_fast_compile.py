@@ -64,10 +64,9 @@ def test_compiled_equals_eager():
         torch.testing.assert_close(compiled(x), fast(x))
 
 
-@pytest.mark.parametrize("name", ["seed", "resnet8", "dscnn", "mobilenetv1", "tcn"])
-def test_bench_model_search_step_compiles(name):
-    """Every bench model: forward under torch.compile(wrapper, fullgraph=True), regularizer,
-    backward and optimizer step; temperature / hard changes do not recompile."""
+def _search_step_compiles(name, device="cpu", backend="aot_eager"):
+    """Forward under torch.compile(wrapper, fullgraph=True), regularizer, backward and
+    optimizer step; temperature / hard changes do not recompile."""
     import warnings
 
     from bench.models import workloads
@@ -78,11 +77,12 @@ def test_bench_model_search_step_compiles(name):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         wrapper = build_wrapper(workload.factory(), workload.input_shape, fast=True)
+    wrapper.to(device)
     torch._dynamo.reset()
-    compiled = torch.compile(wrapper, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(wrapper, fullgraph=True, backend=backend)
     opt = torch.optim.Adam(wrapper.parameters(), lr=1e-3)
-    x = torch.randn((2,) + tuple(RUNTIME_INPUT.get(name, workload.input_shape)))
-    targets = torch.zeros(2, dtype=torch.long)
+    x = torch.randn((2,) + tuple(RUNTIME_INPUT.get(name, workload.input_shape)), device=device)
+    targets = torch.zeros(2, dtype=torch.long, device=device)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -98,3 +98,16 @@ def test_bench_model_search_step_compiles(name):
             if hasattr(wrapper, "update_softmax_options"):
                 wrapper.update_softmax_options(temperature=temperature, hard=hard)
             assert torch.isfinite(step())
+
+
+@pytest.mark.parametrize("name", ["seed", "resnet8", "dscnn", "mobilenetv1", "tcn"])
+def test_bench_model_search_step_compiles(name):
+    """Every bench model, with dynamo capture + AOT autograd (no code generation)."""
+    _search_step_compiles(name)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["seed", "resnet8", "tcn"])
+def test_bench_model_search_step_compiles_cuda_inductor(name):
+    """On a GPU with inductor's generated kernels, the fused ops running on CUDA."""
+    _search_step_compiles(name, device="cuda", backend="inductor")

@@ -82,15 +82,17 @@ def _assert_close_results(name, fast, ref, rtol, atol):
 
 
 
-def _compare(name, wrapper, dtype, modes, rtol, atol):
+def _compare(name, wrapper, dtype, modes, rtol, atol, device="cpu"):
     """For each (hard, gumbel) mode: fast vs reference output and task-loss gradients at
     (rtol, atol), regularizer gradients at float32 accuracy (costs are float32 by contract)."""
     shape = (2,) + tuple(RUNTIME_INPUT.get(name, WORKLOADS[name].input_shape))
     x = torch.randn(shape, generator=torch.Generator().manual_seed(7),
-                    dtype=torch.float64).to(dtype)
+                    dtype=torch.float64).to(dtype=dtype, device=device)
+    wrapper.to(device)
     with torch.no_grad():
         probe = wrapper.eval()(x)
-    targets = torch.arange(2) % probe.shape[1] if probe.dim() == 2 else torch.empty(0)
+    targets = torch.arange(2, device=device) % probe.shape[1] if probe.dim() == 2 \
+        else torch.empty(0, device=device)
     wrapper.train()
     for hard, gumbel in modes:
         _set_modes(wrapper, hard, gumbel)
@@ -157,3 +159,13 @@ def test_fast_equals_reference(name):
 def test_seed_float32_allclose():
     _compare("seed", _wrapper("seed", torch.float32), torch.float32, SOFT_HARD, rtol=1e-3,
              atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_fast_equals_reference_cuda(name):
+    """The same comparison on a CUDA device (float64, so TF32 and kernel choice cannot hide
+    a difference), where the fused ops run their GPU kernels."""
+    _, modes, _, _ = CASES[name]
+    _compare(name, _wrapper(name, torch.float64), torch.float64, modes, rtol=1e-6, atol=1e-9,
+             device="cuda")
