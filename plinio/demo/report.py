@@ -47,7 +47,7 @@ def format_table(results: DemoResults) -> str:
     out = [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
     worst_onnx = max((r.onnx_max_abs_diff for r in results.rows), default=0.0)
     out.append("")
-    out.append(f"MACs/params of the unsearched supernet weigh each branch by 1/n (SPEC §4.3); "
+    out.append("MACs/params of the unsearched supernet weigh each branch by 1/n (SPEC §4.3); "
                f"searched rows are the exported, fine-tuned networks.")
     out.append(f"ONNX (onnxruntime) vs PyTorch on the test split: max abs diff "
                f"{worst_onnx:.2g}. Wall time {results.wall_time_s:.0f} s.")

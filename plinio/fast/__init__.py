@@ -1,12 +1,18 @@
 """Exact fast paths of the search (DESIGN.md §3): branch merging, fused supernet forward,
-hard-selection shortcut.
+hard-selection shortcut, zero paddings absorbed into convolutions.
 
-Entry point: :func:`optimize_supernets`, run by the wrappers at conversion when ``fast=True``
-and ``PLINIO_BACKEND`` is not ``reference`` (see :func:`fast_path_requested`).
+Entry point: :func:`fast_graph`, run by the wrappers when ``fast=True`` and
+``PLINIO_BACKEND`` is not ``reference`` (see :func:`fast_path_requested`).
 """
+import functools
 import os
+from typing import Optional
+
+import torch.fx as fx
 
 from .graph_pass import FAST_MODULE_NAME, is_combiner, optimize_supernets
+from .pad_pass import PaddedConv, absorb_zero_padding
+from .padded_conv import zero_padded_conv
 from .linear_ops import ConvGeometry, compose, conv_geometry
 from .merge_plan import IDENTITY, LinearCandidate, MemberPlacement, MergePlan, plan_merge
 from .merged_conv import MergedConv
@@ -18,6 +24,25 @@ def fast_path_requested(fast: bool = True) -> bool:
     return bool(fast) and os.environ.get("PLINIO_BACKEND", "").strip().lower() != "reference"
 
 
-__all__ = ["optimize_supernets", "fast_path_requested", "is_combiner", "FAST_MODULE_NAME",
+def fast_graph(gm: fx.GraphModule) -> Optional[fx.GraphModule]:
+    """The graph the wrappers run on the fast path: every supernet optimized
+    (:func:`optimize_supernets`), then zero paddings absorbed (:func:`absorb_zero_padding`).
+    It shares its layers with ``gm``, which is untouched. None when neither applies.
+
+    Attributes of the result: ``plinio_merge_plans`` and ``plinio_unoptimized`` (per supernet)
+    and ``plinio_absorbed_paddings`` (convolutions that absorbed a padding node).
+    """
+    has_supernets = any(n.op == "call_module" and is_combiner(
+        functools.reduce(getattr, n.target.split("."), gm)) for n in gm.graph.nodes)
+    runner = optimize_supernets(gm) if has_supernets else gm
+    runner, absorbed = absorb_zero_padding(runner)
+    if not has_supernets and not absorbed:
+        return None
+    runner.plinio_absorbed_paddings = absorbed
+    return runner
+
+
+__all__ = ["fast_graph", "optimize_supernets", "absorb_zero_padding", "PaddedConv",
+           "zero_padded_conv", "fast_path_requested", "is_combiner", "FAST_MODULE_NAME",
            "FastSuperNet", "MergedConv", "MergePlan", "MemberPlacement", "LinearCandidate",
            "IDENTITY", "plan_merge", "ConvGeometry", "conv_geometry", "compose"]

@@ -11,12 +11,11 @@ import copy
 import functools
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
-import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from .linear_ops import (ConvGeometry, compose, conv_geometry, layer_weight_and_bias,
-                         reference_conv)
+from .linear_ops import (ConvGeometry, compose, conv_geometry, conv_matches_geometry,
+                         trusted_conv_forward)
 from .merge_plan import IDENTITY, Candidate, LinearCandidate, MergePlan, plan_merge
 from .merged_conv import ChainLayer, MergedConv
 from .supernet_forward import FastSuperNet, LinearTail
@@ -46,33 +45,6 @@ def _ancestor_sets(graph: fx.Graph) -> Dict[fx.Node, Set[fx.Node]]:
     return result
 
 
-def _trusted_forward(module: nn.Module) -> bool:
-    """Layers whose forward is known to be ``conv(x, *weights, hyper-parameters)``: plain
-    torch convs and plinio's PIT convs (internal contract, covered by the equivalence tests)."""
-    return type(module) in (nn.Conv1d, nn.Conv2d) or \
-        type(module).__module__.startswith("plinio.methods.pit.nn.")
-
-
-def _probe_matches(module: nn.Module, geometry: ConvGeometry) -> bool:
-    """The layer computes ``conv(x, *weights, geometry)`` on a small random probe (guards
-    against layers whose forward does more than their hyper-parameters say)."""
-    weight, _ = layer_weight_and_bias(module)
-    size = [e + 2 * s + 1 for e, s in zip(geometry.extent, geometry.stride)]
-    generator = torch.Generator().manual_seed(0)  # never touches the global RNG
-    probe = torch.randn([1, geometry.in_channels] + size, generator=generator,
-                        dtype=torch.float64).to(device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        try:
-            got = module(probe)
-        except Exception:  # the layer cannot even run on the probe: do not merge it
-            return False
-        expected = reference_conv(probe, *layer_weight_and_bias(module), geometry)
-    if got.shape != expected.shape:
-        return False
-    scale = float(expected.abs().max()) if expected.numel() else 1.0
-    return bool(torch.allclose(got, expected, rtol=1e-4, atol=1e-5 * max(scale, 1.0)))
-
-
 def _chain_candidate(nodes: Sequence[fx.Node], x: fx.Node, gm: fx.GraphModule,
                      chain_out: List[ChainLayer]) -> Candidate:
     """Candidate of a branch sub-graph: linear conv chain, identity, or a reason."""
@@ -96,7 +68,7 @@ def _chain_candidate(nodes: Sequence[fx.Node], x: fx.Node, gm: fx.GraphModule,
         if geometry is None:
             chain_out.append((module, None))
             continue
-        if not _trusted_forward(module) and not _probe_matches(module, geometry):
+        if not trusted_conv_forward(module) and not conv_matches_geometry(module, geometry):
             return (f"layer '{node.target}': its forward is not the plain convolution its "
                     "hyper-parameters describe")
         macs += geometry.macs_per_output_position()
@@ -185,7 +157,7 @@ def _linear_tail(gm: fx.GraphModule, region: List[fx.Node], x: fx.Node, out: fx.
         return None
     module = _fetch(gm, out.target)
     geometry, _ = conv_geometry(module)
-    if geometry is None or not _trusted_forward(module):
+    if geometry is None or not trusted_conv_forward(module):
         return None
     z = out.args[0]
     if not isinstance(z, fx.Node) or (z is not x and z not in region):

@@ -14,11 +14,13 @@ composition is provably one convolution:
 """
 import math
 from dataclasses import dataclass, replace
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .padded_conv import pad_spec, zero_padded_conv
 
 Ints = Tuple[int, ...]
 
@@ -177,12 +179,38 @@ def layer_weight_and_bias(module: nn.Module) -> Tuple[torch.Tensor, Optional[tor
 def reference_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                    geometry: ConvGeometry) -> torch.Tensor:
     """Zero-padded convolution with explicit (possibly asymmetric or negative) padding."""
+    if min(geometry.pad_left + geometry.pad_right) >= 0:
+        return zero_padded_conv(x, weight, bias, geometry.pad_left, geometry.pad_right,
+                                geometry.stride, geometry.dilation, geometry.groups)
     conv = F.conv1d if geometry.ndim == 1 else F.conv2d
-    if geometry.pad_left == geometry.pad_right and min(geometry.pad_left) >= 0:
-        return conv(x, weight, bias, geometry.stride, geometry.pad_left, geometry.dilation,
-                    geometry.groups)
-    pads: List[int] = []
-    for left, right in zip(reversed(geometry.pad_left), reversed(geometry.pad_right)):
-        pads += [left, right]
+    pads = pad_spec(geometry.pad_left, geometry.pad_right)  # negative padding crops
     return conv(F.pad(x, pads), weight, bias, geometry.stride, 0, geometry.dilation,
                 geometry.groups)
+
+
+def trusted_conv_forward(module: nn.Module) -> bool:
+    """Layers whose forward is known to be ``conv(x, *weights, hyper-parameters)``: plain
+    torch convs and plinio's PIT convs (internal contract, covered by the equivalence tests)."""
+    return type(module) in (nn.Conv1d, nn.Conv2d) or \
+        type(module).__module__.startswith("plinio.methods.pit.nn.")
+
+
+def conv_matches_geometry(module: nn.Module, geometry: ConvGeometry) -> bool:
+    """The layer computes ``conv(x, *weights, geometry)`` on a small random probe (guards
+    against layers whose forward does more than their hyper-parameters say)."""
+    weight, _ = layer_weight_and_bias(module)
+    size = [e + 2 * s + 1 for e, s in zip(geometry.extent, geometry.stride)]
+    generator = torch.Generator().manual_seed(0)  # never touches the global RNG
+    probe = torch.randn([1, geometry.in_channels] + size, generator=generator,
+                        dtype=torch.float64).to(device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        try:
+            got = module(probe)
+        except Exception:  # the layer cannot even run on the probe: do not merge it
+            return False
+        expected = reference_conv(probe, *layer_weight_and_bias(module), geometry)
+    if got.shape != expected.shape:
+        return False
+    scale = float(expected.abs().max()) if expected.numel() else 1.0
+    return bool(torch.allclose(got, expected, rtol=1e-4, atol=1e-5 * max(scale, 1.0)))
+

@@ -149,10 +149,10 @@ def test_fast_equals_reference(name):
     dtype, modes, rtol, atol = CASES[name]
     wrapper = _wrapper(name, dtype)
     if name in EXPECTED_PLANS:
-        runner = wrapper._fast_runner[0]
-        plans = {k: (p.merged, p.separate) for k, p in runner.plinio_merge_plans.items()}
+        plan = wrapper.fast_plan
+        plans = {k: (p.merged, p.separate) for k, p in plan["merge_plans"].items()}
         assert plans == EXPECTED_PLANS[name]
-        assert runner.plinio_unoptimized == {}
+        assert plan["unoptimized"] == {}
     _compare(name, wrapper, dtype, modes, rtol, atol)
 
 

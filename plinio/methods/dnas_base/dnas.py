@@ -1,5 +1,5 @@
 """DNAS base class shared by PIT and PIT-SuperNet (SPEC §2, common part)."""
-from typing import Any, Dict, Iterator, Set, Tuple
+from typing import Any, Dict, Iterator, Optional, Set, Tuple
 
 import torch
 import torch.nn as nn
@@ -12,12 +12,52 @@ class DNAS(nn.Module):
     """Wraps the converted model (``self.seed``) and exposes the search interface.
 
     Subclasses implement ``get_size``, ``get_macs``, ``arch_export``, ``arch_summary`` and
-    ``_nas_parameter_ids`` (which parameters are architectural).
+    ``_nas_parameter_ids`` (which parameters are architectural), and set ``seed``,
+    ``_cost_model`` and ``_pit_layers`` before the first ``fast`` assignment.
     """
 
     def __init__(self, regularizer: str) -> None:
         super().__init__()
         self._regularizer = self._check_regularizer(regularizer)
+        self._fast = False
+        self._fast_runner: Optional[Tuple[Any]] = None
+
+    # ---- the fast / reference switch -----------------------------------------------------------
+    @property
+    def fast(self) -> bool:
+        """Exact fast paths on (branch merging, fused combine and masks, absorbed zero
+        paddings, vectorized costs). False: the plain-PyTorch reference path (also forced by
+        ``PLINIO_BACKEND=reference``)."""
+        return self._fast
+
+    @fast.setter
+    def fast(self, value: bool) -> None:
+        from plinio.fast import fast_graph, fast_path_requested
+        from plinio.methods.pit.nn.module import PITWeightedModule, fused_ops_available
+
+        self._fast = fast_path_requested(bool(value))
+        self._cost_model.fast = self._fast
+        fused_masks = self._fast and fused_ops_available()
+        for _, layer in self._pit_layers:
+            if isinstance(layer, PITWeightedModule):
+                layer.use_fused_ops = fused_masks
+        self._switch_fast_layers(self._fast)
+        # the fast graph refers to (does not own) the layers of self.seed
+        runner = fast_graph(self.seed) if self._fast else None
+        self._fast_runner = (runner,) if runner is not None else None
+
+    def _switch_fast_layers(self, fast: bool) -> None:
+        """Hook for method-specific layers that have their own fast switch."""
+
+    @property
+    def fast_plan(self) -> Dict[str, Any]:
+        """What the fast path does to this model: ``merge_plans`` (supernet → merged and
+        separate branches), ``unoptimized`` (supernet → reason) and ``absorbed_paddings``
+        (convolutions computing their input's zero padding). Empty when ``fast`` is off."""
+        runner = self._fast_runner[0] if self._fast_runner is not None else None
+        return {key: dict(getattr(runner, f"plinio_{key}", {})) if key != "absorbed_paddings"
+                else tuple(getattr(runner, "plinio_absorbed_paddings", ()))
+                for key in ("merge_plans", "unoptimized", "absorbed_paddings")}
 
     @staticmethod
     def supported_regularizers() -> Tuple[str, ...]:
@@ -40,7 +80,9 @@ class DNAS(nn.Module):
         self._regularizer = self._check_regularizer(value)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.seed(*args, **kwargs)
+        """Runs the converted model (through the fast graph when enabled)."""
+        runner = self._fast_runner[0] if self._fast_runner is not None else self.seed
+        return runner(*args, **kwargs)
 
     def get_size(self) -> torch.Tensor:
         """Differentiable model size (0-dim float32)."""

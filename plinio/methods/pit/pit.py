@@ -39,21 +39,6 @@ class PIT(DNAS):
         self.train_dilation = train_dilation
 
     # ---- switches ----------------------------------------------------------------------------
-    @property
-    def fast(self) -> bool:
-        """Fused mask ops and the vectorized cost model (False: the op-by-op reference path)."""
-        return self._fast
-
-    @fast.setter
-    def fast(self, value: bool) -> None:
-        from plinio.methods.pit.nn.module import fused_ops_available
-        self._fast = bool(value)
-        self._cost_model.fast = self._fast
-        fused = self._fast and fused_ops_available()
-        for _, layer in self._pit_layers:
-            if isinstance(layer, PITWeightedModule):
-                layer.use_fused_ops = fused
-
     def _layers_of(self, cls: type) -> Iterable[Any]:
         return (layer for _, layer in self._pit_layers if isinstance(layer, cls))
 

@@ -8,12 +8,11 @@ import torch.fx as fx
 import torch.nn as nn
 
 from plinio.methods.pit.graph import convert  # first: plinio.graph.export imports PIT layers
-from plinio.fast import fast_path_requested, optimize_supernets
 from plinio.graph.export import check_plain, export_graph
 from plinio.graph.tracing import make_example, model_device_dtype
 from plinio.methods.dnas_base import DNAS
 from plinio.methods.pit.nn.masker_base import PITMaskerBase
-from plinio.methods.pit.nn.module import PITModule, PITWeightedModule, fused_ops_available
+from plinio.methods.pit.nn.module import PITModule
 from plinio.safety import check_nas_parameters
 
 from .costs import BranchStaticCosts, SuperNetCosts, branch_prefix
@@ -70,7 +69,6 @@ class PITSuperNet(DNAS):
         self._sn_costs = SuperNetCosts(self.supernet_names, self._combiners, static,
                                        self._cost_model.layer_names,
                                        self._cost_model.layer_costs)
-        self._fast_runner: Optional[Tuple[fx.GraphModule]] = None
         self.fast = fast
 
     @staticmethod
@@ -81,30 +79,9 @@ class PITSuperNet(DNAS):
         return probe_supernets(probe, find_supernets(probe), lambda: probe(*example))
 
     # ---- switches ----------------------------------------------------------------------------
-    @property
-    def fast(self) -> bool:
-        """Exact fast paths on (branch merging, fused combine and masks, vectorized costs).
-        False: the plain-PyTorch reference path (also forced by ``PLINIO_BACKEND=reference``)."""
-        return self._fast
-
-    @fast.setter
-    def fast(self, value: bool) -> None:
-        self._fast = fast_path_requested(bool(value))
-        self._cost_model.fast = self._fast
-        fused_masks = self._fast and fused_ops_available()
-        for _, layer in self._pit_layers:
-            if isinstance(layer, PITWeightedModule):
-                layer.use_fused_ops = fused_masks
+    def _switch_fast_layers(self, fast: bool) -> None:
         for combiner in self._combiners:
-            combiner.use_fused_ops = self._fast
-        # the fast graph refers to (does not own) the layers of self.seed
-        self._fast_runner = (optimize_supernets(self.seed),) if self._fast and \
-            self._combiners else None
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """Runs the converted model (through the fast supernet graph when enabled)."""
-        runner = self._fast_runner[0] if self._fast_runner is not None else self.seed
-        return runner(*args, **kwargs)
+            combiner.use_fused_ops = fast
 
     # ---- softmax options ---------------------------------------------------------------------
     def update_softmax_options(self, temperature: Optional[float] = None,

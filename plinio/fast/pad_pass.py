@@ -1,0 +1,127 @@
+"""Graph pass: absorb an explicit zero padding into the convolution that consumes it.
+
+A ``ConstantPad*d(value=0)`` / ``ZeroPad*d`` / ``F.pad(..., value=0)`` node whose only user is
+a plain or PIT convolution (the causal padding of a TCN, for instance) is removed, and the
+convolution node calls a :class:`PaddedConv` that convolves the unpadded input with the
+combined padding through :func:`~plinio.fast.padded_conv.zero_padded_conv`. Same values and
+gradients; the padded copy is no longer saved for backward. The input ``GraphModule`` is not
+modified: a new one, sharing every layer with it, is returned.
+"""
+import copy
+import functools
+from dataclasses import replace
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .linear_ops import (ConvGeometry, conv_geometry, conv_matches_geometry,
+                         layer_weight_and_bias, trusted_conv_forward)
+from .padded_conv import zero_padded_conv
+
+_PAD_MODULES = (nn.ConstantPad1d, nn.ConstantPad2d, nn.ZeroPad1d, nn.ZeroPad2d)
+
+
+class PaddedConv(nn.Module):
+    """``layer(zero_pad(x))`` for a conv ``layer`` and the padding absorbed from the graph.
+    Refers to the layer (kept in a tuple, not registered): parameters stay the model's."""
+
+    def __init__(self, layer: nn.Module, geometry: ConvGeometry) -> None:
+        super().__init__()
+        self._layer = (layer,)
+        self.geometry = geometry
+
+    def forward(self, x: Any) -> Any:
+        g = self.geometry
+        weight, bias = layer_weight_and_bias(self._layer[0])
+        return zero_padded_conv(x, weight, bias, g.pad_left, g.pad_right, g.stride, g.dilation,
+                                g.groups)
+
+    def extra_repr(self) -> str:
+        return f"pad_left={self.geometry.pad_left}, pad_right={self.geometry.pad_right}"
+
+
+def _fetch(root: nn.Module, target: str) -> Any:
+    return functools.reduce(getattr, target.split("."), root)
+
+
+def _zero_pad(node: fx.Node, modules: Callable[[str], nn.Module]
+              ) -> Optional[Tuple[Any, List[int]]]:
+    """(padded input, ``F.pad``-style spec) of a zero-constant padding node, else None."""
+    if node.op == "call_module":
+        module = modules(node.target)
+        if type(module) not in _PAD_MODULES or float(module.value) != 0.0 or \
+                len(node.args) != 1 or node.kwargs:
+            return None
+        return node.args[0], [int(p) for p in module.padding]
+    if node.op == "call_function" and node.target is F.pad:
+        args = dict(zip(("input", "pad", "mode", "value"), node.args), **node.kwargs)
+        if args.get("mode", "constant") != "constant" or args.get("value") not in (None, 0, 0.0):
+            return None
+        pad = args.get("pad")
+        if not isinstance(pad, (list, tuple)) or not all(isinstance(p, int) for p in pad):
+            return None
+        return args.get("input"), list(pad)
+    return None
+
+
+def _absorbed_geometry(geometry: ConvGeometry, spec: List[int]) -> Optional[ConvGeometry]:
+    """The conv's geometry with ``spec`` added to its padding (None: not absorbable)."""
+    if len(spec) % 2 or len(spec) > 2 * geometry.ndim or min(spec, default=0) < 0:
+        return None
+    spec = spec + [0] * (2 * geometry.ndim - len(spec))
+    left = list(geometry.pad_left)
+    right = list(geometry.pad_right)
+    for i in range(geometry.ndim):  # spec lists the last dimension first
+        dim = geometry.ndim - 1 - i
+        left[dim] += spec[2 * i]
+        right[dim] += spec[2 * i + 1]
+    return replace(geometry, pad_left=tuple(left), pad_right=tuple(right))
+
+
+def absorb_zero_padding(gm: fx.GraphModule) -> Tuple[fx.GraphModule, Tuple[str, ...]]:
+    """(new GraphModule, targets of the convolutions that absorbed a padding node)."""
+    graph = fx.Graph()
+    graph._codegen = copy.deepcopy(gm.graph._codegen)
+    value_map: Dict[fx.Node, fx.Node] = {}
+    graph.output(graph.graph_copy(gm.graph, value_map))
+    new_modules: Dict[str, nn.Module] = {}
+
+    def modules(target: str) -> nn.Module:
+        return new_modules[target] if target in new_modules else _fetch(gm, target)
+
+    absorbed: List[str] = []
+    for node in list(graph.nodes):
+        if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+            continue
+        pad_node = node.args[0]
+        if not isinstance(pad_node, fx.Node) or len(pad_node.users) != 1:
+            continue
+        found = _zero_pad(pad_node, modules)
+        if found is None:
+            continue
+        source, spec = found
+        layer = _fetch(gm, node.target)
+        geometry, _ = conv_geometry(layer)
+        if geometry is None or not (trusted_conv_forward(layer)
+                                    or conv_matches_geometry(layer, geometry)):
+            continue
+        combined = _absorbed_geometry(geometry, spec)
+        if combined is None:
+            continue
+        absorbed.append(node.target)
+        prefix, _, leaf = node.target.rpartition(".")
+        target = f"{prefix}.plinio_padded_{leaf}" if prefix else f"plinio_padded_{leaf}"
+        new_modules[target] = PaddedConv(layer, combined)
+        node.target = target
+        node.args = (source,)
+        graph.erase_node(pad_node)
+    graph.lint()
+    root = {n.target: modules(n.target) for n in graph.nodes
+            if n.op in ("call_module", "get_attr")}
+    result = fx.GraphModule(root, graph, type(gm).__name__)
+    for name, value in vars(gm).items():  # analysis results the wrappers attached
+        if name.startswith("plinio_"):
+            setattr(result, name, value)
+    return result, tuple(absorbed)

@@ -1,0 +1,84 @@
+"""Zero-padded convolution that keeps the *unpadded* input for backward.
+
+``conv(pad(x))`` with an explicit ``F.pad`` (causal TCN padding, asymmetric 'same' padding of
+even kernels, merged kernels) makes autograd save the padded copy of ``x`` for the weight
+gradient, although ``x`` itself is usually saved anyway by the op that produced it (a ReLU
+saves its output). :func:`zero_padded_conv` computes the same forward, saves ``x`` and
+rebuilds the padded copy in backward, where it calls the very kernel autograd would
+(``aten.convolution_backward``): values and gradients are bitwise those of ``conv(pad(x))``,
+and one activation-sized tensor per layer is no longer kept alive between forward and
+backward.
+"""
+from typing import Any, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+Ints = Tuple[int, ...]
+
+
+def pad_spec(pad_left: Ints, pad_right: Ints) -> List[int]:
+    """``F.pad``'s argument (last dimension first) for per-dimension (left, right) padding."""
+    spec: List[int] = []
+    for left, right in zip(reversed(pad_left), reversed(pad_right)):
+        spec += [left, right]
+    return spec
+
+
+def _conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: Ints,
+          dilation: Ints, groups: int) -> torch.Tensor:
+    conv = F.conv1d if x.dim() == 3 else F.conv2d
+    return conv(x, weight, bias, stride, 0, dilation, groups)
+
+
+class _ZeroPaddedConv(torch.autograd.Function):
+    """conv(F.pad(x, spec), W, b) saving x instead of the padded copy."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                spec: List[int], stride: Ints, dilation: Ints, groups: int) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.spec, ctx.stride, ctx.dilation, ctx.groups = spec, stride, dilation, groups
+        ctx.bias_sizes = None if bias is None else list(bias.shape)
+        return _conv(F.pad(x, spec), weight, bias, stride, dilation, groups)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+        x, weight = ctx.saved_tensors
+        needs_x, needs_w, needs_b = ctx.needs_input_grad[:3]
+        padded = F.pad(x, ctx.spec)
+        ndim = x.dim() - 2
+        grad_padded, grad_w, grad_b = torch.ops.aten.convolution_backward(
+            grad, padded, weight, ctx.bias_sizes, list(ctx.stride), [0] * ndim,
+            list(ctx.dilation), False, [0] * ndim, ctx.groups,
+            [needs_x, needs_w, needs_b and ctx.bias_sizes is not None])
+        grad_x = None
+        if needs_x:
+            grad_x = grad_padded
+            for dim, (left, right) in enumerate(zip(ctx.spec[::2], ctx.spec[1::2])):
+                axis = grad_x.dim() - 1 - dim
+                grad_x = grad_x.narrow(axis, left, grad_x.shape[axis] - left - right)
+        return grad_x, grad_w, grad_b, None, None, None, None
+
+
+def zero_padded_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                     pad_left: Sequence[int], pad_right: Sequence[int], stride: Sequence[int],
+                     dilation: Sequence[int], groups: int) -> torch.Tensor:
+    """1-D/2-D convolution of ``x`` zero-padded by ``pad_left``/``pad_right`` (non-negative,
+    per spatial dimension). Symmetric padding goes to the conv kernel itself; asymmetric
+    padding is materialized for the forward only (see the module docstring)."""
+    pad_left, pad_right = tuple(pad_left), tuple(pad_right)
+    stride, dilation = tuple(stride), tuple(dilation)
+    if min(pad_left + pad_right, default=0) < 0:
+        raise ValueError(f"zero_padded_conv: padding must be non-negative, got left={pad_left}, "
+                         f"right={pad_right}")
+    if pad_left == pad_right:
+        conv = F.conv1d if x.dim() == 3 else F.conv2d
+        return conv(x, weight, bias, stride, pad_left, dilation, groups)
+    spec = pad_spec(pad_left, pad_right)
+    if not torch.is_grad_enabled() or not any(
+            t is not None and t.requires_grad for t in (x, weight, bias)):
+        return _conv(F.pad(x, spec), weight, bias, stride, dilation, groups)
+    return _ZeroPaddedConv.apply(x, weight, bias, spec, stride, dilation, groups)
