@@ -2,6 +2,7 @@
 import torch
 import torch.nn as nn
 
+from bench.models import SimpleSuperNet
 from plinio.demo.costs import expected_supernet_cost, layer_costs, model_cost
 from plinio.methods.pit_supernet import PITSuperNetModule
 
@@ -30,24 +31,8 @@ def test_a_layer_called_twice_counts_its_macs_twice_and_its_params_once():
     assert (cost.params, cost.macs) == (4, 2 * 4 * 9)
 
 
-class SeedExample(nn.Module):
-    """SPEC §7's seed example."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = PITSuperNetModule([
-            nn.Conv2d(32, 32, 3, padding='same'),
-            nn.Sequential(nn.Conv2d(32, 32, 3, padding='same'),
-                          nn.Conv2d(32, 32, 3, padding='same')),
-            nn.Conv2d(32, 32, 5, padding='same'),
-            nn.Identity()])
-
-    def forward(self, x):
-        return self.conv(x)
-
-
 def test_unsearched_supernet_cost_matches_spec_fixture_and_leaves_model_untouched():
-    model = SeedExample()
+    model = SimpleSuperNet()  # SPEC §7's seed example
     state = {k: v.clone() for k, v in model.state_dict().items()}
     cost = expected_supernet_cost(model, (32, 64, 64))
     # SPEC §4.3: with untouched masks the seed example costs 13344 parameters, 54657024 MACs

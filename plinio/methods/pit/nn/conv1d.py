@@ -13,7 +13,7 @@ from plinio.methods.pit.nn.module import PITWeightedModule, check_groups
 from plinio.methods.pit.nn.timestep_masker import PITTimestepMasker
 
 
-class PITConv1d(PITWeightedModule, ConvHyperParams):
+class PITConv1d(ConvHyperParams, PITWeightedModule):
     """Conv1d whose output channels, kept taps (a suffix ending at the newest tap) and
     dilation (multiples of 2^m from the newest tap) are searched."""
 
@@ -39,14 +39,6 @@ class PITConv1d(PITWeightedModule, ConvHyperParams):
     def rf(self) -> int:
         """Number of kernel taps of the searched kernel."""
         return self.kernel_size[0]
-
-    @property
-    def is_depthwise(self) -> bool:
-        return self.groups > 1
-
-    @property
-    def groups_divisor(self) -> int:
-        return self.groups
 
     @property
     def train_rf(self) -> bool:

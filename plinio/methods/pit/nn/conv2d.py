@@ -10,7 +10,7 @@ from plinio.methods.pit.nn.features_masker import PITFeaturesMasker
 from plinio.methods.pit.nn.module import PITWeightedModule, check_groups, prod
 
 
-class PITConv2d(PITWeightedModule, ConvHyperParams):
+class PITConv2d(ConvHyperParams, PITWeightedModule):
     """Conv2d whose output channels are masked by ``out_features_masker``."""
 
     def __init__(self, conv: nn.Conv2d, out_height: int, out_width: int,
@@ -21,14 +21,6 @@ class PITConv2d(PITWeightedModule, ConvHyperParams):
         self.out_height = int(out_height)
         self.out_width = int(out_width)
         self.out_positions = self.out_height * self.out_width
-
-    @property
-    def is_depthwise(self) -> bool:
-        return self.groups > 1
-
-    @property
-    def groups_divisor(self) -> int:
-        return self.groups
 
     def kernel_volume(self, binarized: bool) -> Any:
         return prod(self.kernel_size)

@@ -22,7 +22,9 @@ def explicit_padding(conv: nn.modules.conv._ConvNd) -> Tuple[Tuple[int, int], ..
 
 
 class ConvHyperParams:
-    """Copies the hyper-parameters of a conv and replays its forward with another weight."""
+    """Copies the hyper-parameters of a conv and replays its forward with another weight.
+    Listed first among a PIT conv's bases, so that its properties override the defaults of
+    ``PITWeightedModule``."""
 
     def copy_conv_hparams(self, conv: nn.modules.conv._ConvNd) -> None:
         self.in_channels = conv.in_channels
@@ -36,6 +38,15 @@ class ConvHyperParams:
         self.padding_mode = conv.padding_mode
         self._reversed_padding_repeated_twice = list(conv._reversed_padding_repeated_twice)
         self.padding_lr = explicit_padding(conv)
+
+    @property
+    def is_depthwise(self) -> bool:
+        """Grouped convs are depthwise here (other groupings are refused at conversion)."""
+        return self.groups > 1
+
+    @property
+    def groups_divisor(self) -> int:
+        return self.groups
 
     def conv_forward(self, fn, x: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
         """Same computation as ``nn.ConvNd._conv_forward``."""
