@@ -89,7 +89,7 @@ class FastSuperNet(nn.Module):
         return self._combiner[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.compiler.is_compiling() and bool(self.combiner.hard):
+        if not torch.compiler.is_compiling() and self.combiner.hard_softmax:
             return self._hard_forward(x)
         inputs = {}
         for i in self.separate:  # branch by branch, then θ: random draws as in the reference
@@ -126,7 +126,7 @@ class FastSuperNet(nn.Module):
         combiner = self.combiner
         return (torch.is_grad_enabled() and theta.requires_grad
                 and bool(getattr(combiner, "gumbel_softmax", False)) and combiner.training
-                and bool(getattr(combiner, "selection_trainable", True)))
+                and combiner.train_selection)
 
     def _hard_forward(self, x: torch.Tensor) -> torch.Tensor:
         theta = self.combiner.sample_theta()

@@ -5,7 +5,7 @@ lives in buffers that are only ever written in place, so that the module is
 ``state_dict``-complete, ``torch.compile(fullgraph=True)`` friendly (no ``.item()``, no
 Python branch on tensor values, no attribute reassignment in ``forward``) and DDP friendly.
 """
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -47,6 +47,10 @@ class PITSuperNetCombiner(nn.Module):
         self.register_buffer("gumbel_noise", torch.zeros(n_branches))
         self.register_buffer("has_forwarded", torch.tensor(False))
         self.register_buffer("selection_trainable", torch.tensor(True))
+        # Python mirrors of the two switches, read by the eager fast path without a
+        # device synchronisation; refreshed whenever the buffers are loaded
+        self._hard = bool(hard_softmax)
+        self._selection_trainable = True
 
     # ------------------------------------------------------------------ θ
     @property
@@ -101,11 +105,12 @@ class PITSuperNetCombiner(nn.Module):
     @property
     def train_selection(self) -> bool:
         """Whether α receives gradients (α is used detached when off)."""
-        return bool(self.selection_trainable)
+        return self._selection_trainable
 
     @train_selection.setter
     def train_selection(self, value: bool) -> None:
-        self.selection_trainable.fill_(bool(value))
+        self._selection_trainable = bool(value)
+        self.selection_trainable.fill_(self._selection_trainable)
 
     @property
     def softmax_temperature(self) -> float:
@@ -119,7 +124,7 @@ class PITSuperNetCombiner(nn.Module):
     @property
     def hard_softmax(self) -> bool:
         """Whether θ is the one-hot argmax (stored in the ``hard`` buffer)."""
-        return bool(self.hard)
+        return self._hard
 
     @hard_softmax.setter
     def hard_softmax(self, value: bool) -> None:
@@ -135,7 +140,17 @@ class PITSuperNetCombiner(nn.Module):
                     f"softmax temperature must be a finite positive number, got {temperature!r}")
             self.temperature.fill_(value)
         if hard is not None:
-            self.hard.fill_(bool(hard))
+            self._hard = bool(hard)
+            self.hard.fill_(self._hard)
+
+    def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str,
+                              local_metadata: Dict[str, Any], strict: bool,
+                              missing_keys: List[str], unexpected_keys: List[str],
+                              error_msgs: List[str]) -> None:
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        self._hard = bool(self.hard)
+        self._selection_trainable = bool(self.selection_trainable)
 
     def extra_repr(self) -> str:
         return (f"n_branches={self.n_branches}, gumbel_softmax={self.gumbel_softmax}, "
