@@ -4,18 +4,17 @@ hard-selection shortcut, zero paddings absorbed into convolutions.
 Entry point: :func:`fast_graph`, run by the wrappers when ``fast=True`` and
 ``PLINIO_BACKEND`` is not ``reference`` (see :func:`fast_path_requested`).
 """
-import functools
 import os
 from typing import Optional
 
 import torch.fx as fx
 
 from .graph_pass import FAST_MODULE_NAME, is_combiner, optimize_supernets
-from .pad_pass import PaddedConv, absorb_zero_padding
-from .padded_conv import zero_padded_conv
 from .linear_ops import ConvGeometry, compose, conv_geometry
 from .merge_plan import IDENTITY, LinearCandidate, MemberPlacement, MergePlan, plan_merge
 from .merged_conv import MergedConv
+from .pad_pass import PaddedConv, absorb_zero_padding
+from .padded_conv import zero_padded_conv
 from .supernet_forward import FastSuperNet
 
 
@@ -32,8 +31,8 @@ def fast_graph(gm: fx.GraphModule) -> Optional[fx.GraphModule]:
     Attributes of the result: ``plinio_merge_plans`` and ``plinio_unoptimized`` (per supernet)
     and ``plinio_absorbed_paddings`` (convolutions that absorbed a padding node).
     """
-    has_supernets = any(n.op == "call_module" and is_combiner(
-        functools.reduce(getattr, n.target.split("."), gm)) for n in gm.graph.nodes)
+    has_supernets = any(n.op == "call_module" and is_combiner(gm.get_submodule(n.target))
+                        for n in gm.graph.nodes)
     runner = optimize_supernets(gm) if has_supernets else gm
     runner, absorbed = absorb_zero_padding(runner)
     if not has_supernets and not absorbed:

@@ -55,9 +55,9 @@ class DNAS(nn.Module):
         separate branches), ``unoptimized`` (supernet → reason) and ``absorbed_paddings``
         (convolutions computing their input's zero padding). Empty when ``fast`` is off."""
         runner = self._fast_runner[0] if self._fast_runner is not None else None
-        return {key: dict(getattr(runner, f"plinio_{key}", {})) if key != "absorbed_paddings"
-                else tuple(getattr(runner, "plinio_absorbed_paddings", ()))
-                for key in ("merge_plans", "unoptimized", "absorbed_paddings")}
+        return {"merge_plans": dict(getattr(runner, "plinio_merge_plans", {})),
+                "unoptimized": dict(getattr(runner, "plinio_unoptimized", {})),
+                "absorbed_paddings": tuple(getattr(runner, "plinio_absorbed_paddings", ()))}
 
     @staticmethod
     def supported_regularizers() -> Tuple[str, ...]:
