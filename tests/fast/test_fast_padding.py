@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from bench.search_step import build_pair, saved_activation_bytes
 from plinio.fast import absorb_zero_padding, zero_padded_conv
-from plinio.methods import PIT
+from plinio.methods import PIT, PITSuperNet
+from plinio.methods.pit_supernet import PITSuperNetModule
 
 CASES = [  # (ndim, channels, groups, kernel, stride, dilation, pad_left, pad_right, bias)
     (1, 4, 1, 5, 1, 2, (8,), (0,), True),      # causal TCN padding
@@ -144,3 +145,43 @@ def test_tcn_saves_about_half_the_activations():
         ("features.1", "features.5", "features.9", "features.13")
     ratio = saved_activation_bytes(setups["fast"]) / saved_activation_bytes(setups["reference"])
     assert ratio < 0.7
+
+
+class _PaddedSuperNet(nn.Module):
+    """A causal padding in front of a plain conv, next to a supernet, in a Conv1d model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pad = nn.ConstantPad1d((2, 0), 0.0)
+        self.conv = nn.Conv1d(3, 6, 3)
+        self.sn = PITSuperNetModule([nn.Conv1d(6, 6, 3, padding=1), nn.Conv1d(6, 6, 5, padding=2),
+                                     nn.Sequential(nn.Conv1d(6, 6, 3, padding=1), nn.ReLU()),
+                                     nn.Identity()])
+        self.head = nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.sn(torch.relu(self.conv(self.pad(x))))
+        return self.head(x.mean(-1))
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_pit_supernet_absorbs_paddings_outside_supernets(hard):
+    model = _PaddedSuperNet().double()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        search = PITSuperNet(model, input_shape=(3, 16))
+    plan = search.fast_plan
+    assert plan["absorbed_paddings"] == ("conv",)
+    assert {k: (p.merged, p.separate) for k, p in plan["merge_plans"].items()} == \
+        {"sn": ((0, 1, 3), (2,))}
+    search.update_softmax_options(temperature=0.7, hard=hard)
+    x = torch.randn(4, 3, 16, dtype=torch.float64)
+    results = {}
+    for fast in (True, False):
+        search.fast = fast
+        out = search(x)
+        params = [p for p in search.parameters() if p.requires_grad]
+        results[fast] = (out,) + torch.autograd.grad(out.square().sum(), params,
+                                                     allow_unused=True)
+    for a, b in zip(results[True], results[False]):
+        assert (a is None and b is None) or torch.allclose(a, b, rtol=1e-9, atol=1e-12)
