@@ -92,8 +92,9 @@ def absorb_zero_padding(gm: fx.GraphModule) -> Tuple[fx.GraphModule, Tuple[str, 
         return new_modules[target] if target in new_modules else _fetch(gm, target)
 
     absorbed: List[str] = []
+    erased = set()
     for node in list(graph.nodes):
-        if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+        if node in erased or node.op != "call_module" or len(node.args) != 1 or node.kwargs:
             continue
         pad_node = node.args[0]
         if not isinstance(pad_node, fx.Node) or len(pad_node.users) != 1:
@@ -117,6 +118,7 @@ def absorb_zero_padding(gm: fx.GraphModule) -> Tuple[fx.GraphModule, Tuple[str, 
         node.target = target
         node.args = (source,)
         graph.erase_node(pad_node)
+        erased.add(pad_node)
     graph.lint()
     root = {n.target: modules(n.target) for n in graph.nodes
             if n.op in ("call_module", "get_attr")}
