@@ -7,13 +7,12 @@ exact convolution, checks each such layer against its own forward on a probe inp
 replaces branches + combiner by one ``FastSuperNet`` node. The input ``GraphModule`` is not
 modified: a new one, sharing every layer with it, is returned.
 """
-import copy
-import functools
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import torch.fx as fx
 import torch.nn as nn
 
+from .graph_rewrite import copy_graph, fetch, rebuild
 from .linear_ops import (ConvGeometry, compose, conv_geometry, conv_matches_geometry,
                          trusted_conv_forward)
 from .merge_plan import IDENTITY, Candidate, LinearCandidate, MergePlan, plan_merge
@@ -21,10 +20,6 @@ from .merged_conv import ChainLayer, MergedConv
 from .supernet_forward import FastSuperNet, LinearTail
 
 FAST_MODULE_NAME = "plinio_fast_forward"
-
-
-def _fetch(root: nn.Module, target: str) -> Any:
-    return functools.reduce(getattr, target.split("."), root) if target else root
 
 
 def is_combiner(module: Any) -> bool:
@@ -57,7 +52,7 @@ def _chain_candidate(nodes: Sequence[fx.Node], x: fx.Node, gm: fx.GraphModule,
         previous = node
     layers = []
     for node in nodes:  # cheap structural checks first
-        module = _fetch(gm, node.target)
+        module = fetch(gm, node.target)
         geometry, reason = (None, "") if type(module) is nn.Identity else conv_geometry(module)
         if geometry is None and reason:
             return f"layer '{node.target}': {reason}"
@@ -155,7 +150,7 @@ def _linear_tail(gm: fx.GraphModule, region: List[fx.Node], x: fx.Node, out: fx.
     θ can scale the (small) weights instead of the (large) output."""
     if not region or out.op != "call_module" or out.kwargs or len(out.args) != 1:
         return None
-    module = _fetch(gm, out.target)
+    module = fetch(gm, out.target)
     geometry, _ = conv_geometry(module)
     if geometry is None or not trusted_conv_forward(module):
         return None
@@ -167,7 +162,7 @@ def _linear_tail(gm: fx.GraphModule, region: List[fx.Node], x: fx.Node, out: fx.
 
 
 def _targets_of(gm: fx.GraphModule, graph: fx.Graph) -> Dict[str, Any]:
-    return {n.target: _fetch(gm, n.target) for n in graph.nodes
+    return {n.target: fetch(gm, n.target) for n in graph.nodes
             if n.op in ("call_module", "get_attr")}
 
 
@@ -179,17 +174,14 @@ def optimize_supernets(gm: fx.GraphModule) -> fx.GraphModule:
     :class:`MergePlan`), and supernets left as they were with the reason as
     ``result.plinio_unoptimized`` (name → reason).
     """
-    graph = fx.Graph()
-    graph._codegen = copy.deepcopy(gm.graph._codegen)
-    value_map: Dict[fx.Node, fx.Node] = {}
-    graph.output(graph.graph_copy(gm.graph, value_map))
+    graph = copy_graph(gm)
     plans: Dict[str, MergePlan] = {}
     skipped: Dict[str, str] = {}
     new_modules: Dict[str, nn.Module] = {}
     for node in list(graph.nodes):
-        if node.op != "call_module" or not is_combiner(_fetch(gm, node.target)):
+        if node.op != "call_module" or not is_combiner(fetch(gm, node.target)):
             continue
-        combiner = _fetch(gm, node.target)
+        combiner = fetch(gm, node.target)
         prefix = node.target.rsplit(".", 1)[0] if "." in node.target else ""
         name = prefix or node.target
         position = {n: i for i, n in enumerate(graph.nodes)}
@@ -212,7 +204,7 @@ def optimize_supernets(gm: fx.GraphModule) -> fx.GraphModule:
             if plan.members else None
         runners = [_branch_module(gm, region, site.x, out)
                    for region, out in zip(site.regions, site.outputs)]
-        modules = [[_fetch(gm, n.target) for n in region if n.op == "call_module"]
+        modules = [[fetch(gm, n.target) for n in region if n.op == "call_module"]
                    for region in site.regions]
         tails = {}
         for i in plan.separate:
@@ -235,10 +227,7 @@ def optimize_supernets(gm: fx.GraphModule) -> fx.GraphModule:
     for n in list(reversed(graph.nodes)):  # attributes only the removed branches read
         if n.op == "get_attr" and not n.users:
             graph.erase_node(n)
-    graph.lint()
-    root = {n.target: new_modules[n.target] if n.target in new_modules else _fetch(gm, n.target)
-            for n in graph.nodes if n.op in ("call_module", "get_attr")}
-    result = fx.GraphModule(root, graph, type(gm).__name__)
+    result = rebuild(gm, graph, new_modules)
     result.plinio_merge_plans = plans
     result.plinio_unoptimized = skipped
     return result

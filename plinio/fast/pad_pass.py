@@ -7,8 +7,6 @@ combined padding through :func:`~plinio.fast.padded_conv.zero_padded_conv`. Same
 gradients; the padded copy is no longer saved for backward. The input ``GraphModule`` is not
 modified: a new one, sharing every layer with it, is returned.
 """
-import copy
-import functools
 from dataclasses import replace
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -16,6 +14,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .graph_rewrite import copy_graph, fetch, rebuild
 from .linear_ops import (ConvGeometry, conv_geometry, conv_matches_geometry,
                          layer_weight_and_bias, trusted_conv_forward)
 from .padded_conv import zero_padded_conv
@@ -40,10 +39,6 @@ class PaddedConv(nn.Module):
 
     def extra_repr(self) -> str:
         return f"pad_left={self.geometry.pad_left}, pad_right={self.geometry.pad_right}"
-
-
-def _fetch(root: nn.Module, target: str) -> Any:
-    return functools.reduce(getattr, target.split("."), root)
 
 
 def _zero_pad(node: fx.Node, modules: Callable[[str], nn.Module]
@@ -82,14 +77,11 @@ def _absorbed_geometry(geometry: ConvGeometry, spec: List[int]) -> Optional[Conv
 
 def absorb_zero_padding(gm: fx.GraphModule) -> Tuple[fx.GraphModule, Tuple[str, ...]]:
     """(new GraphModule, targets of the convolutions that absorbed a padding node)."""
-    graph = fx.Graph()
-    graph._codegen = copy.deepcopy(gm.graph._codegen)
-    value_map: Dict[fx.Node, fx.Node] = {}
-    graph.output(graph.graph_copy(gm.graph, value_map))
+    graph = copy_graph(gm)
     new_modules: Dict[str, nn.Module] = {}
 
     def modules(target: str) -> nn.Module:
-        return new_modules[target] if target in new_modules else _fetch(gm, target)
+        return new_modules[target] if target in new_modules else fetch(gm, target)
 
     absorbed: List[str] = []
     erased = set()
@@ -103,7 +95,7 @@ def absorb_zero_padding(gm: fx.GraphModule) -> Tuple[fx.GraphModule, Tuple[str, 
         if found is None:
             continue
         source, spec = found
-        layer = _fetch(gm, node.target)
+        layer = fetch(gm, node.target)
         geometry, _ = conv_geometry(layer)
         if geometry is None or not (trusted_conv_forward(layer)
                                     or conv_matches_geometry(layer, geometry)):
@@ -119,10 +111,7 @@ def absorb_zero_padding(gm: fx.GraphModule) -> Tuple[fx.GraphModule, Tuple[str, 
         node.args = (source,)
         graph.erase_node(pad_node)
         erased.add(pad_node)
-    graph.lint()
-    root = {n.target: modules(n.target) for n in graph.nodes
-            if n.op in ("call_module", "get_attr")}
-    result = fx.GraphModule(root, graph, type(gm).__name__)
+    result = rebuild(gm, graph, new_modules)
     for name, value in vars(gm).items():  # analysis results the wrappers attached
         if name.startswith("plinio_"):
             setattr(result, name, value)

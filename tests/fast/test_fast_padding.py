@@ -118,23 +118,29 @@ def test_pass_absorbs_exactly_zero_paddings_with_a_single_conv_user():
     assert sum(n.op == "call_function" and n.target is F.pad for n in gm.graph.nodes) == 5
 
 
+def _assert_fast_equals_reference(wrapper, x, rtol, atol):
+    """Output and every parameter gradient of the wrapper, fast path vs reference path
+    (the wrapper is left on the reference path)."""
+    results = {}
+    for fast in (True, False):
+        wrapper.fast = fast
+        out = wrapper(x)
+        params = [p for p in wrapper.parameters() if p.requires_grad]
+        results[fast] = (out,) + torch.autograd.grad(out.square().sum(), params,
+                                                     allow_unused=True)
+    for a, b in zip(results[True], results[False]):
+        assert (a is None and b is None) or torch.allclose(a, b, rtol=rtol, atol=atol)
+
+
 def test_pit_absorbs_paddings_with_same_values_and_gradients():
     model = _Paddings()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pit = PIT(model, input_shape=(3, 20))
     assert pit.fast_plan["absorbed_paddings"] == ("conv_a", "conv_b")
-    x = torch.randn(2, 3, 20)
-    results = {}
-    for fast in (True, False):
-        pit.fast = fast
-        out = pit(x)
-        params = [p for p in pit.parameters() if p.requires_grad]
-        results[fast] = (out,) + torch.autograd.grad(out.square().sum(), params,
-                                                     allow_unused=True)
+    # fused masks: float rounding only
+    _assert_fast_equals_reference(pit, torch.randn(2, 3, 20), rtol=1e-5, atol=1e-6)
     assert pit.fast_plan["absorbed_paddings"] == ()
-    for a, b in zip(results[True], results[False]):  # fused masks: float rounding only
-        assert (a is None and b is None) or torch.allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_tcn_saves_about_half_the_activations():
@@ -175,13 +181,5 @@ def test_pit_supernet_absorbs_paddings_outside_supernets(hard):
     assert {k: (p.merged, p.separate) for k, p in plan["merge_plans"].items()} == \
         {"sn": ((0, 1, 3), (2,))}
     search.update_softmax_options(temperature=0.7, hard=hard)
-    x = torch.randn(4, 3, 16, dtype=torch.float64)
-    results = {}
-    for fast in (True, False):
-        search.fast = fast
-        out = search(x)
-        params = [p for p in search.parameters() if p.requires_grad]
-        results[fast] = (out,) + torch.autograd.grad(out.square().sum(), params,
-                                                     allow_unused=True)
-    for a, b in zip(results[True], results[False]):
-        assert (a is None and b is None) or torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+    _assert_fast_equals_reference(search, torch.randn(4, 3, 16, dtype=torch.float64),
+                                  rtol=1e-9, atol=1e-12)
