@@ -6,9 +6,10 @@
 
 Each op has four implementations: ``reference`` (pure PyTorch), ``cpp`` (the compiled
 extension: CPU kernels, and CUDA kernels when built with CUDA), ``cuda`` (the compiled
-CUDA kernels only) and ``triton``. By default CUDA tensors use Triton when it is
-importable (else the CUDA C++ kernels) and CPU tensors use the C++ kernels when the
-extension is built (else the reference). ``PLINIO_BACKEND=<name>`` or
+CUDA kernels only) and ``triton``. By default CUDA tensors use the compiled CUDA kernels
+when the extension has them (else Triton, else the reference): on small search tensors
+Triton's per-launch host cost outweighs its kernels (bench/RESULTS.md). CPU tensors use
+the C++ kernels when the extension is built (else the reference). ``PLINIO_BACKEND=<name>`` or
 :func:`set_backend` forces one; a forced backend that cannot run raises RuntimeError.
 """
 import os
@@ -88,12 +89,20 @@ def _select(device_type: str) -> str:
         if why is not None:
             raise RuntimeError(f"plinio.ops: backend {wanted!r} was forced (PLINIO_BACKEND or "
                                f"set_backend) but cannot run: {why}")
-        return wanted
-    order = ("triton", "cuda", "reference") if device_type == "cuda" else ("cpp", "reference")
+        return _loaded(wanted)
+    order = ("cuda", "triton", "reference") if device_type == "cuda" else ("cpp", "reference")
     for name in order:
         if _unavailable_reason(name, device_type) is None:
-            return name
+            return _loaded(name)
     return "reference"
+
+
+def _loaded(name: str) -> str:
+    """Define the Triton ops on first choice: ``_select`` runs eagerly even under
+    torch.compile, where defining them inside the traced code would break the graph."""
+    if name == "triton":
+        _ops_for(name)
+    return name
 
 
 def available_backends(device: Union[torch.device, str] = "cpu") -> List[str]:

@@ -107,7 +107,16 @@ def test_bench_model_search_step_compiles(name):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("ops_backend", ["cuda", "triton"])
 @pytest.mark.parametrize("name", ["seed", "resnet8", "tcn"])
-def test_bench_model_search_step_compiles_cuda_inductor(name):
-    """On a GPU with inductor's generated kernels, the fused ops running on CUDA."""
-    _search_step_compiles(name, device="cuda", backend="inductor")
+def test_bench_model_search_step_compiles_cuda_inductor(name, ops_backend):
+    """On a GPU with inductor's generated kernels, the fused ops on either GPU backend."""
+    from plinio import ops
+
+    if ops_backend not in ops.available_backends("cuda"):
+        pytest.skip(f"plinio ops backend {ops_backend!r} is not available on CUDA")
+    ops.set_backend(ops_backend)
+    try:
+        _search_step_compiles(name, device="cuda", backend="inductor")
+    finally:
+        ops.set_backend(None)

@@ -53,6 +53,17 @@ def test_automatic_choice_on_cpu(monkeypatch):
     assert {"reference", "cpp"} <= set(ops.available_backends("cpu"))
 
 
+@pytest.mark.gpu
+def test_automatic_choice_on_cuda(monkeypatch):
+    """CUDA tensors use the compiled CUDA kernels when built (their launches are cheaper
+    than Triton's on search-sized tensors), else Triton."""
+    monkeypatch.delenv("PLINIO_BACKEND", raising=False)
+    available = ops.available_backends("cuda")
+    if "cuda" not in available and "triton" not in available:
+        pytest.skip("neither the CUDA kernels nor Triton can run here")
+    assert ops.get_backend("cuda") == ("cuda" if "cuda" in available else "triton")
+
+
 def test_forced_backend_is_really_used(monkeypatch):
     """The forced backend is the one that runs: its autograd node shows up in the graph."""
     require("cpp", "cpu")

@@ -1,8 +1,10 @@
 """The Triton implementations as torch.library custom ops (``plinio::triton_*``).
 
-With torch >= 2.6 they are declared with ``torch.library.triton_op`` and launch through
-``wrap_triton``, so torch.compile sees the kernels; older torch gets plain custom ops with
-the shared fake kernels. The host logic (layouts, absent results, which kernels run)
+With torch >= 2.6 the mask ops are declared with ``torch.library.triton_op`` and launch
+through ``wrap_triton``, so torch.compile sees their kernels. The combine ops pass their
+branches to the kernels as a tuple of tensors, which ``wrap_triton`` cannot trace (it only
+unwraps top-level tensor arguments), so they stay opaque custom ops with the shared fake
+kernels, as every op does on older torch. The host logic (layouts, absent results, which kernels run)
 mirrors csrc/ops_driver.h; the autograd formulas are the ones of plinio/ops/_library.py.
 """
 from typing import List, Optional, Tuple
@@ -27,9 +29,11 @@ def _launch(kernel):  # noqa: ANN001, ANN202 - a Triton kernel in, a launcher ou
     return _WRAP(kernel) if _MODERN else kernel
 
 
-def _define(name: str):  # noqa: ANN202 - decorator
+def _define(name: str, traceable: bool = True):  # noqa: ANN202 - decorator
+    """Declare `fn` as op ``plinio::name``: a triton_op when `traceable` (its kernels must
+    launch through :func:`_launch`), else an opaque custom op (kernels launched directly)."""
     def wrap(fn):  # noqa: ANN001, ANN202
-        if _MODERN:
+        if _MODERN and traceable:
             return _TRITON_OP(f"plinio::{name}", fn, mutates_args=())
         op = torch.library.custom_op(f"plinio::{name}", fn, mutates_args=())
         fake = dict(_library.fakes())[name.replace("triton_", "", 1)]
@@ -49,7 +53,7 @@ def _pow2(n: int, least: int = 1) -> int:
 
 # ------------------------------------------------------------------------------ combine
 
-@_define("triton_combine")
+@_define("triton_combine", traceable=False)
 def triton_combine(branches: List[Tensor], theta: Tensor) -> Tensor:
     out = torch.empty_like(branches[0])
     n = out.numel()
@@ -58,11 +62,11 @@ def triton_combine(branches: List[Tensor], theta: Tensor) -> Tensor:
     xs = tuple(_align(b, out) for b in branches)
     th = theta.to(accumulate_dtype(out.dtype)).contiguous()
     grid = (triton.cdiv(n, COMBINE_BLOCK),)
-    _launch(K.combine_forward_kernel)[grid](xs, th, out, n, NB=len(xs), BLOCK=COMBINE_BLOCK)
+    K.combine_forward_kernel[grid](xs, th, out, n, NB=len(xs), BLOCK=COMBINE_BLOCK)
     return out
 
 
-@_define("triton_combine_backward")
+@_define("triton_combine_backward", traceable=False)
 def triton_combine_backward(grad: Tensor, branches: List[Tensor], theta: Tensor,
                             branch_needs_grad: List[bool],
                             theta_needs_grad: bool) -> Tuple[List[Tensor], Tensor]:
@@ -80,7 +84,7 @@ def triton_combine_backward(grad: Tensor, branches: List[Tensor], theta: Tensor,
         xs = tuple(_align(b, ref) for b in branches) if theta_needs_grad else (g,) * nb
         outs = tuple(gr if need else g for gr, need in zip(grads, branch_needs_grad))
         need_mask = sum(1 << i for i, need in enumerate(branch_needs_grad) if need)
-        _launch(K.combine_backward_kernel)[(blocks,)](
+        K.combine_backward_kernel[(blocks,)](
             g, xs, outs, th, partial, n, NB=nb, NEED_MASK=need_mask,
             WANT_THETA=bool(theta_needs_grad), BLOCK=COMBINE_BLOCK)
     theta_grad = (partial.sum(0).to(theta.dtype) if theta_needs_grad
