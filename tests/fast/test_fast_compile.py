@@ -64,7 +64,7 @@ def test_compiled_equals_eager():
         torch.testing.assert_close(compiled(x), fast(x))
 
 
-def _search_step_compiles(name, device="cpu", backend="aot_eager"):
+def _search_step_compiles(name, device="cpu", backend="aot_eager", ops_backend=None):
     """Forward under torch.compile(wrapper, fullgraph=True), regularizer, backward and
     optimizer step; temperature / hard changes do not recompile."""
     import warnings
@@ -78,6 +78,10 @@ def _search_step_compiles(name, device="cpu", backend="aot_eager"):
         warnings.simplefilter("ignore")
         wrapper = build_wrapper(workload.factory(), workload.input_shape, fast=True)
     wrapper.to(device)
+    if ops_backend is not None:  # after conversion, which runs the model on the CPU
+        from plinio import ops
+
+        ops.set_backend(ops_backend)
     torch._dynamo.reset()
     compiled = torch.compile(wrapper, fullgraph=True, backend=backend)
     opt = torch.optim.Adam(wrapper.parameters(), lr=1e-3)
@@ -115,8 +119,7 @@ def test_bench_model_search_step_compiles_cuda_inductor(name, ops_backend):
 
     if ops_backend not in ops.available_backends("cuda"):
         pytest.skip(f"plinio ops backend {ops_backend!r} is not available on CUDA")
-    ops.set_backend(ops_backend)
     try:
-        _search_step_compiles(name, device="cuda", backend="inductor")
+        _search_step_compiles(name, device="cuda", backend="inductor", ops_backend=ops_backend)
     finally:
         ops.set_backend(None)
