@@ -65,8 +65,9 @@ def test_compiled_equals_eager():
 
 
 def _search_step_compiles(name, device="cpu", backend="aot_eager", ops_backend=None):
-    """Forward under torch.compile(wrapper, fullgraph=True), regularizer, backward and
-    optimizer step; temperature / hard changes do not recompile."""
+    """Forward under torch.compile(wrapper, fullgraph=True), the regularizer under its own
+    torch.compile(fullgraph=True), backward and optimizer step; temperature / hard changes
+    do not recompile either."""
     import warnings
 
     from bench.models import workloads
@@ -84,6 +85,7 @@ def _search_step_compiles(name, device="cpu", backend="aot_eager", ops_backend=N
         ops.set_backend(ops_backend)
     torch._dynamo.reset()
     compiled = torch.compile(wrapper, fullgraph=True, backend=backend)
+    regularizer = torch.compile(wrapper.get_regularization_loss, fullgraph=True, backend=backend)
     opt = torch.optim.Adam(wrapper.parameters(), lr=1e-3)
     x = torch.randn((2,) + tuple(RUNTIME_INPUT.get(name, workload.input_shape)), device=device)
     targets = torch.zeros(2, dtype=torch.long, device=device)
@@ -91,7 +93,9 @@ def _search_step_compiles(name, device="cpu", backend="aot_eager", ops_backend=N
     def step():
         opt.zero_grad(set_to_none=True)
         out = compiled(x)
-        loss = task_loss(out, targets) + 1e-9 * wrapper.get_regularization_loss()
+        cost = regularizer()
+        torch.testing.assert_close(cost, wrapper.get_regularization_loss())
+        loss = task_loss(out, targets) + 1e-9 * cost
         loss.backward()
         opt.step()
         return loss.detach()
