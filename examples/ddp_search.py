@@ -98,6 +98,19 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
     use_cuda = torch.cuda.is_available()
     dist.init_process_group(backend=args.backend or ("nccl" if use_cuda else "gloo"))
+    try:
+        # it returns before the group is destroyed, so its DDP wrapper (which holds
+        # the group) is released first: a gloo group torn down later can hang its threads
+        agree = search_on_this_rank(args, use_cuda)
+    finally:
+        dist.destroy_process_group()
+    if not agree:
+        raise SystemExit("ranks disagree on the architecture")
+
+
+def search_on_this_rank(args: argparse.Namespace, use_cuda: bool) -> bool:
+    """Search, checkpoint and export on this rank; whether all ranks found the same
+    architecture."""
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if use_cuda \
         else torch.device("cpu")
@@ -162,9 +175,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         print("architecture:", summary)
         print("exported parameters:", sum(p.numel() for p in exported.parameters()))
         print("all ranks exported the same architecture:", agree)
-    dist.destroy_process_group()
-    if not agree:
-        raise SystemExit("ranks disagree on the architecture")
+    return agree
 
 
 if __name__ == "__main__":
