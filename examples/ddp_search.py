@@ -99,8 +99,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     use_cuda = torch.cuda.is_available()
     dist.init_process_group(backend=args.backend or ("nccl" if use_cuda else "gloo"))
     try:
-        # it returns before the group is destroyed, so its DDP wrapper (which holds
-        # the group) is released first: a gloo group torn down later can hang its threads
+        # the search's DDP wrapper holds the group: release it (by returning) before the
+        # group is destroyed; a gloo group torn down afterwards can hang joining its threads
         agree = search_on_this_rank(args, use_cuda)
     finally:
         dist.destroy_process_group()

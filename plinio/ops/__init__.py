@@ -9,8 +9,9 @@ extension: CPU kernels, and CUDA kernels when built with CUDA), ``cuda`` (the co
 CUDA kernels only) and ``triton``. By default CUDA tensors use the compiled CUDA kernels
 when the extension has them (else Triton, else the reference): on small search tensors
 Triton's per-launch host cost outweighs its kernels (bench/RESULTS.md). CPU tensors use
-the C++ kernels when the extension is built (else the reference). ``PLINIO_BACKEND=<name>`` or
-:func:`set_backend` forces one; a forced backend that cannot run raises RuntimeError.
+the C++ kernels when the extension is built (else the reference).
+``PLINIO_BACKEND=<name>`` or :func:`set_backend` forces one; a forced backend that cannot
+run raises RuntimeError.
 """
 import os
 from typing import List, Optional, Sequence, Tuple, Union

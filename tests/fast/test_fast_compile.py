@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch._dynamo
 
+from plinio import ops
 from fast_helpers import RUNTIME_INPUT, OneSuperNet, branch, randomize, set_mode, traced_pair
 
 
@@ -71,7 +72,7 @@ def _search_step_compiles(name, device="cpu", backend="aot_eager", ops_backend=N
     import warnings
 
     from bench.models import workloads
-    from bench.search_step import build_wrapper, task_loss
+    from bench.search_step import build_wrapper
 
     workload = workloads()[name]
     torch.manual_seed(0)
@@ -79,10 +80,16 @@ def _search_step_compiles(name, device="cpu", backend="aot_eager", ops_backend=N
         warnings.simplefilter("ignore")
         wrapper = build_wrapper(workload.factory(), workload.input_shape, fast=True)
     wrapper.to(device)
-    if ops_backend is not None:  # after conversion, which runs the model on the CPU
-        from plinio import ops
+    ops.set_backend(ops_backend)  # after conversion, which runs the model on the CPU
+    try:
+        _compiled_steps(wrapper, name, workload, device, backend)
+    finally:
+        ops.set_backend(None)
 
-        ops.set_backend(ops_backend)
+
+def _compiled_steps(wrapper, name, workload, device, backend):
+    from bench.search_step import task_loss
+
     torch._dynamo.reset()
     compiled = torch.compile(wrapper, fullgraph=True, backend=backend)
     regularizer = torch.compile(wrapper.get_regularization_loss, fullgraph=True, backend=backend)
@@ -119,11 +126,6 @@ def test_bench_model_search_step_compiles(name):
 @pytest.mark.parametrize("name", ["seed", "resnet8", "tcn"])
 def test_bench_model_search_step_compiles_cuda_inductor(name, ops_backend):
     """On a GPU with inductor's generated kernels, the fused ops on either GPU backend."""
-    from plinio import ops
-
     if ops_backend not in ops.available_backends("cuda"):
         pytest.skip(f"plinio ops backend {ops_backend!r} is not available on CUDA")
-    try:
-        _search_step_compiles(name, device="cuda", backend="inductor", ops_backend=ops_backend)
-    finally:
-        ops.set_backend(None)
+    _search_step_compiles(name, device="cuda", backend="inductor", ops_backend=ops_backend)

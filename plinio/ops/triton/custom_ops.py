@@ -4,8 +4,9 @@ With torch >= 2.6 the mask ops are declared with ``torch.library.triton_op`` and
 through ``wrap_triton``, so torch.compile sees their kernels. The combine ops pass their
 branches to the kernels as a tuple of tensors, which ``wrap_triton`` cannot trace (it only
 unwraps top-level tensor arguments), so they stay opaque custom ops with the shared fake
-kernels, as every op does on older torch. The host logic (layouts, absent results, which kernels run)
-mirrors csrc/ops_driver.h; the autograd formulas are the ones of plinio/ops/_library.py.
+kernels, as every op does on older torch. The host logic (layouts, absent results, which
+kernels run) mirrors csrc/ops_driver.h; the autograd formulas are the ones of
+plinio/ops/_library.py.
 """
 from typing import List, Optional, Tuple
 
