@@ -55,11 +55,8 @@ class _ZeroPaddedConv(torch.autograd.Function):
             list(ctx.dilation), False, [0] * ndim, ctx.groups,
             [needs_x, needs_w, needs_b and ctx.bias_sizes is not None])
         grad_x = None
-        if needs_x:
-            grad_x = grad_padded
-            for dim, (left, right) in enumerate(zip(ctx.spec[::2], ctx.spec[1::2])):
-                axis = grad_x.dim() - 1 - dim
-                grad_x = grad_x.narrow(axis, left, grad_x.shape[axis] - left - right)
+        if needs_x:  # un-pad as F.pad's own backward does: a dense tensor, not a strided view
+            grad_x = F.pad(grad_padded, [-p for p in ctx.spec])
         return grad_x, grad_w, grad_b, None, None, None, None
 
 
