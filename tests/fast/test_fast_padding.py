@@ -55,6 +55,7 @@ def test_zero_padded_conv_is_bitwise_conv_of_padded_input(case):
     for g_got, g_exp in zip(torch.autograd.grad(got, params, cot),
                             torch.autograd.grad(expected, params, cot)):
         assert torch.equal(g_got, g_exp)
+        assert g_got.stride() == g_exp.stride()  # same layout as autograd's own gradients
 
 
 @pytest.mark.parametrize("case", CASES[:4])
