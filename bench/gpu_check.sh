@@ -44,7 +44,7 @@ NV_INCLUDE="$("$PY" -c 'import glob, os, site; print(":".join(glob.glob(os.path.
 export CUDA_HOME CPATH="$NV_INCLUDE${CPATH:+:$CPATH}"
 phase build 200 env FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS="$(nproc)" \
   "$PY" setup.py build_ext --inplace
-phase tests_gpu 120 "$PY" -m pytest -q --maxfail=20 -p no:cacheprovider -m gpu tests
+phase tests_gpu 180 "$PY" -m pytest -q --maxfail=20 -p no:cacheprovider -m gpu tests
 phase bench_ops_cuda 45 "$PY" bench/bench_ops.py --device cuda --backend cuda --repeats 10
 phase bench_ops_triton 45 "$PY" bench/bench_ops.py --device cuda --backend triton --repeats 10
 phase search_step_eager 100 "$PY" bench/search_step.py --device cuda --batch-size 128 \
