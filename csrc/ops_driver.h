@@ -65,7 +65,9 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> combine_backward(
   TORCH_CHECK(!theta_needs_grad || branches.size() == n,
               "plinio::combine_backward: the theta gradient needs all ", n, " branches");
   const at::ScalarType acc = accumulate_type(grad.scalar_type());
-  at::Tensor ref = at::empty_like(grad);
+  // the layout of the results: grad's own when dense, else a dense copy of it (an expanded
+  // grad); a template allocated for nothing would cost a page-faulted buffer per call
+  at::Tensor ref = grad.is_non_overlapping_and_dense() ? grad : at::empty_like(grad);
   at::Tensor g = align_to(grad, ref);
   std::vector<at::Tensor> xs;
   std::vector<at::Tensor> grads;
