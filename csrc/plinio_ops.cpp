@@ -7,6 +7,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/cpu_loops.h"
+
 TORCH_LIBRARY(plinio, m) {
   // y = Σ_i theta[i] * branches[i]
   m.def("combine(Tensor[] branches, Tensor theta) -> Tensor");
@@ -36,12 +38,26 @@ TORCH_LIBRARY(plinio, m) {
       "(Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
+namespace {
+
+// plinio._C.cpu_isa(): which copy of the CPU loops this process runs ("avx2" or "base").
+PyObject* cpu_isa(PyObject*, PyObject*) {
+  return PyUnicode_FromString(plinio::cpu::use_avx2() ? "avx2" : "base");
+}
+
+PyMethodDef module_methods[] = {
+    {"cpu_isa", cpu_isa, METH_NOARGS,
+     "Instruction set of the CPU kernels' loops in this process: 'avx2' or 'base'."},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
+
 // `import plinio._C` loads this library, which runs the registrations above.
 extern "C" {
 PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module_def = {
       PyModuleDef_HEAD_INIT, "_C", "plinio compiled op library (registers torch.ops.plinio)",
-      -1, nullptr};
+      -1, module_methods};
   return PyModule_Create(&module_def);
 }
 }

@@ -1,16 +1,16 @@
 // CPU kernels of the PIT mask ops (plinio::pit_masks, plinio::pit_masked_weight and their
 // backwards). The mask vectors are tiny (Cout and K entries) and built sequentially with
 // the shared formulas of pit_mask_math.h; the weight-sized work (applying the masks, the
-// masked gradient and its per-channel / per-tap reductions) runs in parallel over output
-// channels with vectorizable inner loops.
+// masked gradient and its per-channel / per-tap reductions) is in the loops of
+// cpu_loops_impl.h (one copy per instruction set), parallel over output channels.
 #include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <vector>
 
 #include "../ops_driver.h"
 #include "../pit_mask_math.h"
+#include "cpu_loops.h"
 
 namespace plinio {
 namespace {
@@ -22,23 +22,21 @@ const T* ptr_or_null(const at::Tensor& t) {
   return t.defined() ? t.const_data_ptr<T>() : nullptr;
 }
 
-// Rows per parallel task: each task touches at least ~128k elements, so typical layer
-// weights (tens of thousands of elements) run inline without waking the thread pool,
-// whose start-up would cost more than the work itself.
-int64_t row_grain(int64_t row_len) {
-  const int64_t g = (128 * 1024) / std::max<int64_t>(row_len, 1);
-  return std::max<int64_t>(g, 1);
-}
-
-// The time mask repeated over one output-channel row [R, taps] (all ones without one),
-// so that applying it is a flat, vectorizable loop.
+// The time mask repeated over one output-channel row [R, taps] (empty without one), so
+// that applying it is a flat, vectorizable loop.
 template <typename A>
 std::vector<A> row_pattern(const A* t_mask, int64_t taps, int64_t row_len) {
-  std::vector<A> p(row_len, A(1));
+  std::vector<A> p;
   if (t_mask != nullptr) {
+    p.resize(row_len);
     for (int64_t j = 0; j < row_len; ++j) p[j] = t_mask[j % taps];
   }
   return p;
+}
+
+template <typename A>
+const A* data_or_null(const std::vector<A>& v) {
+  return v.empty() ? nullptr : v.data();
 }
 
 struct CpuMaskKernels {
@@ -83,21 +81,10 @@ struct CpuMaskKernels {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, rows.scalar_type(),
                                     "plinio_pit_apply_masks_cpu", [&] {
       using A = at::opmath_type<scalar_t>;
-      const scalar_t* w = rows.const_data_ptr<scalar_t>();
-      scalar_t* o = out.mutable_data_ptr<scalar_t>();
-      const A* c_mask = ptr_or_null<A>(cm);
-      const A* t_mask = ptr_or_null<A>(mtime);
-      at::parallel_for(0, cout, row_grain(row_len), [&](int64_t begin, int64_t end) {
-        const std::vector<A> pattern = row_pattern(t_mask, taps, row_len);
-        const A* pat = pattern.data();
-        for (int64_t c = begin; c < end; ++c) {
-          const A s = c_mask ? c_mask[c] : A(1);
-          const scalar_t* wr = w + c * row_len;
-          scalar_t* orow = o + c * row_len;
-PLINIO_SIMD
-          for (int64_t j = 0; j < row_len; ++j) orow[j] = static_cast<scalar_t>(A(wr[j]) * (s * pat[j]));
-        }
-      });
+      const std::vector<A> pattern = row_pattern(ptr_or_null<A>(mtime), taps, row_len);
+      cpu::loops<scalar_t>().apply_masks(rows.const_data_ptr<scalar_t>(), cout, row_len,
+                                         ptr_or_null<A>(cm), data_or_null(pattern),
+                                         out.mutable_data_ptr<scalar_t>());
     });
   }
 
@@ -110,45 +97,12 @@ PLINIO_SIMD
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(),
                                     "plinio_pit_masked_weight_backward_cpu", [&] {
       using A = at::opmath_type<scalar_t>;
-      const scalar_t* gw = grad.const_data_ptr<scalar_t>();
-      const scalar_t* w = weight.const_data_ptr<scalar_t>();
-      scalar_t* go = grad_out.defined() ? grad_out.mutable_data_ptr<scalar_t>() : nullptr;
-      A* part = partial.defined() ? partial.mutable_data_ptr<A>() : nullptr;
-      const A* c_mask = ptr_or_null<A>(cm);
-      const A* t_mask = ptr_or_null<A>(mtime);
-      at::parallel_for(0, cout, row_grain(row_len), [&](int64_t begin, int64_t end) {
-        const std::vector<A> pattern = row_pattern(t_mask, taps, row_len);
-        const A* pat = pattern.data();
-        std::vector<A> prod(taps > 1 ? row_len : 0);
-        for (int64_t c = begin; c < end; ++c) {
-          const A s = c_mask ? c_mask[c] : A(1);
-          const scalar_t* gr = gw + c * row_len;
-          const scalar_t* wr = w + c * row_len;
-          if (go != nullptr) {
-            scalar_t* orow = go + c * row_len;
-PLINIO_SIMD
-            for (int64_t j = 0; j < row_len; ++j) orow[j] = static_cast<scalar_t>(A(gr[j]) * (s * pat[j]));
-          }
-          if (part == nullptr) continue;
-          if (taps == 1) {
-            A dot = A(0);
-PLINIO_SIMD_SUM(dot)
-            for (int64_t j = 0; j < row_len; ++j) dot += A(gr[j]) * A(wr[j]);
-            part[c] = dot;
-          } else {
-            // products in one vectorized pass, then summed per tap (rows of `taps`)
-            A* pr = prod.data();
-PLINIO_SIMD
-            for (int64_t j = 0; j < row_len; ++j) pr[j] = A(gr[j]) * A(wr[j]);
-            A* out = part + c * taps;
-            for (int64_t k = 0; k < taps; ++k) out[k] = pr[k];
-            for (int64_t r = taps; r < row_len; r += taps) {
-PLINIO_SIMD
-              for (int64_t k = 0; k < taps; ++k) out[k] += pr[r + k];
-            }
-          }
-        }
-      });
+      const std::vector<A> pattern = row_pattern(ptr_or_null<A>(mtime), taps, row_len);
+      cpu::loops<scalar_t>().reduce_masks(
+          grad.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(), cout, row_len,
+          taps, ptr_or_null<A>(cm), data_or_null(pattern),
+          grad_out.defined() ? grad_out.mutable_data_ptr<scalar_t>() : nullptr,
+          partial.defined() ? partial.mutable_data_ptr<A>() : nullptr);
     });
   }
 

@@ -6,7 +6,9 @@ import plinio.ops as ops
 from plinio.ops import reference
 from ops_backends import backend_params, forced, require
 
-SHAPES = {"linear": (5, 7), "conv1d": (2, 3, 11), "conv2d": (2, 3, 5, 6)}
+SHAPES = {"linear": (5, 7), "conv1d": (2, 3, 11), "conv2d": (2, 3, 5, 6),
+          # several parallel chunks of the CPU loops, the last one and its last tile partial
+          "multi_chunk": (3, 70001)}
 
 
 def _branches(n, shape, device, dtype=torch.float32, seed=0):

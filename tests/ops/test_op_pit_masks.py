@@ -91,6 +91,9 @@ LAYERS = {
     "conv1d_k3": ((5, 2, 3), True),
     "conv1d_k1": ((4, 3, 1), True),
     "conv2d": ((6, 3, 3, 3), False),
+    # rows longer than the CPU loops' tile, over several parallel tasks
+    "conv1d_long_rows": ((40, 130, 9), True),
+    "conv2d_many_rows": ((96, 64, 5, 5), False),
 }
 
 
