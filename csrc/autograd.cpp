@@ -4,8 +4,9 @@
 // registration costs tens of microseconds per call, more than the kernels themselves
 // for typical PIT layer weights. The formulas are the ones of plinio/ops/_library.py,
 // which the Triton ops use:
-//   combine:            grad_y_i = θ_i·g, grad_θ_i = <g, y_i>, one pass (combine_backward);
-//                       the branches are saved only when θ needs a gradient.
+//   combine:            grad_y_i = θ_i·r_i'(y_i)·g, grad_θ_i = <g, r_i(y_i)>, one pass
+//                       (combine_backward; r_i the optional fused ReLU); the branches are
+//                       saved only when θ needs a gradient or a ReLU mask needs them.
 //   pit_masks / pit_masked_weight: straight-through masks; the weight/bias gradient is
 //                       reduced into α/β/γ gradients in the same backward kernel.
 // Double backward is not supported (the *_backward ops have no autograd formula).
@@ -51,32 +52,42 @@ std::vector<bool> needs_per_argument(AutogradContext* ctx, const variable_list& 
 class CombineFunction : public torch::autograd::Function<CombineFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, at::TensorList branches,
-                            const at::Tensor& theta) {
-    static auto op = op_handle<at::Tensor(at::TensorList, const at::Tensor&)>("plinio::combine");
+                            const at::Tensor& theta, const c10::List<bool>& relu) {
+    static auto op = op_handle<at::Tensor(at::TensorList, const at::Tensor&,
+                                          const c10::List<bool>&)>("plinio::combine");
     at::AutoDispatchBelowADInplaceOrView guard;
-    at::Tensor out = op.call(branches, theta);
+    at::Tensor out = op.call(branches, theta, relu);
+    bool any_relu = false;
+    for (size_t i = 0; i < relu.size(); ++i) any_relu = any_relu || relu.get(i);
     std::vector<at::Tensor> saved{theta};
-    if (theta.requires_grad()) saved.insert(saved.end(), branches.begin(), branches.end());
+    if (theta.requires_grad() || any_relu) {
+      saved.insert(saved.end(), branches.begin(), branches.end());
+    }
     ctx->save_for_backward(saved);
     ctx->saved_data["n"] = static_cast<int64_t>(branches.size());
+    ctx->saved_data["relu"] = relu;
     return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     using Sig = std::tuple<std::vector<at::Tensor>, at::Tensor>(
-        const at::Tensor&, at::TensorList, const at::Tensor&, const c10::List<bool>&, bool);
+        const at::Tensor&, at::TensorList, const at::Tensor&, const c10::List<bool>&, bool,
+        const c10::List<bool>&);
     static auto op = op_handle<Sig>("plinio::combine_backward");
     const int64_t n = ctx->saved_data["n"].toInt();
+    const c10::List<bool> relu = ctx->saved_data["relu"].toBoolList();
     variable_list saved = ctx->get_saved_variables();
     const at::Tensor theta = saved[0];
     std::vector<at::Tensor> branches(saved.begin() + 1, saved.end());
     c10::List<bool> needs;
     for (int64_t i = 0; i < n; ++i) needs.push_back(ctx->needs_input_grad(i));
     const bool theta_needs = ctx->needs_input_grad(n);
-    auto [grads, theta_grad] = op.call(grad_outputs[0], branches, theta, needs, theta_needs);
+    auto [grads, theta_grad] =
+        op.call(grad_outputs[0], branches, theta, needs, theta_needs, relu);
     variable_list out;
     for (int64_t i = 0; i < n; ++i) out.push_back(if_needed(needs.get(i), grads[i]));
     out.push_back(if_needed(theta_needs, theta_grad));
+    out.push_back(at::Tensor());  // relu flags
     return out;
   }
 };
@@ -168,8 +179,9 @@ class PitMaskedWeightFunction : public torch::autograd::Function<PitMaskedWeight
   }
 };
 
-at::Tensor combine_autograd(at::TensorList branches, const at::Tensor& theta) {
-  return CombineFunction::apply(branches, theta);
+at::Tensor combine_autograd(at::TensorList branches, const at::Tensor& theta,
+                            const c10::List<bool>& relu) {
+  return CombineFunction::apply(branches, theta, relu);
 }
 
 std::tuple<at::Tensor, at::Tensor> pit_masks_autograd(const OptTensor& alpha,

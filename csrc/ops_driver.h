@@ -2,11 +2,13 @@
 // order of kernel calls. Each device provides two kernel structs with the primitives
 // below (cpu/*.cpp, cuda/*.cu) and instantiates these drivers in its registrations.
 //
-// CombineKernels:
-//   forward(xs, theta_acc, out)             out = Σ_i theta[i] * xs[i]   (same strides)
-//   backward(grad, xs, theta_acc, needs, grads, theta_grad_acc)
-//       grads[i] = theta[i] * grad where needs[i]; theta_grad_acc[i] = <grad, xs[i]>
-//       when theta_grad_acc is defined (xs may then be empty tensors where not needed).
+// CombineKernels (kFusesRelu: whether they apply the per-branch ReLU r_i themselves; the
+// driver rejects ReLU flags for kernels that do not):
+//   forward(xs, relu, theta_acc, out)       out = Σ_i theta[i] * r_i(xs[i])   (same strides)
+//   backward(grad, xs, relu, theta_acc, needs, grads, theta_grad_acc)
+//       grads[i] = theta[i] * r_i'(xs[i]) * grad where needs[i];
+//       theta_grad_acc[i] = <grad, r_i(xs[i])> when theta_grad_acc is defined (xs are empty
+//       tensors where neither needs them).
 // MaskKernels (all mask vectors in the accumulation type):
 //   masks(geom, alpha, beta, gamma, threshold, keep_alive, cm, mbeta, mgamma, mtime)
 //   apply(rows, cm, mtime, out)            out[c, r, k] = rows[c, r, k] * cm[c] * mtime[k]
@@ -22,6 +24,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/List.h>
 
+#include <algorithm>
 #include <tuple>
 #include <vector>
 
@@ -44,26 +47,50 @@ inline at::Tensor present(const at::Tensor& t) {
 
 // ---------------------------------------------------------------------- combine
 
+// combine's per-branch ReLU flags: `relu` is empty (no ReLU) or holds one flag per branch.
 template <typename K>
-at::Tensor combine_forward(at::TensorList branches, const at::Tensor& theta) {
+std::vector<bool> relu_flags(const c10::List<bool>& relu, size_t n) {
+  TORCH_CHECK(relu.size() == 0 || relu.size() == n,
+              "plinio::combine: relu must be empty or hold one flag per branch (", n,
+              " branches), got ", relu.size(), " flags");
+  std::vector<bool> flags(n, false);
+  for (size_t i = 0; i < relu.size(); ++i) flags[i] = relu.get(i);
+  const bool any = std::find(flags.begin(), flags.end(), true) != flags.end();
+  TORCH_CHECK(K::kFusesRelu || !any,
+              "plinio::combine: the ReLU fusion is implemented by the CPU kernels only; on this "
+              "device apply the ReLU to the branch before combining (plinio.ops.combine does)");
+  return flags;
+}
+
+template <typename K>
+at::Tensor combine_forward(at::TensorList branches, const at::Tensor& theta,
+                           const c10::List<bool>& relu) {
   check_combine_inputs(branches, theta);
+  const std::vector<bool> flags = relu_flags<K>(relu, branches.size());
   at::Tensor out = at::empty_like(branches[0]);
   if (out.numel() == 0) return out;
   std::vector<at::Tensor> xs = align_all_to(branches, out);
   at::Tensor th = theta.to(accumulate_type(out.scalar_type())).contiguous();
-  K::forward(xs, th, out);
+  K::forward(xs, flags, th, out);
   return out;
 }
 
 template <typename K>
 std::tuple<std::vector<at::Tensor>, at::Tensor> combine_backward(
     const at::Tensor& grad, at::TensorList branches, const at::Tensor& theta,
-    const c10::List<bool>& branch_needs_grad, bool theta_needs_grad) {
+    const c10::List<bool>& branch_needs_grad, bool theta_needs_grad,
+    const c10::List<bool>& relu) {
   const size_t n = static_cast<size_t>(theta.size(0));
   TORCH_CHECK(branch_needs_grad.size() == n,
               "plinio::combine_backward: one branch_needs_grad flag per theta entry expected");
-  TORCH_CHECK(!theta_needs_grad || branches.size() == n,
-              "plinio::combine_backward: the theta gradient needs all ", n, " branches");
+  const std::vector<bool> flags = relu_flags<K>(relu, n);
+  // a branch is read for the theta gradient, and for its own gradient behind a ReLU
+  std::vector<bool> read(n, theta_needs_grad);
+  for (size_t i = 0; i < n; ++i) read[i] = read[i] || (flags[i] && branch_needs_grad.get(i));
+  const bool any_read = std::find(read.begin(), read.end(), true) != read.end();
+  TORCH_CHECK(!any_read || branches.size() == n,
+              "plinio::combine_backward: the theta gradient and the ReLU gradients need all ", n,
+              " branches");
   const at::ScalarType acc = accumulate_type(grad.scalar_type());
   // the layout of the results: grad's own when dense, else a dense copy of it (an expanded
   // grad); a template allocated for nothing would cost a page-faulted buffer per call
@@ -74,7 +101,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> combine_backward(
   std::vector<bool> needs;
   for (size_t i = 0; i < n; ++i) {
     const bool need = branch_needs_grad.get(i);
-    xs.push_back(theta_needs_grad ? align_to(branches[i], ref) : at::Tensor());
+    xs.push_back(read[i] ? align_to(branches[i], ref) : at::Tensor());
     needs.push_back(need);
     grads.push_back(need ? at::empty_like(ref) : absent_like(grad));
   }
@@ -82,7 +109,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> combine_backward(
   at::Tensor theta_grad_acc;
   if (theta_needs_grad) theta_grad_acc = at::zeros({theta.size(0)}, th.options());
   if (ref.numel() > 0) {
-    K::backward(g, xs, th, needs, grads, theta_grad_acc);
+    K::backward(g, xs, flags, th, needs, grads, theta_grad_acc);
   }
   at::Tensor theta_grad =
       theta_needs_grad ? theta_grad_acc.to(theta.scalar_type()) : absent_like(theta);

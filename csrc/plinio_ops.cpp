@@ -10,12 +10,14 @@
 #include "cpu/cpu_loops.h"
 
 TORCH_LIBRARY(plinio, m) {
-  // y = Σ_i theta[i] * branches[i]
-  m.def("combine(Tensor[] branches, Tensor theta) -> Tensor");
-  // (grad_branches[i] = theta[i] * grad, grad_theta[i] = <grad, branches[i]>), one pass.
+  // y = Σ_i theta[i] * r_i(branches[i]), r_i = ReLU where relu[i] (relu: empty, or one flag
+  // per branch; the fused ReLU is a CPU-kernel feature, other devices reject the flags)
+  m.def("combine(Tensor[] branches, Tensor theta, bool[] relu=[]) -> Tensor");
+  // (grad_branches[i] = theta[i] * r_i'(branches[i]) * grad,
+  //  grad_theta[i] = <grad, r_i(branches[i])>), one pass.
   m.def(
       "combine_backward(Tensor grad, Tensor[] branches, Tensor theta, bool[] branch_needs_grad, "
-      "bool theta_needs_grad) -> (Tensor[], Tensor)");
+      "bool theta_needs_grad, bool[] relu=[]) -> (Tensor[], Tensor)");
   // (channel_mask [Cout] or [0], time_mask [K] or [0]), binarized PIT masks.
   m.def(
       "pit_masks(Tensor? alpha, Tensor? beta, Tensor? gamma, int kernel_size, float threshold, "

@@ -37,12 +37,15 @@ inline int64_t combine_chunks(int64_t n) { return (n + kChunk - 1) / kChunk; }
 template <typename T>
 struct Loops {
   using A = at::opmath_type<T>;
-  // out = Σ_i theta[i] * xs[i] over n elements
-  void (*combine_forward)(const T* const* xs, int64_t nb, const A* theta, T* out, int64_t n);
-  // grads[i] = theta[i] * grad where grads[i] != nullptr; when partial != nullptr,
-  // partial[c * nb + i] = <grad, xs[i]> over chunk c (combine_chunks(n) chunks)
-  void (*combine_backward)(const T* grad, const T* const* xs, int64_t nb, const A* theta,
-                           T* const* grads, A* partial, int64_t n);
+  // out = Σ_i theta[i] * r_i(xs[i]) over n elements, r_i = ReLU where relu[i] (relu may be
+  // nullptr: no ReLU)
+  void (*combine_forward)(const T* const* xs, const char* relu, int64_t nb, const A* theta,
+                          T* out, int64_t n);
+  // grads[i] = theta[i] * r_i'(xs[i]) * grad where grads[i] != nullptr; when
+  // partial != nullptr, partial[c * nb + i] = <grad, r_i(xs[i])> over chunk c
+  // (combine_chunks(n) chunks). xs[i] may be nullptr where neither needs it.
+  void (*combine_backward)(const T* grad, const T* const* xs, const char* relu, int64_t nb,
+                           const A* theta, T* const* grads, A* partial, int64_t n);
   // out[c, j] = rows[c, j] * c_mask[c] * pattern[j] over cout rows of row_len elements;
   // c_mask may be nullptr (all ones), pattern (the time mask repeated along a row) too
   void (*apply_masks)(const T* rows, int64_t cout, int64_t row_len, const A* c_mask,

@@ -33,21 +33,31 @@ inline int64_t row_grain(int64_t row_len) {
   return g > 1 ? g : 1;
 }
 
+// ReLU as torch.relu computes it: NaN stays NaN.
+template <typename A>
+inline A relu(A v) {
+  return v < A(0) ? A(0) : v;
+}
+
 template <typename T, typename A>
-void combine_forward(const T* const* xs, int64_t nb, const A* theta, T* out, int64_t n) {
+void combine_forward(const T* const* xs, const char* relu_flags, int64_t nb, const A* theta,
+                     T* out, int64_t n) {
   at::parallel_for(0, n, kChunk, [&](int64_t begin, int64_t end) {
     A acc[kTile];
     for (int64_t t0 = begin; t0 < end; t0 += kTile) {
       const int64_t len = smaller(kTile, end - t0);
-      const T* x0 = xs[0] + t0;
-      const A th0 = theta[0];
 PLINIO_SIMD
-      for (int64_t j = 0; j < len; ++j) acc[j] = th0 * static_cast<A>(x0[j]);
-      for (int64_t i = 1; i < nb; ++i) {
+      for (int64_t j = 0; j < len; ++j) acc[j] = A(0);
+      for (int64_t i = 0; i < nb; ++i) {
         const T* xi = xs[i] + t0;
         const A thi = theta[i];
+        if (relu_flags != nullptr && relu_flags[i]) {
 PLINIO_SIMD
-        for (int64_t j = 0; j < len; ++j) acc[j] += thi * static_cast<A>(xi[j]);
+          for (int64_t j = 0; j < len; ++j) acc[j] += thi * relu(static_cast<A>(xi[j]));
+        } else {
+PLINIO_SIMD
+          for (int64_t j = 0; j < len; ++j) acc[j] += thi * static_cast<A>(xi[j]);
+        }
       }
       T* o = out + t0;
 PLINIO_SIMD
@@ -57,8 +67,8 @@ PLINIO_SIMD
 }
 
 template <typename T, typename A>
-void combine_backward(const T* grad, const T* const* xs, int64_t nb, const A* theta,
-                      T* const* grads, A* partial, int64_t n) {
+void combine_backward(const T* grad, const T* const* xs, const char* relu_flags, int64_t nb,
+                      const A* theta, T* const* grads, A* partial, int64_t n) {
   at::parallel_for(0, combine_chunks(n), 1, [&](int64_t cbegin, int64_t cend) {
     A g[kTile];
     for (int64_t c = cbegin; c < cend; ++c) {
@@ -73,17 +83,30 @@ void combine_backward(const T* grad, const T* const* xs, int64_t nb, const A* th
 PLINIO_SIMD
         for (int64_t j = 0; j < len; ++j) g[j] = static_cast<A>(gp[j]);
         for (int64_t i = 0; i < nb; ++i) {
+          const bool r = relu_flags != nullptr && relu_flags[i];
+          const T* xi = xs[i] != nullptr ? xs[i] + t0 : nullptr;
           if (grads[i] != nullptr) {
             T* gi = grads[i] + t0;
             const A thi = theta[i];
 PLINIO_SIMD
             for (int64_t j = 0; j < len; ++j) gi[j] = static_cast<T>(thi * g[j]);
+            if (r) {
+              // ReLU's gradient mask, as threshold_backward: zero where x <= 0. A second
+              // pass over the tile (in L1), not one fused loop: a product under a condition
+              // is not speculated, so that loop would compile to a branch per element.
+PLINIO_SIMD
+              for (int64_t j = 0; j < len; ++j) gi[j] = static_cast<A>(xi[j]) <= A(0) ? T(0) : gi[j];
+            }
           }
           if (partial != nullptr) {
-            const T* xi = xs[i] + t0;
             A dot = A(0);
+            if (r) {
 PLINIO_SIMD_SUM(dot)
-            for (int64_t j = 0; j < len; ++j) dot += g[j] * static_cast<A>(xi[j]);
+              for (int64_t j = 0; j < len; ++j) dot += g[j] * relu(static_cast<A>(xi[j]));
+            } else {
+PLINIO_SIMD_SUM(dot)
+              for (int64_t j = 0; j < len; ++j) dot += g[j] * static_cast<A>(xi[j]);
+            }
             partial[c * nb + i] += dot;
           }
         }

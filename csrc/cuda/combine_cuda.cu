@@ -84,8 +84,10 @@ __global__ void combine_backward_kernel(const T* __restrict__ grad, BranchGroup<
 }
 
 struct CudaCombineKernels {
-  static void forward(const std::vector<at::Tensor>& xs, const at::Tensor& theta,
-                      at::Tensor& out) {
+  static constexpr bool kFusesRelu = false;  // the driver rejects ReLU flags
+
+  static void forward(const std::vector<at::Tensor>& xs, const std::vector<bool>& /*relu*/,
+                      const at::Tensor& theta, at::Tensor& out) {
     const c10::cuda::CUDAGuard guard(out.device());
     const int64_t n = out.numel();
     const int nb = static_cast<int>(xs.size());
@@ -112,7 +114,8 @@ struct CudaCombineKernels {
   }
 
   static void backward(const at::Tensor& grad, const std::vector<at::Tensor>& xs,
-                       const at::Tensor& theta, const std::vector<bool>& needs,
+                       const std::vector<bool>& /*relu*/, const at::Tensor& theta,
+                       const std::vector<bool>& needs,
                        std::vector<at::Tensor>& grads, at::Tensor& theta_grad) {
     const c10::cuda::CUDAGuard guard(grad.device());
     const int64_t n = grad.numel();

@@ -9,15 +9,17 @@ modified: a new one, sharing every layer with it, is returned.
 """
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
+import torch
 import torch.fx as fx
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .graph_rewrite import copy_graph, fetch, rebuild
 from .linear_ops import (ConvGeometry, compose, conv_geometry, conv_matches_geometry,
                          trusted_conv_forward)
 from .merge_plan import IDENTITY, Candidate, LinearCandidate, MergePlan, plan_merge
 from .merged_conv import ChainLayer, MergedConv
-from .supernet_forward import FastSuperNet, LinearTail
+from .supernet_forward import FastSuperNet, LinearTail, Runner
 
 FAST_MODULE_NAME = "plinio_fast_forward"
 
@@ -161,6 +163,38 @@ def _linear_tail(gm: fx.GraphModule, region: List[fx.Node], x: fx.Node, out: fx.
     return _branch_module(gm, prefix, x, z), (module, geometry)
 
 
+_RELU_FUNCTIONS = (torch.relu, F.relu)
+
+
+def _relu_input(gm: fx.GraphModule, node: fx.Node) -> Optional[fx.Node]:
+    """The input of ``node`` when ``node`` is a plain ReLU of one graph value (module,
+    function or method; in place or not), else None."""
+    extra_ok = not node.kwargs or set(node.kwargs) == {"inplace"}
+    if node.op == "call_module":
+        is_relu = type(fetch(gm, node.target)) is nn.ReLU and len(node.args) == 1 and \
+            not node.kwargs
+    elif node.op == "call_function":
+        is_relu = node.target in _RELU_FUNCTIONS and len(node.args) == 1 and extra_ok
+    elif node.op == "call_method":
+        is_relu = node.target in ("relu", "relu_") and len(node.args) == 1 and not node.kwargs
+    else:
+        is_relu = False
+    z = node.args[0] if is_relu else None
+    return z if isinstance(z, fx.Node) else None
+
+
+def _relu_tail(gm: fx.GraphModule, region: List[fx.Node], x: fx.Node, out: fx.Node
+               ) -> Optional[Runner]:
+    """When a branch ends with a ReLU, ``θ·relu(z)`` is what ``combine`` computes from ``z``
+    with the ReLU fused: return the runner of the branch up to ``z``."""
+    if not region:
+        return None
+    z = _relu_input(gm, out)
+    if z is None or (z is not x and z not in region):
+        return None
+    return _branch_module(gm, [n for n in region if n is not out], x, z)
+
+
 def _targets_of(gm: fx.GraphModule, graph: fx.Graph) -> Dict[str, Any]:
     return {n.target: fetch(gm, n.target) for n in graph.nodes
             if n.op in ("call_module", "get_attr")}
@@ -206,14 +240,18 @@ def optimize_supernets(gm: fx.GraphModule) -> fx.GraphModule:
                    for region, out in zip(site.regions, site.outputs)]
         modules = [[fetch(gm, n.target) for n in region if n.op == "call_module"]
                    for region in site.regions]
-        tails = {}
+        tails, relu_inputs = {}, {}
         for i in plan.separate:
             tail = _linear_tail(gm, site.regions[i], site.x, site.outputs[i])
             if tail is not None:
                 tails[i] = tail
+                continue
+            relu_input = _relu_tail(gm, site.regions[i], site.x, site.outputs[i])
+            if relu_input is not None:
+                relu_inputs[i] = relu_input
         target = f"{prefix}.{FAST_MODULE_NAME}" if prefix else FAST_MODULE_NAME
         new_modules[target] = FastSuperNet(name, combiner, plan, merged, runners, modules,
-                                           tails)
+                                           tails, relu_inputs)
         plans[name] = plan
         with graph.inserting_before(node):
             fast_node = graph.call_module(target, (site.x,))

@@ -4,7 +4,9 @@
 node. It computes exactly what the reference computes, ``Σ_i θ_i·branch_i(x)`` with θ from
 ``combiner.sample_theta()``, as
 
-* soft (and compiled) mode: ``merged_conv(x; θ_M) + combine([branch_j(x)], θ_rest)``;
+* soft (and compiled) mode: ``merged_conv(x; θ_M) + combine([branch_j(x)], θ_rest)``, where
+  a branch ending in a ReLU hands its pre-activation to ``combine``, which applies the ReLU
+  inside the sum (on the CPU kernels: no activation tensor and no separate ReLU backward);
 * hard mode, eager (θ one-hot in value): only the selected branch with autograd; the others
   without autograd state when α's gradient needs ``⟨g, y_j⟩``, or not at all otherwise.
 
@@ -27,16 +29,6 @@ Runner = Callable[[torch.Tensor], torch.Tensor]
 LinearTail = Tuple[Runner, Tuple[nn.Module, ConvGeometry]]
 
 
-def _combine_op() -> Callable[[List[torch.Tensor], torch.Tensor], torch.Tensor]:
-    """The op library's fused ``combine`` (its pure-PyTorch reference if the op library is
-    not importable)."""
-    try:
-        from plinio.ops import combine
-    except ImportError:
-        from plinio.methods.pit_supernet.nn.combiner import reference_combine as combine
-    return combine
-
-
 def load_op_library() -> None:
     """Load the compiled op library now, in eager mode, so that a later ``torch.compile``
     trace does not have to run its one-time loader (locks, imports)."""
@@ -47,9 +39,12 @@ def load_op_library() -> None:
     get_backend("cpu")
 
 
-def weighted_sum(outputs: Sequence[torch.Tensor], theta: torch.Tensor) -> torch.Tensor:
-    """Σ θ_i·y_i with the fused kernel, no stacked copy."""
-    return _combine_op()(list(outputs), theta)
+def weighted_sum(outputs: Sequence[torch.Tensor], theta: torch.Tensor,
+                 relu: Optional[Sequence[bool]] = None) -> torch.Tensor:
+    """Σ θ_i·r_i(y_i) with the fused kernel, no stacked copy (r_i: ReLU where relu[i])."""
+    from plinio.ops import combine
+
+    return combine(list(outputs), theta, relu)
 
 
 def _take(theta: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
@@ -65,7 +60,8 @@ class FastSuperNet(nn.Module):
     def __init__(self, name: str, combiner: nn.Module, plan: MergePlan,
                  merged: Optional[MergedConv], branches: Sequence[Runner],
                  branch_modules: Sequence[Sequence[nn.Module]],
-                 linear_tails: Optional[Dict[int, LinearTail]] = None) -> None:
+                 linear_tails: Optional[Dict[int, LinearTail]] = None,
+                 relu_inputs: Optional[Dict[int, Runner]] = None) -> None:
         super().__init__()
         if len(branches) != plan.n_branches or len(branch_modules) != plan.n_branches:
             raise ValueError(f"FastSuperNet '{name}': {plan.n_branches} branches planned, got "
@@ -81,7 +77,17 @@ class FastSuperNet(nn.Module):
         # separate branches ending in a convolution: θ scales that layer's weights (soft path)
         self._tails = dict(sorted((linear_tails or {}).items()))
         self._combined = tuple(i for i in self.separate if i not in self._tails)
+        # combined branches ending in a ReLU: computed up to it, the ReLU fused into combine
+        self._relu_inputs = {i: r for i, r in sorted((relu_inputs or {}).items())
+                             if i in self._combined}
+        self._combined_relu = [i in self._relu_inputs for i in self._combined] \
+            if self._relu_inputs else None
         load_op_library()
+
+    @property
+    def fused_relu_branches(self) -> Tuple[int, ...]:
+        """Branches whose final ReLU runs inside ``combine`` (soft mode)."""
+        return tuple(self._relu_inputs)
 
     @property
     def combiner(self) -> nn.Module:
@@ -94,7 +100,10 @@ class FastSuperNet(nn.Module):
         inputs = {}
         for i in self.separate:  # branch by branch, then θ: random draws as in the reference
             tail = self._tails.get(i)
-            inputs[i] = tail[0](x) if tail is not None else self._branches[i](x)
+            if tail is not None:
+                inputs[i] = tail[0](x)
+            else:
+                inputs[i] = self._relu_inputs.get(i, self._branches[i])(x)
         theta = self.combiner.sample_theta()
         merged = self._merged[0]
         out = merged(x, theta) if merged is not None else None
@@ -106,7 +115,7 @@ class FastSuperNet(nn.Module):
             out = y if out is None else out.add_(y)  # fresh conv outputs, not saved: in place
         if self._combined:
             mixed = weighted_sum([inputs[i] for i in self._combined],
-                                 _take(theta, self._combined))
+                                 _take(theta, self._combined), self._combined_relu)
             out = mixed if out is None else mixed.add_(out)
         return out
 
@@ -158,4 +167,4 @@ class FastSuperNet(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"supernet={self.supernet_name!r}, merged={self.plan.merged}, "
-                f"separate={self.plan.separate}")
+                f"separate={self.plan.separate}, fused_relu={self.fused_relu_branches}")

@@ -120,15 +120,24 @@ def _ops_for(backend: str):  # noqa: ANN202 - returns torch.ops namespace or tri
     return _library.compiled_ops()
 
 
-def combine(branches: Sequence[Tensor], theta: Tensor) -> Tensor:
-    """y = Σ_i theta[i]·branches[i], differentiable w.r.t. every branch and theta.
+def combine(branches: Sequence[Tensor], theta: Tensor,
+            relu: Optional[Sequence[bool]] = None) -> Tensor:
+    """y = Σ_i theta[i]·r_i(branches[i]), differentiable w.r.t. every branch and theta;
+    r_i is ReLU where ``relu[i]`` (one flag per branch), the identity otherwise.
 
     The result has the branches' dtype (θ is cast to the float32/float64 accumulation
     type) and the first branch's memory layout. The fused kernels keep no stacked copy:
-    the backward reads the saved branches only for θ's gradient.
+    the backward reads the saved branches only for θ's gradient and the ReLU masks. The
+    CPU kernels apply the ReLU inside the sum (no separate activation tensor, forward or
+    backward); on other backends it runs as ``torch.relu`` before the fused sum.
     """
-    _validate.check_combine(branches, theta)
-    backend = _select(branches[0].device.type)
+    _validate.check_combine(branches, theta, relu)
+    device_type = branches[0].device.type
+    backend = _select(device_type)
+    flags = [bool(r) for r in relu] if relu is not None else []
+    if backend == "cpp" and device_type == "cpu":
+        return _ops_for(backend).combine(list(branches), theta, flags)
+    branches = [torch.relu(b) if r else b for b, r in zip(branches, flags)] or list(branches)
     if backend == "reference":
         return reference.combine(branches, theta)
     return _ops_for(backend).combine(list(branches), theta)

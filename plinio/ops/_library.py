@@ -60,14 +60,14 @@ def _or_absent(t: Optional[Tensor], like: Tensor) -> Tensor:
 
 # ------------------------------------------------------------------------ fake kernels
 
-def _fake_combine(branches: List[Tensor], theta: Tensor) -> Tensor:
-    _validate.check_combine(branches, theta)
+def _fake_combine(branches: List[Tensor], theta: Tensor, relu: Sequence[bool] = ()) -> Tensor:
+    _validate.check_combine(branches, theta, relu)
     return torch.empty_like(branches[0])
 
 
 def _fake_combine_backward(grad: Tensor, branches: List[Tensor], theta: Tensor,
-                           branch_needs_grad: List[bool],
-                           theta_needs_grad: bool) -> Tuple[List[Tensor], Tensor]:
+                           branch_needs_grad: List[bool], theta_needs_grad: bool,
+                           relu: Sequence[bool] = ()) -> Tuple[List[Tensor], Tensor]:
     grads = [torch.empty_like(grad) if need else absent(grad) for need in branch_needs_grad]
     return grads, (theta.new_empty(theta.shape) if theta_needs_grad else absent(theta))
 

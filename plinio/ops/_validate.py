@@ -8,7 +8,8 @@ from torch import Tensor
 from .reference import dilation_levels
 
 
-def check_combine(branches: Sequence[Tensor], theta: Tensor) -> None:
+def check_combine(branches: Sequence[Tensor], theta: Tensor,
+                  relu: Optional[Sequence[bool]] = None) -> None:
     """Raise ValueError/TypeError naming the offending input of ``combine``."""
     if isinstance(branches, Tensor) or not isinstance(branches, (list, tuple)):
         raise TypeError("plinio.ops.combine: `branches` must be a list or tuple of tensors, "
@@ -40,6 +41,9 @@ def check_combine(branches: Sequence[Tensor], theta: Tensor) -> None:
     if theta.device != ref.device:
         raise ValueError(f"plinio.ops.combine: theta is on {theta.device} but the branches are "
                          f"on {ref.device}")
+    if relu is not None and len(relu) not in (0, len(branches)):
+        raise ValueError(f"plinio.ops.combine: relu must hold one flag per branch "
+                         f"({len(branches)}), got {len(relu)} flags")
 
 
 def check_mask_params(

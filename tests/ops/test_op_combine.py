@@ -158,6 +158,99 @@ def test_opcheck(backend_device):
     torch.library.opcheck(op, (ys_cl, theta[:2].detach().requires_grad_()))
 
 
+# ------------------------------------------------------------------- fused ReLU
+
+RELU = [True, False, True, True]
+
+
+def _relu_then_combine(ys, theta, relu):
+    return reference.combine([torch.relu(y) if r else y for y, r in zip(ys, relu)], theta)
+
+
+@pytest.mark.parametrize("backend_device", backend_params())
+@pytest.mark.parametrize("kind", sorted(SHAPES))
+def test_relu_flags_match_relu_then_combine(backend_device, kind):
+    backend, device = backend_device
+    require(backend, device)
+    ys, theta = _branches(len(RELU), SHAPES[kind], device, seed=5)
+    with forced(backend):
+        out = ops.combine(ys, theta, RELU)
+    want = _relu_then_combine(ys, theta, RELU)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    for a, b in zip(_grads(out, [*ys, theta]), _grads(want, [*ys, theta])):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend_device", backend_params())
+def test_relu_edge_values_as_torch_relu(backend_device):
+    """Zero gets a zero gradient (as threshold_backward gives) and NaN stays NaN."""
+    backend, device = backend_device
+    require(backend, device)
+    values = torch.tensor([-2.0, -0.0, 0.0, 3.0, float("nan")], device=device)
+    ys = [values.clone().requires_grad_(), (values * 2).nan_to_num(0.5).requires_grad_()]
+    theta = torch.tensor([0.7, 0.3], device=device, requires_grad=True)
+    with forced(backend):
+        out = ops.combine(ys, theta, [True, True])
+    want = _relu_then_combine(ys, theta, [True, True])
+    torch.testing.assert_close(out, want, equal_nan=True)
+    cot = torch.tensor([1.0, 2.0, 3.0, 4.0, 0.0], device=device)
+    got = torch.autograd.grad(out, [*ys, theta], cot)
+    ref = torch.autograd.grad(want, [*ys, theta], cot)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, equal_nan=True)
+
+
+@pytest.mark.parametrize("backend_device", backend_params())
+def test_relu_without_theta_gradient_keeps_the_masks(backend_device):
+    """θ frozen: the ReLU masks still need the branches, which combine then saves."""
+    backend, device = backend_device
+    require(backend, device)
+    ys, theta = _branches(3, (4, 6), device, seed=2)
+    theta = theta.detach()
+    with forced(backend):
+        out = ops.combine(ys, theta, [True, False, True])
+    out.sum().backward()
+    for y, t, r in zip(ys, theta, [True, False, True]):
+        mask = (y.detach() > 0).to(y.dtype) if r else torch.ones_like(y)
+        torch.testing.assert_close(y.grad, float(t) * mask)
+
+
+@pytest.mark.parametrize("backend_device", backend_params())
+def test_relu_gradcheck_float64(backend_device):
+    backend, device = backend_device
+    require(backend, device)
+    ys, theta = _branches(3, (2, 3, 4), device, dtype=torch.float64, seed=4)
+    ys = [(y + 0.2 * y.sign()).detach().requires_grad_() for y in ys]  # away from the kink
+    with forced(backend):
+        assert torch.autograd.gradcheck(
+            lambda *a: ops.combine(list(a[:-1]), a[-1], [True, False, True]), (*ys, theta))
+
+
+def test_relu_flags_are_checked():
+    ys, theta = _branches(2, (3,), "cpu")
+    with pytest.raises(ValueError, match="one flag per branch"):
+        ops.combine(ys, theta, [True])
+
+
+def test_compiled_op_checks_relu_flags_too():
+    if "cpp" not in ops.available_backends("cpu"):
+        pytest.skip("the C++ extension is not built")
+    ys, theta = _branches(2, (3,), "cpu")
+    with pytest.raises(RuntimeError, match="one flag per branch"):
+        torch.ops.plinio.combine(ys, theta, [True, False, True])
+
+
+@pytest.mark.parametrize("backend_device", [p for p in backend_params()
+                                            if p.id == "cpp-cpu"])
+def test_relu_opcheck(backend_device):
+    backend, device = backend_device
+    require(backend, device)
+    ys, theta = _branches(3, (2, 3, 4), device, seed=6)
+    torch.library.opcheck(torch.ops.plinio.combine, (ys, theta, [True, False, True]))
+    torch.library.opcheck(torch.ops.plinio.combine,
+                          (ys, theta.detach(), [False, True, False]))
+
+
 @pytest.mark.triton_interpret
 def test_triton_interpreter_schema_and_autograd_registration():
     require("triton", "cpu")
