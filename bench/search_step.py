@@ -34,6 +34,7 @@ import torch.nn.functional as F
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import plinio.ops as ops  # noqa: E402
 from bench.models import count_supernets, workloads  # noqa: E402
 
 
@@ -237,7 +238,16 @@ def describe_machine(device: str, threads: int) -> str:
     except OSError:
         pass
     gpu = f", GPU {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""
-    return f"torch {torch.__version__}, CPU {cpu}, {threads} threads{gpu}"
+    return f"torch {torch.__version__}, CPU {cpu}, {threads} threads{gpu}{_cpu_loops()}"
+
+
+def _cpu_loops() -> str:
+    """Which copy of the compiled CPU loops runs (baseline or AVX2), when built."""
+    if "cpp" not in ops.available_backends("cpu"):
+        return ", no compiled CPU kernels"
+    from plinio import _C
+
+    return f", CPU kernel loops {_C.cpu_isa()}"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Row]:

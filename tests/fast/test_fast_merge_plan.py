@@ -1,6 +1,5 @@
 """The planner merges exactly the branches it may (proved from hyper-parameters), and the
 merged convolution equals the θ-weighted sum of the branches (float64, values and grads)."""
-import pytest
 import torch
 import torch.nn as nn
 
