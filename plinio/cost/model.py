@@ -162,7 +162,7 @@ class PITCostModel(nn.Module):
 
     def _fast_costs(self, binarized: bool) -> Tuple[torch.Tensor, torch.Tensor]:
         if self._maskers:
-            alpha = torch.cat([m.param_for_use() for m in self._maskers])
+            alpha = torch.cat([m.fast_param() for m in self._maskers])
             theta = torch.where(self.keep, torch.ones_like(alpha), alpha.abs())
             if binarized:
                 theta = PITBinarizer.apply(theta, self.thr)
@@ -174,8 +174,8 @@ class PITCostModel(nn.Module):
             cin, cout = self.c_in, self.c_out
         k = self.k_const
         if self._time_maskers:
-            beta = torch.cat([t.param_for_use() for t, _ in self._time_maskers])
-            gamma = torch.cat([d.param_for_use() for _, d in self._time_maskers])
+            beta = torch.cat([t.fast_param() for t, _ in self._time_maskers])
+            gamma = torch.cat([d.fast_param() for _, d in self._time_maskers])
             beta_hat = torch.where(self.beta_last, torch.ones_like(beta), beta.abs())
             gamma_hat = torch.where(self.gamma_last, torch.ones_like(gamma), gamma.abs())
             theta_b = self.beta_prefix.to(beta.dtype) @ beta_hat

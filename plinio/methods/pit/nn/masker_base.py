@@ -62,9 +62,18 @@ class PITMaskerBase(nn.Module):
             return p
         return torch.where(self.trainable_flag, p, p.detach())
 
+    def fast_param(self) -> torch.Tensor:
+        """``param_for_use()`` for the fast path: in eager mode a trainable parameter is used
+        as it is (``where(True, p, p.detach())`` is ``p``, in value and in gradient), which
+        saves two small ops and an autograd node per masker and step; under torch.compile
+        the ``where`` stays, so that switching the flag causes no recompilation."""
+        if self._trainable and not torch.compiler.is_compiling():
+            return self.raw
+        return self.param_for_use()
+
     def fused_param(self) -> Optional[torch.Tensor]:
         """Argument for ``plinio.ops.pit_masked_weight``: None (all ones) when frozen."""
-        return None if self.frozen else self.param_for_use()
+        return None if self.frozen else self.fast_param()
 
     def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, local_metadata: Dict[str, Any],
                               strict: bool, missing_keys: List[str], unexpected_keys: List[str],
