@@ -115,21 +115,25 @@ PLINIO_SIMD_SUM(dot)
   });
 }
 
+// out[j] = in[j] * s * pattern[j] over one weight row (pattern may be nullptr: all ones).
+template <typename T, typename A>
+inline void mask_row(const T* in, A s, const A* pattern, int64_t len, T* out) {
+  if (pattern == nullptr) {
+PLINIO_SIMD
+    for (int64_t j = 0; j < len; ++j) out[j] = static_cast<T>(A(in[j]) * s);
+  } else {
+PLINIO_SIMD
+    for (int64_t j = 0; j < len; ++j) out[j] = static_cast<T>(A(in[j]) * (s * pattern[j]));
+  }
+}
+
 template <typename T, typename A>
 void apply_masks(const T* rows, int64_t cout, int64_t row_len, const A* c_mask,
                  const A* pattern, T* out) {
   at::parallel_for(0, cout, row_grain(row_len), [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       const A s = c_mask != nullptr ? c_mask[c] : A(1);
-      const T* wr = rows + c * row_len;
-      T* orow = out + c * row_len;
-      if (pattern == nullptr) {
-PLINIO_SIMD
-        for (int64_t j = 0; j < row_len; ++j) orow[j] = static_cast<T>(A(wr[j]) * s);
-      } else {
-PLINIO_SIMD
-        for (int64_t j = 0; j < row_len; ++j) orow[j] = static_cast<T>(A(wr[j]) * (s * pattern[j]));
-      }
+      mask_row(rows + c * row_len, s, pattern, row_len, out + c * row_len);
     }
   });
 }
@@ -145,16 +149,7 @@ void reduce_masks(const T* grad, const T* weight, int64_t cout, int64_t row_len,
       const A s = c_mask != nullptr ? c_mask[c] : A(1);
       const T* gr = grad + c * row_len;
       const T* wr = weight + c * row_len;
-      if (grad_out != nullptr) {
-        T* orow = grad_out + c * row_len;
-        if (pattern == nullptr) {
-PLINIO_SIMD
-          for (int64_t j = 0; j < row_len; ++j) orow[j] = static_cast<T>(A(gr[j]) * s);
-        } else {
-PLINIO_SIMD
-          for (int64_t j = 0; j < row_len; ++j) orow[j] = static_cast<T>(A(gr[j]) * (s * pattern[j]));
-        }
-      }
+      if (grad_out != nullptr) mask_row(gr, s, pattern, row_len, grad_out + c * row_len);
       if (partial == nullptr) continue;
       A* out = partial + c * taps;
       if (taps == 1) {
