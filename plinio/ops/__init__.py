@@ -1,6 +1,7 @@
 """plinio's op library: the two hot-path ops of a PIT / PIT-SuperNet search.
 
-- :func:`combine` — y = Σ_i θ_i·y_i over supernet branches, without a stacked buffer.
+- :func:`combine` — y = Σ_i θ_i·y_i over supernet branches, without a stacked buffer
+  (optionally with a ReLU on chosen branches, fused into the sum by the CPU kernels).
 - :func:`pit_masked_weight` — a layer's weight (and bias) with its binarized PIT masks
   applied, in one kernel; :func:`pit_masks` gives the masks alone.
 
