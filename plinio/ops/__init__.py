@@ -138,7 +138,8 @@ def combine(branches: Sequence[Tensor], theta: Tensor,
     flags = [bool(r) for r in relu] if relu is not None else []
     if backend == "cpp" and device_type == "cpu":
         return _ops_for(backend).combine(list(branches), theta, flags)
-    branches = [torch.relu(b) if r else b for b, r in zip(branches, flags)] or list(branches)
+    if flags:
+        branches = [torch.relu(b) if r else b for b, r in zip(branches, flags)]
     if backend == "reference":
         return reference.combine(branches, theta)
     return _ops_for(backend).combine(list(branches), theta)
