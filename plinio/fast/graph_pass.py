@@ -156,43 +156,42 @@ def _linear_tail(gm: fx.GraphModule, region: List[fx.Node], x: fx.Node, out: fx.
     geometry, _ = conv_geometry(module)
     if geometry is None or not trusted_conv_forward(module):
         return None
-    z = out.args[0]
+    runner = _runner_up_to_input(gm, region, x, out)
+    return (runner, (module, geometry)) if runner is not None else None
+
+
+def _runner_up_to_input(gm: fx.GraphModule, region: List[fx.Node], x: fx.Node,
+                        out: fx.Node) -> Optional[fx.GraphModule]:
+    """The branch computed up to the single input of its last node ``out``, or None when that
+    input is not the supernet input or a value of the branch."""
+    z = out.args[0] if out.args else None
     if not isinstance(z, fx.Node) or (z is not x and z not in region):
         return None
-    prefix = [n for n in region if n is not out]
-    return _branch_module(gm, prefix, x, z), (module, geometry)
+    return _branch_module(gm, [n for n in region if n is not out], x, z)
 
 
 _RELU_FUNCTIONS = (torch.relu, F.relu)
 
 
-def _relu_input(gm: fx.GraphModule, node: fx.Node) -> Optional[fx.Node]:
-    """The input of ``node`` when ``node`` is a plain ReLU of one graph value (module,
-    function or method; in place or not), else None."""
-    extra_ok = not node.kwargs or set(node.kwargs) == {"inplace"}
+def _is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether ``node`` is a plain ReLU of one value (module, function or method, in place
+    or not)."""
+    if len(node.args) != 1:
+        return False
     if node.op == "call_module":
-        is_relu = type(fetch(gm, node.target)) is nn.ReLU and len(node.args) == 1 and \
-            not node.kwargs
-    elif node.op == "call_function":
-        is_relu = node.target in _RELU_FUNCTIONS and len(node.args) == 1 and extra_ok
-    elif node.op == "call_method":
-        is_relu = node.target in ("relu", "relu_") and len(node.args) == 1 and not node.kwargs
-    else:
-        is_relu = False
-    z = node.args[0] if is_relu else None
-    return z if isinstance(z, fx.Node) else None
+        return type(fetch(gm, node.target)) is nn.ReLU and not node.kwargs
+    if node.op == "call_function":
+        return node.target in _RELU_FUNCTIONS and set(node.kwargs) <= {"inplace"}
+    return node.op == "call_method" and node.target in ("relu", "relu_") and not node.kwargs
 
 
 def _relu_tail(gm: fx.GraphModule, region: List[fx.Node], x: fx.Node, out: fx.Node
                ) -> Optional[Runner]:
     """When a branch ends with a ReLU, ``θ·relu(z)`` is what ``combine`` computes from ``z``
     with the ReLU fused: return the runner of the branch up to ``z``."""
-    if not region:
+    if not region or not _is_relu(gm, out):
         return None
-    z = _relu_input(gm, out)
-    if z is None or (z is not x and z not in region):
-        return None
-    return _branch_module(gm, [n for n in region if n is not out], x, z)
+    return _runner_up_to_input(gm, region, x, out)
 
 
 def _targets_of(gm: fx.GraphModule, graph: fx.Graph) -> Dict[str, Any]:
