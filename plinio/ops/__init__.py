@@ -23,7 +23,7 @@ from torch import Tensor
 from . import _library, _validate, reference
 
 __all__ = ["combine", "pit_masks", "pit_masked_weight", "set_backend", "get_backend",
-           "available_backends", "BACKENDS"]
+           "available_backends", "reference_path_forced", "BACKENDS"]
 
 BACKENDS = ("reference", "cpp", "cuda", "triton")
 _ENV = "PLINIO_BACKEND"
@@ -49,6 +49,14 @@ def _requested() -> Optional[str]:
         raise ValueError(f"{_ENV}={env!r} is not a plinio backend; "
                          f"use one of {', '.join(BACKENDS)} (or unset it)")
     return env
+
+
+# Like _select, evaluated once while torch.compile traces (it reads the environment).
+@torch.compiler.assume_constant_result
+def reference_path_forced() -> bool:
+    """True when the reference backend is forced (``set_backend('reference')``, else
+    ``PLINIO_BACKEND=reference``): callers then take their pure-PyTorch path too."""
+    return _requested() == "reference"
 
 
 def _triton_usable(device_type: str) -> Tuple[bool, str]:

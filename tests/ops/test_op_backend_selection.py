@@ -46,6 +46,25 @@ def test_set_backend_overrides_env_and_validates(monkeypatch):
         ops.set_backend("numpy")
 
 
+def test_reference_path_forced_follows_set_backend_then_env(monkeypatch):
+    monkeypatch.delenv("PLINIO_BACKEND", raising=False)
+    assert ops.reference_path_forced() is False
+    monkeypatch.setenv("PLINIO_BACKEND", "reference")
+    assert ops.reference_path_forced() is True
+    ops.set_backend("cpp")                   # set_backend wins over the variable
+    try:
+        assert ops.reference_path_forced() is False
+        monkeypatch.setenv("PLINIO_BACKEND", "cpp")
+        ops.set_backend("reference")
+        assert ops.reference_path_forced() is True
+    finally:
+        ops.set_backend(None)
+    assert ops.reference_path_forced() is False
+    monkeypatch.setenv("PLINIO_BACKEND", "fastest")
+    with pytest.raises(ValueError, match="not a plinio backend"):
+        ops.reference_path_forced()
+
+
 def test_automatic_choice_on_cpu(monkeypatch):
     monkeypatch.delenv("PLINIO_BACKEND", raising=False)
     require("cpp", "cpu")
