@@ -1,30 +1,48 @@
-"""Side-by-side benchmark of one search step: fast path vs reference path, same process.
+"""Side-by-side benchmark of one search step: plinio's fast path, a plain-PyTorch search, plinio's
+reference path, in the same process.
 
-A search step is: forward, task loss + regularizer, backward, optimizer step (SGD with
+A search step is: forward, task loss + MACs regularizer, backward, optimizer step (SGD with
 momentum for the network weights, Adam for the architectural parameters). For every workload
-of ``bench/models.py`` the script builds two identical wrappers (``fast=True`` and
-``fast=False``, same weights), times their steps interleaved (median of ``--repeats``), and
-measures the bytes of activations saved for backward (unique storages handed to
+of ``bench/models.py`` the script builds three searches of the same model with the same
+weights and times their steps interleaved (median of ``--repeats``):
+
+- **fast**: plinio with ``fast=True`` (the default a user gets);
+- **plain**: the search a user writes in plain PyTorch without plinio
+  (``bench/plain_supernet.py``: DARTS-style supernets, stack and weighted sum, channel masks
+  ``weight * STE(|α| > 0.5)``, a Python-loop MACs regularizer): the speed anchor;
+- **reference**: plinio with ``fast=False``, the correctness oracle (slower than a plain
+  search, so fast/reference overstates the gain).
+
+Before timing, the three must compute the same loss on the same batch (a timing of a
+different computation would be meaningless). The script also measures the bytes of
+activations saved for backward (unique storages handed to
 ``torch.autograd.graph.saved_tensors_hooks`` during forward and regularizer, parameters
-excluded). It prints a Markdown table with the ratios fast/reference.
+excluded) and prints a Markdown table with fast/plain and fast/reference ratios, under a
+header giving the CPU, torch version, threads and date.
 
     python bench/search_step.py [--batch-size 32] [--threads 2] [--device cpu]
                                 [--workloads seed,resnet8] [--modes soft,hard] [--hard]
-                                [--compile [--compile-mode reduce-overhead]]
+                                [--prune 0,0.5,0.75]
+                                [--compile [--compile-mode reduce-overhead] [--compile-only]]
                                 [--repeats 5] [--warmup 1] [--min-seconds 15]
 
-With ``--compile`` a second row per workload times the fast path with its model and its
-regularizer each under ``torch.compile(fullgraph=True)`` (``--compile-mode reduce-overhead``
-adds CUDA graphs on a GPU) against the eager reference path; the optimizer steps stay eager.
+``--prune F[,F...]`` times each workload with a fraction F of every searched channel mask set
+below the binarization threshold (``bench/channel_pruning.py``: seeded, the same channels in
+all three searches, keep-alive channels excepted, a shared mask pruned once), one row per
+fraction. ``--compile`` adds rows where the fast search and the plain search each run their
+model and their regularizer under ``torch.compile(fullgraph=True)`` (``--compile-mode
+reduce-overhead`` adds CUDA graphs on a GPU); the reference stays eager, the optimizer steps
+too; ``--compile-only`` drops the eager rows.
 """
 import argparse
 import copy
+import datetime
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch._dynamo
@@ -35,12 +53,15 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import plinio.ops as ops  # noqa: E402
+from bench.channel_pruning import draw_pruned_channels, prune  # noqa: E402
 from bench.models import count_supernets, workloads  # noqa: E402
+from bench.plain_from_plinio import channel_mask_specs, plain_search  # noqa: E402
 
+VARIANTS = ("fast", "plain", "reference")
 
 
 class SearchSetup(NamedTuple):
-    """One wrapper with its optimizers and one batch of inputs/targets."""
+    """One search (model, regularizer, optimizers) and one batch of inputs/targets."""
 
     wrapper: nn.Module
     forward: Callable[[torch.Tensor], torch.Tensor]
@@ -60,33 +81,69 @@ def build_wrapper(model: nn.Module, input_shape: Sequence[int], fast: bool) -> n
 
 
 def set_hard(wrapper: nn.Module, hard: bool) -> None:
-    """Hard (one-hot) or soft θ on every supernet of a PITSuperNet wrapper."""
+    """Hard (one-hot) or soft θ on every supernet of a search."""
     if hasattr(wrapper, "update_softmax_options"):
         wrapper.update_softmax_options(hard=hard)
+    elif hasattr(wrapper, "set_hard"):
+        wrapper.set_hard(hard)
 
 
-def build_pair(name: str, batch_size: int, device: str, hard: bool = False,
-               seed: int = 0) -> Dict[str, SearchSetup]:
-    """{'fast': ..., 'reference': ...}: the same model and batch behind both paths."""
+def _optimizers(search: nn.Module) -> List[torch.optim.Optimizer]:
+    return [torch.optim.SGD(list(search.net_parameters()), lr=1e-4, momentum=0.9),
+            torch.optim.Adam(list(search.nas_parameters()), lr=1e-4)]
+
+
+def mask_alphas(search: nn.Module) -> Dict[str, torch.Tensor]:
+    """Channel-mask α of a plinio wrapper or of the plain search, by plinio's parameter name."""
+    if hasattr(search, "named_mask_alphas"):
+        return search.named_mask_alphas()
+    nas = dict(search.named_nas_parameters())
+    return {name: nas[name] for name in channel_mask_specs(search)}
+
+
+def build_setups(name: str, batch_size: int, device: str, hard: bool = False, seed: int = 0,
+                 prune_fraction: float = 0.0,
+                 variants: Sequence[str] = VARIANTS) -> Dict[str, SearchSetup]:
+    """{variant: setup} for ``variants`` among 'fast', 'plain', 'reference': the same model,
+    weights and batch behind each, with ``prune_fraction`` of the channels pruned alike."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"build_setups: unknown variants {unknown}; choose from {VARIANTS}")
     workload = workloads()[name]
     torch.manual_seed(seed)
     model = workload.factory()
-    out = {}
     gen = torch.Generator().manual_seed(seed)
     inputs = torch.randn((batch_size,) + tuple(workload.input_shape), generator=gen).to(device)
     with torch.no_grad():
         probe = model.eval()(inputs[:1].cpu())
+    model.train()
     targets = torch.randint(0, probe.shape[1], (batch_size,), generator=gen).to(device) \
         if probe.dim() == 2 else torch.empty(0, device=device)
-    for label, fast in (("fast", True), ("reference", False)):
-        wrapper = build_wrapper(copy.deepcopy(model), workload.input_shape, fast).to(device)
-        wrapper.train()
-        set_hard(wrapper, hard)
-        optimizers = [torch.optim.SGD(list(wrapper.net_parameters()), lr=1e-4, momentum=0.9),
-                      torch.optim.Adam(list(wrapper.nas_parameters()), lr=1e-4)]
-        out[label] = SearchSetup(wrapper, wrapper, wrapper.get_regularization_loss, optimizers,
-                                 inputs, targets)
+    wrappers = {label: build_wrapper(copy.deepcopy(model), workload.input_shape, fast)
+                for label, fast in (("fast", True), ("reference", False))
+                if label in variants or (label == "fast" and "plain" in variants)}
+    searches = {label: wrappers[label] for label in variants if label in wrappers}
+    if "plain" in variants:
+        searches["plain"] = plain_search(model, wrappers["fast"], workload.input_shape)
+    channels = draw_pruned_channels(channel_mask_specs(wrappers["fast" if "fast" in wrappers
+                                                                else "reference"]),
+                                    prune_fraction, seed)
+    out = {}
+    for label in variants:
+        search = searches[label].to(device)
+        search.train()
+        set_hard(search, hard)
+        prune(mask_alphas(search), channels)
+        regularizer = search.macs if label == "plain" else search.get_regularization_loss
+        out[label] = SearchSetup(search, search, regularizer, _optimizers(search), inputs,
+                                 targets)
     return out
+
+
+def build_pair(name: str, batch_size: int, device: str, hard: bool = False,
+               seed: int = 0) -> Dict[str, SearchSetup]:
+    """{'fast': ..., 'reference': ...}: plinio's two paths on the same model and batch."""
+    return build_setups(name, batch_size, device, hard, seed, variants=("fast", "reference"))
 
 
 def task_loss(output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -169,67 +226,94 @@ def time_steps(setups: Dict[str, SearchSetup], repeats: int, warmup: int, device
 
 
 class Row(NamedTuple):
+    """One table row: milliseconds per step and MiB saved for backward, by variant."""
+
     workload: str
     mode: str
-    fast_ms: float
-    reference_ms: float
-    fast_mb: float
-    reference_mb: float
+    pruned: float
+    ms: Dict[str, float]
+    mib: Dict[str, float]
 
-    @property
-    def time_ratio(self) -> float:
-        return self.fast_ms / self.reference_ms
+    def time_ratio(self, anchor: str) -> float:
+        """Fast path's step time over ``anchor``'s ('plain' or 'reference')."""
+        return self.ms["fast"] / self.ms[anchor]
 
-    @property
-    def bytes_ratio(self) -> float:
-        return self.fast_mb / self.reference_mb if self.reference_mb else float("nan")
+    def bytes_ratio(self, anchor: str) -> float:
+        """Fast path's saved bytes over ``anchor``'s."""
+        return self.mib["fast"] / self.mib[anchor] if self.mib[anchor] else float("nan")
+
+
+def loss_mismatch(setups: Dict[str, SearchSetup], rtol: float = 1e-4,
+                  atol: float = 1e-6) -> Optional[str]:
+    """None when every setup computes the reference's loss on the batch (same random draws),
+    else which ones differ and by how much."""
+    losses = {}
+    for label, setup in setups.items():
+        torch.manual_seed(1)
+        with torch.no_grad():
+            losses[label] = forward_loss(setup)
+    oracle = "reference" if "reference" in losses else next(iter(losses))
+    wrong = [f"{label} {float(loss):.7g} vs {oracle} {float(losses[oracle]):.7g}"
+             for label, loss in losses.items()
+             if not torch.allclose(loss, losses[oracle], rtol=rtol, atol=atol)]
+    return "; ".join(wrong) or None
 
 
 def same_loss(setups: Dict[str, SearchSetup]) -> bool:
-    """Whether both paths compute the same loss on the batch (same random draws): a timing
-    of a path that computes something else would be meaningless."""
-    losses = []
-    for setup in setups.values():
-        torch.manual_seed(1)
-        with torch.no_grad():
-            losses.append(forward_loss(setup))
-    return bool(torch.allclose(losses[0], losses[1], rtol=1e-4, atol=1e-6))
+    """Whether every path computes the same loss on the batch: a timing of a path that
+    computes something else would be meaningless."""
+    return loss_mismatch(setups) is None
+
+
+def compiled(setup: SearchSetup, mode: Optional[str]) -> SearchSetup:
+    """The setup with its model and its regularizer each under torch.compile(fullgraph=True)."""
+    return setup._replace(forward=torch.compile(setup.wrapper, fullgraph=True, mode=mode),
+                          regularizer=torch.compile(setup.regularizer, fullgraph=True, mode=mode))
 
 
 def measure(name: str, mode: str, batch_size: int, device: str, repeats: int, warmup: int,
-            compile_fast: bool = False, min_seconds: float = 0.0,
-            compile_mode: Optional[str] = None) -> Row:
-    """One table row: build both paths, check they agree, measure saved bytes, then time."""
-    setups = build_pair(name, batch_size, device, hard=(mode == "hard"))
-    if not same_loss(setups):
-        raise RuntimeError(f"{name} ({mode}): the fast and the reference path compute "
-                           "different losses; not timing a wrong result")
+            compile_searches: bool = False, min_seconds: float = 0.0,
+            compile_mode: Optional[str] = None, prune_fraction: float = 0.0) -> Row:
+    """One table row: build the three searches, check they agree, measure saved bytes, time."""
+    setups = build_setups(name, batch_size, device, hard=(mode == "hard"),
+                          prune_fraction=prune_fraction)
+    mismatch = loss_mismatch(setups)
+    if mismatch:
+        raise RuntimeError(f"{name} ({mode}, {prune_fraction:.0%} pruned): the searches compute "
+                           f"different losses ({mismatch}); not timing a wrong result")
     saved = {k: saved_activation_bytes(s) for k, s in setups.items()}
-    if compile_fast:
+    if compile_searches:
         torch._dynamo.reset()  # a fresh compile per workload, as in a user's one-model search
-        fast = setups["fast"]
-        setups["fast"] = fast._replace(
-            forward=torch.compile(fast.wrapper, fullgraph=True, mode=compile_mode),
-            regularizer=torch.compile(fast.regularizer, fullgraph=True, mode=compile_mode))
+        for label in ("fast", "plain"):
+            setups[label] = compiled(setups[label], compile_mode)
     times = time_steps(setups, repeats, warmup, device, min_seconds)
-    label = f" (fast compiled, {compile_mode or 'default'})" if compile_fast else ""
-    return Row(name, mode + label,
-               times["fast"] * 1e3, times["reference"] * 1e3,
-               saved["fast"] / 2 ** 20, saved["reference"] / 2 ** 20)
+    label = f" (fast and plain compiled, {compile_mode or 'default'})" if compile_searches else ""
+    return Row(name, mode + label, prune_fraction, {k: t * 1e3 for k, t in times.items()},
+               {k: b / 2 ** 20 for k, b in saved.items()})
+
+
+TABLE_LEGEND = ("fast = plinio fast=True; plain = plain-PyTorch search (bench/plain_supernet.py), "
+                "the speed anchor; reference = plinio fast=False, the correctness oracle. "
+                "Ratios: fast / anchor, lower is better.")
 
 
 def format_table(rows: Sequence[Row]) -> str:
-    lines = ["| workload | mode | fast ms | reference ms | time ratio | fast saved MiB | "
-             "reference saved MiB | saved ratio |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| workload | mode | pruned | fast ms | plain ms | reference ms | "
+             "**fast/plain** | fast/reference | fast MiB | plain MiB | reference MiB | "
+             "saved fast/plain | saved fast/reference |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r.workload} | {r.mode} | {r.fast_ms:.1f} | {r.reference_ms:.1f} | "
-                     f"{r.time_ratio:.2f} | {r.fast_mb:.1f} | {r.reference_mb:.1f} | "
-                     f"{r.bytes_ratio:.2f} |")
+        lines.append(
+            f"| {r.workload} | {r.mode} | {r.pruned:.0%} | {r.ms['fast']:.1f} | "
+            f"{r.ms['plain']:.1f} | {r.ms['reference']:.1f} | **{r.time_ratio('plain'):.2f}** | "
+            f"{r.time_ratio('reference'):.2f} | {r.mib['fast']:.1f} | {r.mib['plain']:.1f} | "
+            f"{r.mib['reference']:.1f} | {r.bytes_ratio('plain'):.2f} | "
+            f"{r.bytes_ratio('reference'):.2f} |")
     return "\n".join(lines)
 
 
 def describe_machine(device: str, threads: int) -> str:
+    """CPU model, torch version, threads, GPU, which CPU kernel loops run, and the date."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -238,7 +322,8 @@ def describe_machine(device: str, threads: int) -> str:
     except OSError:
         pass
     gpu = f", GPU {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""
-    return f"torch {torch.__version__}, CPU {cpu}, {threads} threads{gpu}{_cpu_loops()}"
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"torch {torch.__version__}, CPU {cpu}, {threads} threads{gpu}{_cpu_loops()}, {date}"
 
 
 def _cpu_loops() -> str:
@@ -248,6 +333,13 @@ def _cpu_loops() -> str:
     from plinio import _C
 
     return f", CPU kernel loops {_C.cpu_isa()}"
+
+
+def _fractions(text: str) -> List[float]:
+    values = [float(v) for v in text.split(",") if v.strip()]
+    if not values or any(not 0.0 <= v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"--prune takes fractions in [0, 1], got {text!r}")
+    return values
 
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
@@ -260,17 +352,21 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
     parser.add_argument("--modes", default="soft,hard",
                         help="soft and/or hard θ (hard only applies to supernet workloads)")
     parser.add_argument("--hard", action="store_true", help="shorthand for --modes hard")
+    parser.add_argument("--prune", type=_fractions, default=[0.0],
+                        help="comma-separated fractions of every channel mask to prune, one "
+                             "row each (e.g. 0,0.5,0.75)")
     parser.add_argument("--compile", action="store_true",
-                        help="also time the fast path under torch.compile(fullgraph=True)")
+                        help="also time the fast and the plain search under "
+                             "torch.compile(fullgraph=True)")
     parser.add_argument("--compile-mode", default=None,
                         choices=["default", "reduce-overhead", "max-autotune"],
                         help="torch.compile mode of --compile (reduce-overhead: CUDA graphs)")
     parser.add_argument("--compile-only", action="store_true",
-                        help="with --compile, skip the eager fast-path row")
+                        help="with --compile, skip the eager rows")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--min-seconds", type=float, default=15.0,
-                        help="repeat short steps until about this many seconds per path")
+                        help="repeat short steps until about this many seconds per search")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     known = workloads()
@@ -281,6 +377,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
     modes = ["hard"] if args.hard else [m.strip() for m in args.modes.split(",") if m.strip()]
     print(f"# search step, batch {args.batch_size}, {describe_machine(args.device, args.threads)}")
     print(f"# command: python bench/search_step.py {' '.join(argv or sys.argv[1:])}")
+    print(f"# {TABLE_LEGEND}")
     rows: List[Row] = []
     for name in names:
         has_supernets = count_supernets(known[name].factory()) > 0
@@ -290,13 +387,16 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
             variants = [False, True] if args.compile else [False]
             if args.compile and args.compile_only:
                 variants = [True]
-            for compiled in variants:
-                row = measure(name, mode, args.batch_size, args.device, args.repeats,
-                              args.warmup, compile_fast=compiled, min_seconds=args.min_seconds,
-                              compile_mode=args.compile_mode)
-                rows.append(row)
-                print(f"#  {name} {row.mode}: time ratio {row.time_ratio:.2f}, "
-                      f"saved ratio {row.bytes_ratio:.2f}", flush=True)
+            for fraction in args.prune:
+                for compile_searches in variants:
+                    row = measure(name, mode, args.batch_size, args.device, args.repeats,
+                                  args.warmup, compile_searches=compile_searches,
+                                  min_seconds=args.min_seconds, compile_mode=args.compile_mode,
+                                  prune_fraction=fraction)
+                    rows.append(row)
+                    print(f"#  {name} {row.mode} {fraction:.0%} pruned: fast/plain "
+                          f"{row.time_ratio('plain'):.2f}, fast/reference "
+                          f"{row.time_ratio('reference'):.2f}", flush=True)
     print(format_table(rows))
     return rows
 
