@@ -1,0 +1,396 @@
+"""Exact sparse execution of a PIT layer's masked channels (docs/design.md §3, issue "sparse
+execution of masked channels").
+
+A PIT conv / linear layer computes ``y = conv(x, W', b')`` with ``W' = W ⊙ m_out ⊙ t`` and
+``b' = b ⊙ m_out`` (``plinio.ops.pit_masked_weight``). The binarized masks are exact 0./1. in
+every mode, so with K the kept output channels, P the pruned ones and L the *live* input
+channels (the others are exactly 0 because their producer's mask is 0 and every op in between
+maps 0 to 0):
+
+* forward: ``y[:, P]`` is exactly 0 and ``y[:, K]`` only reads ``x[:, L]``: one convolution of
+  |K|×|L| channels instead of Cout×Cin, scattered into a zero tensor;
+* input gradient: rows P of W' are 0, so ``gx = conv_input_grad(gy[:, K], W'[K])``;
+* weight gradient: ``gW'[:, dead] = corr(x_dead, gy) = 0``, so only columns L are computed.
+
+Two parts of the dense gradient are observable only through the straight-through mask
+gradients, and each has a flag:
+
+* ``grad_pruned_rows``: ``gW'[P] = corr(x, gy[:, P])`` and ``gb'[P] = Σ gy[:, P]`` reach
+  nothing but α_P's straight-through gradient (``W`` gets ``gW' ⊙ m_out ⊙ t``, which is 0 on
+  rows P, and β/γ get ``Σ_c m_c ⋯``, which skips rows P). When ``gy[:, P]`` is exactly 0 —
+  e.g. the channel next passes a ReLU or ReLU6, whose backward is 0 at an input of exactly 0 —
+  the dense ``gW'[P]`` and ``gb'[P]`` are exactly 0, so returning zeros without computing
+  them is exact for every parameter. Otherwise pass True: they cost one weight-gradient
+  convolution of Cout×|L| channels (a third of a dense step of the layer, at most).
+* ``grad_dead_inputs``: ``gx[:, dead] = conv_input_grad(gy[:, K], W'[K][:, dead])`` is in
+  general not 0, but it reaches only the producer of those channels, whose output there is 0
+  because its mask is 0. When every path back to that producer passes an op whose backward
+  is 0 at an input of exactly 0 (ReLU, ReLU6), the producer's weights, bias, input and mask
+  parameters receive exactly 0 from it either way, so returning zeros is exact for every
+  parameter. Otherwise pass True: ``gx`` is then computed for every input channel.
+
+Depthwise convolutions (groups = in = out): K indexes inputs and outputs, ``gx`` is exactly 0
+outside K (``W'[P] = 0``) whatever the flags, and ``gW'`` is exactly 0 on rows with a dead
+input; with ``grad_pruned_rows`` the weight gradient is computed for the rows of L.
+
+What it costs beyond the compact convolutions: one gather of the live input (which is also
+what is saved for backward, so saved bytes shrink with |L|), a zero-filled full-size output
+plus a copy of its K rows, a gather of ``gy[:, K]``, zero-filled full-size gradients plus
+copies of their computed parts. Gathers and scatters are skipped when a set is complete.
+
+Eager mode only: the index sets are data-dependent sizes (under ``torch.compile`` the dense
+convolution stays). :func:`sparse_pays` decides per layer whether this is faster than the
+dense convolution.
+"""
+import math
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from .linear_ops import ConvGeometry
+from .padded_conv import pad_spec
+
+_NAME = "plinio.fast.sparse_masked_conv"
+Shape = Tuple[int, ...]
+
+
+# ----------------------------------------------------------------- gathers and scatters
+def _gather(t: torch.Tensor, dim: int, index: Optional[torch.Tensor]) -> torch.Tensor:
+    """``t`` restricted to ``index`` along ``dim`` (None: every channel, no copy)."""
+    return t if index is None else t.index_select(dim, index)
+
+
+def _scatter(values: torch.Tensor, dim: int, index: Optional[torch.Tensor],
+             size: int) -> torch.Tensor:
+    """A tensor with ``size`` entries along ``dim``: ``values`` at ``index``, zeros elsewhere."""
+    if index is None:
+        return values
+    shape = list(values.shape)
+    shape[dim] = size
+    return values.new_zeros(shape).index_copy_(dim, index, values)
+
+
+def _scatter_rows_cols(values: torch.Tensor, rows: Optional[torch.Tensor],
+                       cols: Optional[torch.Tensor], shape: Sequence[int]) -> torch.Tensor:
+    """A weight-shaped tensor holding ``values`` at (rows, cols), zeros elsewhere."""
+    if cols is None:
+        return _scatter(values, 0, rows, shape[0])
+    if rows is None:
+        return _scatter(values, 1, cols, shape[1])
+    full = values.new_zeros(tuple(shape))
+    full[rows[:, None], cols[None, :]] = values
+    return full
+
+
+def _index_or_none(index: torch.Tensor, size: int) -> Optional[torch.Tensor]:
+    """None when ``index`` (sorted, unique) covers every one of ``size`` channels."""
+    return None if index.numel() == size else index
+
+
+# ----------------------------------------------------------------- compact computations
+class _CompactKernels:
+    """A layer's forward and gradients on compact channel sets; an empty set gives zeros
+    (the aten kernels refuse zero channels)."""
+
+    channel_dim = 1
+    depthwise = False
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor,
+                bias: Optional[torch.Tensor]) -> torch.Tensor:
+        if x.shape[self.channel_dim] and weight.shape[0]:
+            return self._forward(x, weight, bias)
+        out = x.new_zeros(self.output_shape(tuple(x.shape), weight.shape[0]))
+        if bias is None:
+            return out
+        return out + bias.view((-1,) + (1,) * (out.dim() - 2)) if self.channel_dim == 1 \
+            else out + bias
+
+    def input_grad(self, grad: torch.Tensor, weight: torch.Tensor,
+                   input_shape: Shape) -> torch.Tensor:
+        if grad.shape[self.channel_dim] and input_shape[self.channel_dim]:
+            return self._input_grad(grad, weight, input_shape)
+        return grad.new_zeros(input_shape)
+
+    def weight_grad(self, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        rows, cols = grad.shape[self.channel_dim], x.shape[self.channel_dim]
+        if rows and cols:
+            return self._weight_grad(grad, x)
+        return grad.new_zeros(self.weight_shape(rows, cols))
+
+    def input_and_weight_grad(self, grad: torch.Tensor, x: torch.Tensor,
+                              weight: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Both gradients from one gradient slice (one aten call where the kernel has it)."""
+        return self.input_grad(grad, weight, tuple(x.shape)), self.weight_grad(grad, x)
+
+    def bias_grad(self, grad: torch.Tensor) -> torch.Tensor:
+        dims = [d for d in range(grad.dim()) if d != self.channel_dim % grad.dim()]
+        return grad.sum(dims)
+
+    def output_shape(self, input_shape: Shape, channels: int) -> Shape:
+        raise NotImplementedError
+
+    def weight_shape(self, rows: int, cols: int) -> Shape:
+        raise NotImplementedError
+
+    def _forward(self, x: torch.Tensor, weight: torch.Tensor,
+                 bias: Optional[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _input_grad(self, grad: torch.Tensor, weight: torch.Tensor,
+                    input_shape: Shape) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _weight_grad(self, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class _LinearKernels(_CompactKernels):
+    """``F.linear`` on compact channel sets (channels on the last dim)."""
+
+    channel_dim = -1
+
+    def output_shape(self, input_shape: Shape, channels: int) -> Shape:
+        return input_shape[:-1] + (channels,)
+
+    def weight_shape(self, rows: int, cols: int) -> Shape:
+        return (rows, cols)
+
+    def _forward(self, x: torch.Tensor, weight: torch.Tensor,
+                 bias: Optional[torch.Tensor]) -> torch.Tensor:
+        return F.linear(x, weight, bias)
+
+    def _input_grad(self, grad: torch.Tensor, weight: torch.Tensor,
+                    input_shape: Shape) -> torch.Tensor:
+        return grad.matmul(weight)
+
+    def _weight_grad(self, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return grad.reshape(-1, grad.shape[-1]).t().matmul(x.reshape(-1, x.shape[-1]))
+
+
+class _ConvKernels(_CompactKernels):
+    """Zero-padded 1-D/2-D convolution (groups=1 or depthwise) on compact channel sets.
+
+    Symmetric padding goes to the convolution itself; asymmetric (or negative) padding is
+    applied to the compact input with ``F.pad`` in forward and again in backward, so only
+    the unpadded compact input is saved.
+    """
+
+    def __init__(self, geometry: ConvGeometry) -> None:
+        self.geometry = geometry
+        self.depthwise = geometry.groups > 1
+        symmetric = geometry.pad_left == geometry.pad_right and min(geometry.pad_left) >= 0
+        self.conv_padding = list(geometry.pad_left) if symmetric else [0] * geometry.ndim
+        self.spec = None if symmetric else pad_spec(geometry.pad_left, geometry.pad_right)
+        self.conv = F.conv1d if geometry.ndim == 1 else F.conv2d
+
+    def output_shape(self, input_shape: Shape, channels: int) -> Shape:
+        g = self.geometry
+        return (input_shape[0], channels) + tuple(
+            (n + off) // s + 1 for n, off, s in zip(input_shape[2:], g.size_offset, g.stride))
+
+    def weight_shape(self, rows: int, cols: int) -> Shape:
+        return (rows, 1 if self.depthwise else cols) + self.geometry.kernel
+
+    def _groups(self, weight_rows: int) -> int:
+        return weight_rows if self.depthwise else 1
+
+    def _padded(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.spec is None else F.pad(x, self.spec)
+
+    def _unpad(self, grad_padded: torch.Tensor) -> torch.Tensor:
+        # as F.pad's own backward gives: a dense tensor, not a strided view
+        return grad_padded if self.spec is None else F.pad(grad_padded, [-p for p in self.spec])
+
+    def _backward(self, grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                  mask: List[bool]) -> Tuple[Optional[torch.Tensor], ...]:
+        g = self.geometry
+        return torch.ops.aten.convolution_backward(
+            grad, x, weight, None, list(g.stride), self.conv_padding, list(g.dilation), False,
+            [0] * g.ndim, self._groups(weight.shape[0]), mask)
+
+    def _forward(self, x: torch.Tensor, weight: torch.Tensor,
+                 bias: Optional[torch.Tensor]) -> torch.Tensor:
+        g = self.geometry
+        return self.conv(self._padded(x), weight, bias, g.stride, self.conv_padding, g.dilation,
+                         self._groups(weight.shape[0]))
+
+    def _input_grad(self, grad: torch.Tensor, weight: torch.Tensor,
+                    input_shape: Shape) -> torch.Tensor:
+        padded_shape = input_shape
+        if self.spec is not None:
+            g = self.geometry
+            padded_shape = input_shape[:2] + tuple(
+                n + pl + pr for n, pl, pr in zip(input_shape[2:], g.pad_left, g.pad_right))
+        like = grad.new_empty(1).expand(padded_shape)
+        return self._unpad(self._backward(grad, like, weight, [True, False, False])[0])
+
+    def _weight_grad(self, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        like = grad.new_empty(1).expand(self.weight_shape(grad.shape[1], x.shape[1]))
+        return self._backward(grad, self._padded(x), like, [False, True, False])[1]
+
+    def input_and_weight_grad(self, grad: torch.Tensor, x: torch.Tensor,
+                              weight: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        if not (grad.shape[1] and x.shape[1]):
+            return super().input_and_weight_grad(grad, x, weight)
+        grad_x, grad_w, _ = self._backward(grad, self._padded(x), weight, [True, True, False])
+        return self._unpad(grad_x), grad_w
+
+
+# ----------------------------------------------------------------- the autograd function
+@dataclass(frozen=True)
+class _Plan:
+    """Which channel sets each computation uses (None: every channel, no gather/scatter)."""
+
+    kernels: _CompactKernels
+    kept: Optional[torch.Tensor]          # K: output rows computed
+    forward_in: Optional[torch.Tensor]    # input channels read by the forward
+    saved_in: Optional[torch.Tensor]      # input channels saved for the weight gradient
+    weight_rows: Optional[torch.Tensor]   # rows of gW' computed
+    weight_cols: Optional[torch.Tensor]   # columns of gW' computed (None for depthwise)
+    bias_rows: Optional[torch.Tensor]     # rows of gb' computed
+    grad_in: Optional[torch.Tensor]       # input channels of gx computed
+    one_backward_call: bool               # gx and gW' use the same gradient rows and input
+
+
+class _SparseMaskedConv(torch.autograd.Function):
+    """conv(x, W', b') computing only the channel sets of a :class:`_Plan`."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                plan: _Plan) -> torch.Tensor:
+        k = plan.kernels
+        dim = k.channel_dim
+        x_fwd = _gather(x, dim, plan.forward_in)
+        w_rows = _gather(weight, 0, plan.kept)
+        w_fwd = w_rows if k.depthwise else _gather(w_rows, 1, plan.forward_in)
+        b_fwd = None if bias is None else _gather(bias, 0, plan.kept)
+        y = _scatter(k.forward(x_fwd, w_fwd, b_fwd), dim, plan.kept, weight.shape[0])
+        x_saved = x_fwd if plan.saved_in is plan.forward_in else _gather(x, dim, plan.saved_in)
+        w_for_grad_in = w_fwd if plan.grad_in is plan.forward_in else w_rows
+        ctx.save_for_backward(x_saved, w_for_grad_in)
+        ctx.plan = plan
+        ctx.x_shape, ctx.w_shape = tuple(x.shape), tuple(weight.shape)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+        x_saved, w_for_grad_in = ctx.saved_tensors
+        plan: _Plan = ctx.plan
+        k = plan.kernels
+        dim = k.channel_dim
+        needs_x, needs_w, needs_b = ctx.needs_input_grad[:3]
+        grad = grad.contiguous()
+        grad_kept = _gather(grad, dim, plan.kept)
+        in_shape = list(ctx.x_shape)
+        if plan.grad_in is not None:
+            in_shape[dim] = plan.grad_in.numel()
+        grad_x = grad_w = grad_b = None
+        if needs_x and needs_w and plan.one_backward_call:
+            grad_x, grad_w = k.input_and_weight_grad(grad_kept, x_saved, w_for_grad_in)
+        else:
+            if needs_x:
+                grad_x = k.input_grad(grad_kept, w_for_grad_in, tuple(in_shape))
+            if needs_w:
+                grad_rows = grad_kept if plan.weight_rows is plan.kept else \
+                    _gather(grad, dim, plan.weight_rows)
+                grad_w = k.weight_grad(grad_rows, x_saved)
+        if grad_x is not None:
+            grad_x = _scatter(grad_x, dim, plan.grad_in, ctx.x_shape[dim])
+        if grad_w is not None:
+            grad_w = _scatter_rows_cols(grad_w, plan.weight_rows, plan.weight_cols, ctx.w_shape)
+        if needs_b and ctx.has_bias:
+            grad_rows = grad_kept if plan.bias_rows is plan.kept else \
+                _gather(grad, dim, plan.bias_rows)
+            grad_b = _scatter(k.bias_grad(grad_rows), 0, plan.bias_rows, ctx.w_shape[0])
+        return grad_x, grad_w, grad_b, None
+
+
+# ----------------------------------------------------------------- public entry point
+def _check_index(index: Optional[torch.Tensor], what: str, size: int,
+                 like: torch.Tensor) -> None:
+    """Index tensors are 1-D int64 on the input's device, sorted, unique and in range (the
+    content is checked on CPU only: on CUDA it would cost a host sync per layer)."""
+    if index is None:
+        return
+    if not isinstance(index, torch.Tensor) or index.dim() != 1 or index.dtype != torch.int64:
+        raise TypeError(f"{_NAME}: {what} must be a 1-D int64 tensor of channel indices, got "
+                        f"{index.dtype if isinstance(index, torch.Tensor) else type(index).__name__}"
+                        f"{'' if not isinstance(index, torch.Tensor) else f' of shape {tuple(index.shape)}'}")
+    if index.device != like.device:
+        raise ValueError(f"{_NAME}: {what} is on {index.device} but the input is on "
+                         f"{like.device}; move the indices to the input's device")
+    if index.numel() > size:
+        raise ValueError(f"{_NAME}: {what} has {index.numel()} indices for {size} channels")
+    if index.device.type == "cpu" and index.numel():
+        if int(index[0]) < 0 or int(index[-1]) >= size or \
+                (index.numel() > 1 and not bool((index[1:] > index[:-1]).all())):
+            raise ValueError(f"{_NAME}: {what} must hold sorted, unique channel indices in "
+                             f"[0, {size}); got {index.tolist()}")
+
+
+def _kernels_for(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                 geometry: Optional[ConvGeometry]) -> _CompactKernels:
+    """The compact computations for the layer, after checking the tensors match it."""
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]):
+        raise ValueError(f"{_NAME}: bias of shape {tuple(bias.shape)} does not match "
+                         f"{weight.shape[0]} output channels")
+    if geometry is None:
+        if weight.dim() != 2 or x.dim() < 1 or x.shape[-1] != weight.shape[1]:
+            raise ValueError(f"{_NAME}: a Linear layer (geometry=None) needs a weight "
+                             f"(out, in) and an input (..., in); got weight "
+                             f"{tuple(weight.shape)} and input {tuple(x.shape)}")
+        return _LinearKernels()
+    g = geometry
+    expected = (g.out_channels, g.in_channels // g.groups) + tuple(g.kernel)
+    if tuple(weight.shape) != expected:
+        raise ValueError(f"{_NAME}: weight of shape {tuple(weight.shape)} does not match the "
+                         f"geometry (expected {expected})")
+    if x.dim() != g.ndim + 2 or x.shape[1] != g.in_channels:
+        raise ValueError(f"{_NAME}: input of shape {tuple(x.shape)} does not match a "
+                         f"{g.ndim}-D convolution of {g.in_channels} channels")
+    if g.groups != 1 and not g.groups == g.in_channels == g.out_channels:
+        raise ValueError(f"{_NAME}: only groups=1 and depthwise convolutions are supported, "
+                         f"got groups={g.groups} with {g.in_channels} input and "
+                         f"{g.out_channels} output channels")
+    return _ConvKernels(g)
+
+
+def sparse_masked_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                       geometry: Optional[ConvGeometry], kept_out: torch.Tensor,
+                       live_in: Optional[torch.Tensor] = None, *, grad_pruned_rows: bool,
+                       grad_dead_inputs: bool) -> torch.Tensor:
+    """``conv(x, weight, bias)`` (``F.linear`` when ``geometry`` is None) computed on the
+    kept output channels and live input channels only, with the same values and the same
+    gradients as the dense op for every parameter (see the module docstring for the flags).
+
+    Contract (not checked, it would cost a pass over the data): rows of ``weight`` and
+    ``bias`` outside ``kept_out`` are exactly 0, and input channels outside ``live_in``
+    (None: every channel) are exactly 0. ``kept_out`` / ``live_in`` are sorted unique int64
+    channel indices on the input's device, computed once per step by the caller.
+    Depthwise convolutions: ``kept_out`` indexes inputs and outputs, ``grad_dead_inputs``
+    does not apply (their input gradient outside ``kept_out`` is exactly 0).
+    """
+    kernels = _kernels_for(x, weight, bias, geometry)
+    cout = weight.shape[0]
+    cin = x.shape[kernels.channel_dim]
+    _check_index(kept_out, "kept_out", cout, x)
+    _check_index(live_in, "live_in", cin, x)
+    kept = _index_or_none(kept_out, cout)
+    live = None if live_in is None else _index_or_none(live_in, cin)
+    if kernels.depthwise:
+        rows = live if grad_pruned_rows else kept
+        plan = _Plan(kernels, kept=kept, forward_in=kept, saved_in=rows, weight_rows=rows,
+                     weight_cols=None, bias_rows=None if grad_pruned_rows else kept,
+                     grad_in=kept, one_backward_call=not grad_pruned_rows)
+    else:
+        rows = None if grad_pruned_rows else kept
+        grad_in = None if grad_dead_inputs else live
+        plan = _Plan(kernels, kept=kept, forward_in=live, saved_in=live, weight_rows=rows,
+                     weight_cols=live, bias_rows=rows, grad_in=grad_in,
+                     one_backward_call=rows is kept and grad_in is live)
+    return _SparseMaskedConv.apply(x, weight, bias, plan)
