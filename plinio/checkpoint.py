@@ -5,10 +5,13 @@ checkpoint holds everything that decides the next step: the model's ``state_dict
 architectural parameters and the search-state buffers such as the softmax temperature), the
 optimizer and LR-scheduler states, and the random generators (torch CPU, CUDA, numpy, python).
 
-A checkpoint is data, never code: it is read with ``torch.load(..., weights_only=True)`` and
-fully validated against the target objects before any of them is modified. Writing goes
-through a temporary file in the same folder that is fsync'ed and then atomically renamed, so a
-crash while saving leaves the previous checkpoint intact.
+A checkpoint is data, never code: it is read with ``torch.load(..., weights_only=True)``
+after the CRC-32 of every record of the file (which ``torch.save`` writes and ``torch.load``
+ignores) is verified, and it is fully validated against the target objects (model keys and
+shapes, optimizer groups and buffers, scheduler layout, each generator state applied to a
+scratch generator) before any of them is modified. Writing goes through a temporary file in
+the same folder that is fsync'ed and then atomically renamed, so a crash while saving leaves
+the previous checkpoint intact.
 """
 import os
 import pickle
@@ -16,16 +19,14 @@ import random
 import re
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (Any, BinaryIO, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple,
+                    Union)
 
+import numpy as np
 import torch
 from torch import nn
-
-try:  # numpy is optional: its generator is saved only when it is installed.
-    import numpy as np
-except ImportError:  # pragma: no cover - numpy is a test dependency
-    np = None
 
 __all__ = [
     "CheckpointError",
@@ -114,6 +115,9 @@ def _check_plain(value: Any, where: str) -> None:
 
 # --------------------------------------------------------------------------- RNG state
 
+_MT_WORDS = 624  # 32-bit words of a Mersenne Twister state (numpy's legacy generator, random)
+_WORD_LIMIT = 2 ** 32
+
 
 def get_rng_state() -> Dict[str, Any]:
     """Snapshot of every random generator a search step may draw from (Gumbel noise,
@@ -121,73 +125,169 @@ def get_rng_state() -> Dict[str, Any]:
     state: Dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = list(torch.cuda.get_rng_state_all())
-    if np is not None:
-        kind, keys, pos, has_gauss, cached = np.random.get_state()
-        state["numpy"] = {
-            "kind": str(kind),
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        }
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state["numpy"] = {
+        "kind": str(kind),
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached),
+    }
     version, internal, gauss_next = random.getstate()
     state["python"] = {"version": version, "state": list(internal), "gauss_next": gauss_next}
     return state
 
 
-def _validate_rng_state(state: Any) -> None:
-    if not isinstance(state, dict) or not isinstance(state.get("torch"), torch.Tensor):
-        raise CheckpointError("the 'rng' entry is malformed (no torch CPU generator state)")
-    if state["torch"].dtype != torch.uint8:
-        raise CheckpointError("the 'rng' entry is malformed (torch state is not a uint8 tensor)")
+def _rng_error(piece: str, problem: str) -> CheckpointError:
+    return CheckpointError(
+        f"the 'rng' entry is malformed: the {piece} generator state {problem}; nothing was "
+        f"loaded (load_checkpoint(..., restore_rng=False) resumes without the saved "
+        f"generator states)"
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _checked_generator_tensor(value: Any, piece: str, device: str) -> torch.Tensor:
+    """A torch generator state, proven valid by applying it to a scratch generator of the
+    same kind (torch checks the size and the contents there, without touching the real one)."""
+    if not isinstance(value, torch.Tensor) or value.dtype != torch.uint8:
+        raise _rng_error(piece, "is not a uint8 tensor")
+    try:
+        torch.Generator(device=device).set_state(value)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise _rng_error(piece, f"is not valid here ({exc})") from None
+    return value
+
+
+def _checked_numpy_state(value: Any) -> Tuple[str, Any, int, int, float]:
+    """numpy's legacy global generator state as ``np.random.set_state`` takes it.
+
+    numpy accepts some invalid states silently (a position past the key, 64-bit words
+    truncated to 32), so the fields are checked one by one before a scratch generator
+    takes the tuple.
+    """
+    piece = "numpy"
+    if not isinstance(value, dict):
+        raise _rng_error(piece, "is not a dict")
+    if value.get("kind") != "MT19937":
+        raise _rng_error(piece, f"has kind {value.get('kind')!r}, expected 'MT19937'")
+    keys = value.get("keys")
+    if (not isinstance(keys, torch.Tensor) or keys.dtype.is_floating_point
+            or keys.dtype.is_complex or keys.dtype == torch.bool):
+        raise _rng_error(piece, "has no integer tensor of keys")
+    if tuple(keys.shape) != (_MT_WORDS,):
+        raise _rng_error(piece, f"has keys of shape {tuple(keys.shape)}, expected "
+                                f"({_MT_WORDS},)")
+    if bool((keys < 0).any()) or bool((keys >= _WORD_LIMIT).any()):
+        raise _rng_error(piece, "has keys outside the 32-bit range")
+    pos, has_gauss, cached = value.get("pos"), value.get("has_gauss"), value.get("cached_gaussian")
+    if not _is_int(pos) or not 0 <= pos <= _MT_WORDS:
+        raise _rng_error(piece, f"has position {pos!r}, expected an int in 0..{_MT_WORDS}")
+    if has_gauss not in (0, 1) or isinstance(has_gauss, float):
+        raise _rng_error(piece, f"has has_gauss {has_gauss!r}, expected 0 or 1")
+    if not isinstance(cached, (int, float)) or isinstance(cached, bool):
+        raise _rng_error(piece, f"has cached_gaussian {cached!r}, expected a number")
+    state = ("MT19937", keys.numpy().astype(np.uint32), pos, int(has_gauss), float(cached))
+    try:
+        np.random.RandomState().set_state(state)
+    except (TypeError, ValueError, IndexError) as exc:
+        raise _rng_error(piece, f"is not valid ({exc})") from None
+    return state
+
+
+def _checked_python_state(value: Any) -> Tuple[int, Tuple[int, ...], Optional[float]]:
+    """Python's ``random`` state as ``random.setstate`` takes it (which would silently
+    truncate words wider than 32 bits, hence the explicit range checks)."""
+    piece = "python random"
+    if not isinstance(value, dict) or not isinstance(value.get("state"), list):
+        raise _rng_error(piece, "is not a dict with a 'state' list")
+    internal, gauss_next = value["state"], value.get("gauss_next")
+    if len(internal) != _MT_WORDS + 1:
+        raise _rng_error(piece, f"has {len(internal)} words, expected {_MT_WORDS + 1}")
+    if not all(_is_int(word) and 0 <= word < _WORD_LIMIT for word in internal[:-1]):
+        raise _rng_error(piece, "has words that are not 32-bit unsigned integers")
+    if not _is_int(internal[-1]) or not 0 <= internal[-1] <= _MT_WORDS:
+        raise _rng_error(piece, f"has position {internal[-1]!r}, expected an int in "
+                                f"0..{_MT_WORDS}")
+    if gauss_next is not None and not isinstance(gauss_next, float):
+        raise _rng_error(piece, f"has gauss_next {gauss_next!r}, expected None or a float")
+    state = (value.get("version"), tuple(internal), gauss_next)
+    try:
+        random.Random().setstate(state)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise _rng_error(piece, f"is not valid ({exc})") from None
+    return state
+
+
+class _CheckedRngState(NamedTuple):
+    """A snapshot whose every piece was accepted by a scratch generator: applying it cannot
+    fail half-way."""
+
+    torch_state: torch.Tensor
+    cuda_states: List[torch.Tensor]
+    numpy_state: Optional[Tuple[str, Any, int, int, float]]
+    python_state: Optional[Tuple[int, Tuple[int, ...], Optional[float]]]
+
+
+def _check_rng_state(state: Any) -> _CheckedRngState:
+    """Validate a :func:`get_rng_state` snapshot piece by piece, raising
+    :class:`CheckpointError` naming the first bad piece; no real generator is touched."""
+    if not isinstance(state, Mapping):
+        raise CheckpointError("the 'rng' entry is malformed: it is not a dict")
+    torch_state = _checked_generator_tensor(state.get("torch"), "torch CPU", "cpu")
     cuda = state.get("cuda", [])
-    if not isinstance(cuda, list) or not all(isinstance(s, torch.Tensor) for s in cuda):
-        raise CheckpointError("the 'rng' entry is malformed (CUDA states are not tensors)")
+    if not isinstance(cuda, list):
+        raise _rng_error("CUDA", "is not a list of tensors")
+    restorable = min(len(cuda), torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    for index, cuda_state in enumerate(cuda):
+        if index < restorable:
+            _checked_generator_tensor(cuda_state, f"CUDA {index}", f"cuda:{index}")
+        elif not isinstance(cuda_state, torch.Tensor) or cuda_state.dtype != torch.uint8:
+            raise _rng_error(f"CUDA {index}", "is not a uint8 tensor")
     numpy_state = state.get("numpy")
-    if numpy_state is not None:
-        if not isinstance(numpy_state, dict) or not isinstance(numpy_state.get("keys"),
-                                                               torch.Tensor):
-            raise CheckpointError("the 'rng' entry is malformed (numpy state)")
     python_state = state.get("python")
-    if python_state is not None:
-        if not isinstance(python_state, dict) or not isinstance(python_state.get("state"),
-                                                                list):
-            raise CheckpointError("the 'rng' entry is malformed (python random state)")
+    return _CheckedRngState(
+        torch_state=torch_state,
+        cuda_states=list(cuda),
+        numpy_state=None if numpy_state is None else _checked_numpy_state(numpy_state),
+        python_state=None if python_state is None else _checked_python_state(python_state),
+    )
+
+
+def _apply_rng_state(state: _CheckedRngState) -> None:
+    torch.set_rng_state(state.torch_state)
+    if state.cuda_states:
+        saved = len(state.cuda_states)
+        if torch.cuda.is_available():
+            count = torch.cuda.device_count()
+            if count != saved:
+                warnings.warn(
+                    f"checkpoint holds {saved} CUDA generator states but this machine "
+                    f"has {count} GPUs; restoring the first {min(count, saved)}",
+                    stacklevel=3,
+                )
+            for index, cuda_state in enumerate(state.cuda_states[:count]):
+                torch.cuda.set_rng_state(cuda_state, index)
+        else:
+            warnings.warn("checkpoint holds CUDA generator states but CUDA is not available "
+                          "here; they are not restored", stacklevel=3)
+    if state.numpy_state is not None:
+        np.random.set_state(state.numpy_state)
+    if state.python_state is not None:
+        random.setstate(state.python_state)
 
 
 def set_rng_state(state: Mapping[str, Any]) -> None:
     """Restore a snapshot taken by :func:`get_rng_state` (the generators absent from this
-    machine, e.g. CUDA on a CPU-only host, are skipped with a warning)."""
-    _validate_rng_state(dict(state))
-    torch.set_rng_state(state["torch"])
-    cuda = state.get("cuda", [])
-    if cuda:
-        if torch.cuda.is_available():
-            count = torch.cuda.device_count()
-            if count != len(cuda):
-                warnings.warn(
-                    f"checkpoint holds {len(cuda)} CUDA generator states but this machine "
-                    f"has {count} GPUs; restoring the first {min(count, len(cuda))}",
-                    stacklevel=2,
-                )
-            for index, cuda_state in enumerate(cuda[:count]):
-                torch.cuda.set_rng_state(cuda_state, index)
-        else:
-            warnings.warn("checkpoint holds CUDA generator states but CUDA is not available "
-                          "here; they are not restored", stacklevel=2)
-    numpy_state = state.get("numpy")
-    if numpy_state is not None and np is not None:
-        np.random.set_state((
-            numpy_state["kind"],
-            numpy_state["keys"].numpy().astype(np.uint32),
-            numpy_state["pos"],
-            numpy_state["has_gauss"],
-            numpy_state["cached_gaussian"],
-        ))
-    python_state = state.get("python")
-    if python_state is not None:
-        random.setstate((python_state["version"], tuple(python_state["state"]),
-                         python_state["gauss_next"]))
+    machine, e.g. CUDA on a CPU-only host, are skipped with a warning).
+
+    Every piece is checked first, so a malformed snapshot raises :class:`CheckpointError`
+    and leaves all generators as they were.
+    """
+    _apply_rng_state(_check_rng_state(state))
 
 
 # --------------------------------------------------------------------------- saving
@@ -276,15 +376,53 @@ def _describe_load_failure(exc: Exception) -> str:
             f"plinio.checkpoint.save_checkpoint ({type(exc).__name__}: {first})")
 
 
+def _verify_record_checksums(handle: BinaryIO, path: Path) -> None:
+    """Check the CRC-32 of every record of a ``torch.save`` zip archive.
+
+    ``torch.save`` stores each tensor's bytes (and the pickled structure) as a zip record
+    with its CRC-32, but ``torch.load`` does not check them, so a flipped bit in tensor data
+    would load silently. Records whose CRC was not computed (written while
+    ``torch.serialization.set_crc32_options(False)`` was in effect: the field is 0) are
+    skipped. A file that is not a zip archive is left to ``torch.load`` to diagnose.
+    """
+    if not zipfile.is_zipfile(handle):
+        handle.seek(0)
+        return
+    handle.seek(0)
+    try:
+        with zipfile.ZipFile(handle) as archive:
+            for info in archive.infolist():
+                if info.CRC == 0 and info.file_size > 0:
+                    continue
+                what = "tensor data" if "/data/" in info.filename else "structure"
+                try:
+                    with archive.open(info) as record:
+                        while record.read(1 << 20):
+                            pass
+                except zipfile.BadZipFile as exc:
+                    raise CheckpointError(
+                        f"{path} is not a readable plinio checkpoint: record "
+                        f"'{info.filename}' ({what}) fails its check ({exc}): the file is "
+                        f"corrupted; resume from an earlier copy"
+                    ) from None
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise CheckpointError(f"{path} is not a readable plinio checkpoint: "
+                              f"{_describe_load_failure(exc)}") from None
+    handle.seek(0)
+
+
 def _read(path: Path) -> Dict[str, Any]:
-    """Load with the restricted unpickler and turn every failure into one clear error."""
+    """Check the record checksums, load with the restricted unpickler, and turn every
+    failure into one clear error."""
     if not path.is_file():
         raise FileNotFoundError(f"load_checkpoint: no checkpoint file at {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # zip/pickle/EOF errors all mean the same thing to the user
-        raise CheckpointError(f"{path} is not a readable plinio checkpoint: "
-                              f"{_describe_load_failure(exc)}") from exc
+    with open(path, "rb") as handle:  # one open file: checked and loaded bytes are the same
+        _verify_record_checksums(handle, path)
+        try:
+            payload = torch.load(handle, map_location="cpu", weights_only=True)
+        except Exception as exc:  # zip/pickle/EOF errors all mean the same thing to the user
+            raise CheckpointError(f"{path} is not a readable plinio checkpoint: "
+                                  f"{_describe_load_failure(exc)}") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_TAG:
         raise CheckpointError(
             f"{path} is not a plinio checkpoint (no '{FORMAT_TAG}' format tag); save it "
@@ -344,28 +482,109 @@ def validate_state_dict(module: nn.Module, state_dict: Mapping[str, Any],
             )
 
 
-def _validate_optimizer_state(saved: Any, optimizer: Any, index: int, path: Path) -> None:
-    """Optimizer.load_state_dict checks group sizes itself, but may have started mutating by
-    then; repeating the structural checks here keeps a failed load side-effect free."""
-    current = optimizer.state_dict()
-    if not isinstance(saved, dict) or not isinstance(saved.get("param_groups"), list):
-        raise CheckpointError(f"{path}: optimizers[{index}] state is malformed")
-    groups, saved_groups = current["param_groups"], saved["param_groups"]
+# Per-parameter state entries that torch.optim's optimizers keep with the parameter's own
+# shape (Adam/AdamW/NAdam/RAdam/Adamax, SGD/RMSprop momentum, Adadelta, Adagrad, ASGD, Rprop).
+# Adafactor's factored rows/columns and LBFGS's flat history are not listed: their shapes differ.
+_PARAMETER_SHAPED_STATE = frozenset({
+    "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "exp_inf", "momentum_buffer", "square_avg",
+    "acc_delta", "grad_avg", "sum", "ax", "prev", "step_size",
+})
+
+
+def _has_torch_optim_layout(optimizer: Any) -> bool:
+    """Whether ``optimizer`` is (or derives from) one of torch.optim's own optimizers, whose
+    state names are known; other optimizers get the structural checks only."""
+    return any(cls.__module__.startswith("torch.optim.") and cls is not torch.optim.Optimizer
+               for cls in type(optimizer).__mro__)
+
+
+def _validate_optimizer_state(saved: Any, optimizer: Any, where: str,
+                              names: Mapping[int, str]) -> None:
+    """Check a saved optimizer state against ``optimizer``'s parameters.
+
+    ``Optimizer.load_state_dict`` only compares group sizes, and a per-parameter buffer of
+    the wrong shape either fails at the next step or broadcasts silently; checking here
+    (group count and sizes, every state entry refers to a parameter, the buffers of
+    torch.optim's optimizers have their parameter's shape, ``step`` is a scalar) keeps a
+    failed load side-effect free. ``names`` maps ``id(parameter)`` to its qualified name.
+    """
+    rebuild = "build the optimizer over the same parameters, in the same order, as when it was saved"
+    if (not isinstance(saved, dict) or not isinstance(saved.get("param_groups"), list)
+            or not isinstance(saved.get("state"), dict)):
+        raise CheckpointError(f"{where} state is malformed (no 'param_groups' list and "
+                              f"'state' dict)")
+    groups, saved_groups = optimizer.param_groups, saved["param_groups"]
     if len(groups) != len(saved_groups):
-        raise CheckpointError(
-            f"{path}: optimizers[{index}] has {len(groups)} parameter groups but the "
-            f"checkpoint has {len(saved_groups)}; build the optimizer as when it was saved"
-        )
+        raise CheckpointError(f"{where} has {len(groups)} parameter groups but the "
+                              f"checkpoint has {len(saved_groups)}; {rebuild}")
+    saved_ids: List[Any] = []
     for g, (group, saved_group) in enumerate(zip(groups, saved_groups)):
-        count = len(group["params"])
-        saved_count = len(saved_group.get("params", ())) if isinstance(saved_group, dict) else -1
-        if count != saved_count:
+        ids = saved_group.get("params") if isinstance(saved_group, dict) else None
+        if not isinstance(ids, list):
+            raise CheckpointError(f"{where} group {g} is malformed (no 'params' list)")
+        if len(group["params"]) != len(ids):
+            raise CheckpointError(f"{where} group {g} has {len(group['params'])} parameters "
+                                  f"but the checkpoint has {len(ids)}; {rebuild}")
+        saved_ids.extend(ids)
+    if len(set(saved_ids)) != len(saved_ids):
+        raise CheckpointError(f"{where} state is malformed: a parameter id appears twice "
+                              f"in its groups")
+    params = [param for group in groups for param in group["params"]]
+    by_id = {saved_id: (position, param)
+             for position, (saved_id, param) in enumerate(zip(saved_ids, params))}
+    check_shapes = _has_torch_optim_layout(optimizer)
+    for param_id, entry in saved["state"].items():
+        if param_id not in by_id:
+            raise CheckpointError(f"{where} has state for parameter id {param_id!r}, which "
+                                  f"is in none of its parameter groups; {rebuild}")
+        if not isinstance(entry, dict):
+            raise CheckpointError(f"{where} state of parameter id {param_id!r} is not a dict")
+        position, param = by_id[param_id]
+        label = names.get(id(param), f"#{position} of the optimizer")
+        for key, value in entry.items():
+            if not isinstance(value, torch.Tensor):
+                continue
+            if key == "step" and value.numel() != 1:
+                raise CheckpointError(f"{where}: 'step' of parameter {label} has shape "
+                                      f"{tuple(value.shape)}; it must be a scalar")
+            if (check_shapes and key in _PARAMETER_SHAPED_STATE
+                    and value.shape != param.shape):
+                raise CheckpointError(
+                    f"{where}: '{key}' of parameter {label} has shape {tuple(value.shape)} "
+                    f"in the checkpoint but the parameter has shape {tuple(param.shape)}; "
+                    f"{rebuild}"
+                )
+
+
+def _validate_same_layout(saved: Any, current: Any, where: str) -> None:
+    """Check that ``saved`` has the layout of ``current`` (an LR scheduler's state_dict,
+    which ``load_state_dict`` copies into the scheduler unchecked): no entry ``current``
+    lacks, lists of the same length (one item per parameter group), tensors of the same
+    shape. ``current`` may have entries ``saved`` lacks (added by a newer torch)."""
+    if isinstance(current, dict):
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"{where} is a {type(saved).__name__}, expected a dict")
+        for key, value in saved.items():
+            if key not in current:
+                raise CheckpointError(
+                    f"{where} has entry {key!r} that this scheduler's state does not have: it "
+                    f"was saved from a different scheduler class; build the same schedulers, "
+                    f"in the same order, as when it was saved"
+                )
+            _validate_same_layout(value, current[key], f"{where}[{key!r}]")
+    elif isinstance(current, (list, tuple)):
+        if not isinstance(saved, (list, tuple)) or len(saved) != len(current):
+            found = len(saved) if isinstance(saved, (list, tuple)) else type(saved).__name__
             raise CheckpointError(
-                f"{path}: optimizers[{index}] group {g} has {count} parameters but the "
-                f"checkpoint has {saved_count}; build the optimizer as when it was saved"
+                f"{where} has {found} items in the checkpoint but {len(current)} here (a "
+                f"different number of parameter groups or sub-schedulers?)"
             )
-    if not isinstance(saved.get("state"), dict):
-        raise CheckpointError(f"{path}: optimizers[{index}] state is malformed")
+        for index, (saved_item, item) in enumerate(zip(saved, current)):
+            _validate_same_layout(saved_item, item, f"{where}[{index}]")
+    elif isinstance(current, torch.Tensor):
+        if not isinstance(saved, torch.Tensor) or saved.shape != current.shape:
+            raise CheckpointError(f"{where} has shape {_shape_of(saved)} in the checkpoint "
+                                  f"but {tuple(current.shape)} here")
 
 
 def load_checkpoint(
@@ -377,10 +596,13 @@ def load_checkpoint(
 ) -> Dict[str, Any]:
     """Resume from a file written by :func:`save_checkpoint`; returns its ``extra`` dict.
 
-    The file is read with ``weights_only=True`` and checked against ``model`` (every key and
-    shape), the optimizers and the schedulers before any of them changes; on any error the
-    objects are left exactly as they were. Tensors are loaded on CPU and copied into the
-    model's own tensors, so the model keeps its device.
+    The file's record checksums are verified, it is read with ``weights_only=True``, and
+    every piece is checked before anything changes: the model's keys and shapes, the
+    optimizers' groups and per-parameter buffers, the schedulers' layout, and the random
+    generator states (each applied to a scratch generator first). On any error
+    :class:`CheckpointError` names the piece and the objects are left exactly as they were.
+    Tensors are loaded on CPU and copied into the model's own tensors, so the model keeps
+    its device.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"load_checkpoint: model must be an nn.Module, got "
@@ -398,23 +620,28 @@ def load_checkpoint(
                 f"{source} holds {len(payload[what])} {what} but {len(objs)} were given; "
                 f"pass the same {what} as to save_checkpoint"
             )
+    names = {id(param): name for name, param in target.named_parameters()}
     for index, (opt, saved) in enumerate(zip(opt_list, payload["optimizers"])):
-        _validate_optimizer_state(saved, opt, index, source)
-    for index, saved in enumerate(payload["schedulers"]):
-        if not isinstance(saved, dict):
-            raise CheckpointError(f"{source}: schedulers[{index}] state is malformed")
-    rng = payload.get("rng")
+        _validate_optimizer_state(saved, opt, f"{source}: optimizers[{index}] "
+                                              f"({type(opt).__name__})", names)
+    for index, (sched, saved) in enumerate(zip(sched_list, payload["schedulers"])):
+        _validate_same_layout(saved, sched.state_dict(),
+                              f"{source}: schedulers[{index}] ({type(sched).__name__})")
+    rng: Optional[_CheckedRngState] = None
     if restore_rng:
-        if rng is None:
+        if payload.get("rng") is None:
             raise CheckpointError(f"{source} was saved with save_rng=False; pass "
                                   f"restore_rng=False to resume without RNG state")
-        _validate_rng_state(rng)
+        try:
+            rng = _check_rng_state(payload["rng"])
+        except CheckpointError as exc:
+            raise CheckpointError(f"{source}: {exc}") from None
 
     target.load_state_dict(payload["model"], strict=True)
     for opt, saved in zip(opt_list, payload["optimizers"]):
         opt.load_state_dict(saved)
     for sched, saved in zip(sched_list, payload["schedulers"]):
         sched.load_state_dict(saved)
-    if restore_rng:
-        set_rng_state(rng)
+    if rng is not None:
+        _apply_rng_state(rng)
     return payload["extra"]

@@ -5,7 +5,6 @@ import pickle
 import random
 import zipfile
 from pathlib import Path
-from typing import List, Tuple
 
 import numpy as np
 import pytest
@@ -13,69 +12,25 @@ import torch
 from torch import nn
 
 import plinio.checkpoint as ckpt
+from checkpoint_setup import Net, seed_all, setup, step
 from plinio.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
-class _Net(nn.Module):
-    """Small model whose step draws from every generator a checkpoint must restore."""
-
-    def __init__(self, hidden: int = 8) -> None:
-        super().__init__()
-        self.conv = nn.Conv1d(2, hidden, 3, padding=1)
-        self.drop = nn.Dropout(0.3)
-        self.fc = nn.Linear(hidden * 6, 3)
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.steps += 1
-        return self.fc(self.drop(torch.relu(self.conv(x))).flatten(1))
-
-
-def _setup(seed: int = 0) -> Tuple[_Net, torch.optim.Optimizer, torch.optim.Optimizer,
-                                   torch.optim.lr_scheduler.LRScheduler]:
-    torch.manual_seed(seed)
-    net = _Net()
-    opt_a = torch.optim.Adam(net.conv.parameters(), lr=1e-2)
-    opt_b = torch.optim.SGD(net.fc.parameters(), lr=1e-1, momentum=0.9)
-    sched = torch.optim.lr_scheduler.StepLR(opt_b, step_size=2, gamma=0.5)
-    return net, opt_a, opt_b, sched
-
-
-def _step(net: _Net, opts: List[torch.optim.Optimizer], sched) -> float:
-    """One step whose data come from torch, numpy and python RNGs (as a real loader)."""
-    x = torch.randn(4, 2, 6) + float(np.random.rand()) + random.random()
-    target = torch.randint(0, 3, (4,))
-    loss = nn.functional.cross_entropy(net(x), target)
-    for opt in opts:
-        opt.zero_grad()
-    loss.backward()
-    for opt in opts:
-        opt.step()
-    sched.step()
-    return loss.item()
-
-
-def _seed_all(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
-
-
 def test_resume_is_bit_identical(tmp_path: Path) -> None:
-    _seed_all(1)
-    net, opt_a, opt_b, sched = _setup()
-    losses = [_step(net, [opt_a, opt_b], sched) for _ in range(3)]
+    seed_all(1)
+    net, opt_a, opt_b, sched = setup()
+    losses = [step(net, [opt_a, opt_b], sched) for _ in range(3)]
     path = tmp_path / "search.ckpt"
     save_checkpoint(path, net, optimizers=[opt_a, opt_b], schedulers=sched,
                     extra={"step": 3, "history": losses})
-    reference = [_step(net, [opt_a, opt_b], sched) for _ in range(3)]
+    reference = [step(net, [opt_a, opt_b], sched) for _ in range(3)]
     final = {k: v.clone() for k, v in net.state_dict().items()}
 
-    _seed_all(99)  # a fresh process would start from other generator states
-    net2, opt_a2, opt_b2, sched2 = _setup(seed=5)
+    seed_all(99)  # a fresh process would start from other generator states
+    net2, opt_a2, opt_b2, sched2 = setup(seed=5)
     extra = load_checkpoint(path, net2, optimizers=[opt_a2, opt_b2], schedulers=[sched2])
     assert extra == {"step": 3, "history": losses}
-    resumed = [_step(net2, [opt_a2, opt_b2], sched2) for _ in range(3)]
+    resumed = [step(net2, [opt_a2, opt_b2], sched2) for _ in range(3)]
     assert resumed == reference
     for key, value in net2.state_dict().items():
         assert torch.equal(value, final[key]), key
@@ -83,10 +38,10 @@ def test_resume_is_bit_identical(tmp_path: Path) -> None:
 
 
 def test_rng_state_roundtrip_restores_every_generator() -> None:
-    _seed_all(3)
+    seed_all(3)
     state = ckpt.get_rng_state()
     expected = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
-    _seed_all(4)
+    seed_all(4)
     ckpt.set_rng_state(state)
     got = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
     assert torch.equal(got[0], expected[0])
@@ -99,18 +54,18 @@ def test_checkpoint_of_a_wrapped_model_loads_into_the_plain_model(tmp_path: Path
     """DataParallel / DDP / torch.compile only prefix the keys (nothing is compiled here:
     compilation is lazy); checkpoints are written and read without the prefix."""
     torch.manual_seed(0)
-    net = _Net()
+    net = Net()
     wrapped = wrap(net)
     assert any(k.startswith(("module.", "_orig_mod.")) for k in wrapped.state_dict())
     path = tmp_path / "w.ckpt"
     save_checkpoint(path, wrapped)
     torch.manual_seed(1)
-    plain = _Net()
+    plain = Net()
     load_checkpoint(path, plain)
     for key, value in net.state_dict().items():
         assert torch.equal(plain.state_dict()[key], value)
     torch.manual_seed(2)
-    rewrapped = wrap(_Net())
+    rewrapped = wrap(Net())
     load_checkpoint(path, rewrapped)
     for key, value in net.state_dict().items():
         assert torch.equal(_unwrapped(rewrapped).state_dict()[key], value)
@@ -121,18 +76,18 @@ def _unwrapped(module: nn.Module) -> nn.Module:
 
 
 def test_extra_must_be_plain_data(tmp_path: Path) -> None:
-    net = _Net()
+    net = Net()
     path = tmp_path / "x.ckpt"
     with pytest.raises(TypeError, match=r"extra\['fn'\].*function"):
-        save_checkpoint(path, net, extra={"fn": _seed_all})
+        save_checkpoint(path, net, extra={"fn": seed_all})
     assert not path.exists()
     assert list(tmp_path.iterdir()) == []
 
 
 def test_optimizers_must_be_stateful(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match=r"optimizers\[1\].*state_dict"):
-        save_checkpoint(tmp_path / "x.ckpt", _Net(), optimizers=[
-            torch.optim.SGD(_Net().parameters(), lr=0.1), "adam"])
+        save_checkpoint(tmp_path / "x.ckpt", Net(), optimizers=[
+            torch.optim.SGD(Net().parameters(), lr=0.1), "adam"])
 
 
 @pytest.mark.parametrize("change, pattern", [
@@ -142,11 +97,11 @@ def test_optimizers_must_be_stateful(tmp_path: Path) -> None:
 ])
 def test_different_architecture_is_refused_before_loading(
         tmp_path: Path, unchanged, change: str, pattern: str) -> None:
-    source = _Net(hidden=16)
+    source = Net(hidden=16)
     if change == "width":
         state = source.state_dict()
     else:
-        state = _Net().state_dict()
+        state = Net().state_dict()
         if change == "extra_key":
             state["extra.weight"] = torch.zeros(2)
         else:
@@ -154,7 +109,7 @@ def test_different_architecture_is_refused_before_loading(
     path = tmp_path / "other.ckpt"
     torch.save({"format": ckpt.FORMAT_TAG, "version": 1, "model": state, "optimizers": [],
                 "schedulers": [], "rng": ckpt.get_rng_state(), "extra": {}}, path)
-    net = _Net()
+    net = Net()
     check = unchanged(net)
     with pytest.raises(CheckpointError, match=pattern):
         load_checkpoint(path, net)
@@ -163,15 +118,15 @@ def test_different_architecture_is_refused_before_loading(
 
 def test_optimizer_mismatch_is_refused_before_the_model_changes(tmp_path: Path,
                                                                 unchanged) -> None:
-    net, opt_a, opt_b, sched = _setup()
+    net, opt_a, opt_b, sched = setup()
     path = tmp_path / "a.ckpt"
     save_checkpoint(path, net, optimizers=[opt_a, opt_b], schedulers=sched)
     torch.manual_seed(7)
-    other = _Net()
+    other = Net()
     check = unchanged(other)
     one_group = torch.optim.SGD(other.parameters(), lr=0.1)
     before = one_group.state_dict()
-    with pytest.raises(CheckpointError, match=r"optimizers\[0\] group 0 has 4 parameters but "
+    with pytest.raises(CheckpointError, match=r"optimizers\[0\] \(SGD\) group 0 has 4 parameters but "
                                               r"the checkpoint has 2"):
         load_checkpoint(path, other, optimizers=[one_group, one_group],
                         schedulers=[sched])
@@ -182,7 +137,7 @@ def test_optimizer_mismatch_is_refused_before_the_model_changes(tmp_path: Path,
 
 
 def _assert_refused(path: Path, unchanged, pattern: str) -> None:
-    net = _Net()
+    net = Net()
     check = unchanged(net)
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     rng_before = torch.get_rng_state()
@@ -195,7 +150,7 @@ def _assert_refused(path: Path, unchanged, pattern: str) -> None:
 
 def test_truncated_file_is_refused(tmp_path: Path, unchanged) -> None:
     path = tmp_path / "t.ckpt"
-    net = _Net()
+    net = Net()
     save_checkpoint(path, net, optimizers=torch.optim.SGD(net.parameters(), lr=0.1))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
@@ -244,13 +199,13 @@ def test_code_carrying_pickle_is_refused_and_not_executed(tmp_path: Path, unchan
 
 def test_a_bare_state_dict_is_not_a_plinio_checkpoint(tmp_path: Path, unchanged) -> None:
     path = tmp_path / "sd.pt"
-    torch.save(_Net().state_dict(), path)
+    torch.save(Net().state_dict(), path)
     _assert_refused(path, unchanged, r"no 'plinio\.checkpoint' format tag")
 
 
 def test_a_newer_format_version_is_refused(tmp_path: Path, unchanged) -> None:
     path = tmp_path / "v.ckpt"
-    save_checkpoint(path, _Net())
+    save_checkpoint(path, Net())
     payload = torch.load(path, weights_only=True)
     payload["version"] = ckpt.FORMAT_VERSION + 1
     torch.save(payload, path)
@@ -259,13 +214,13 @@ def test_a_newer_format_version_is_refused(tmp_path: Path, unchanged) -> None:
 
 def test_missing_file_is_a_file_not_found_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no checkpoint file"):
-        load_checkpoint(tmp_path / "nope.ckpt", _Net())
+        load_checkpoint(tmp_path / "nope.ckpt", Net())
 
 
 def test_interrupted_save_keeps_previous_checkpoint(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
-    net = _Net()
+    net = Net()
     path = tmp_path / "run.ckpt"
     save_checkpoint(path, net, extra={"step": 1})
     saved_state = {k: v.clone() for k, v in net.state_dict().items()}
@@ -284,18 +239,18 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path: Path,
     monkeypatch.setattr(ckpt.torch, "save", real_save)
 
     assert [p.name for p in tmp_path.iterdir()] == ["run.ckpt"]  # no temp file left behind
-    fresh = _Net()
+    fresh = Net()
     assert load_checkpoint(path, fresh) == {"step": 1}
     for key, value in saved_state.items():
         assert torch.equal(fresh.state_dict()[key], value)
 
 
 def test_save_overwrites_atomically_and_rejects_bad_targets(tmp_path: Path) -> None:
-    net = _Net()
+    net = Net()
     path = tmp_path / "c.ckpt"
     save_checkpoint(path, net, extra={"n": 1})
     save_checkpoint(path, net, extra={"n": 2})
-    assert load_checkpoint(path, _Net()) == {"n": 2}
+    assert load_checkpoint(path, Net()) == {"n": 2}
     with pytest.raises(IsADirectoryError, match="give a file name"):
         save_checkpoint(tmp_path, net)
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -304,19 +259,19 @@ def test_save_overwrites_atomically_and_rejects_bad_targets(tmp_path: Path) -> N
 
 def test_checkpoint_saved_without_rng_needs_explicit_opt_out(tmp_path: Path) -> None:
     path = tmp_path / "n.ckpt"
-    save_checkpoint(path, _Net(), save_rng=False)
+    save_checkpoint(path, Net(), save_rng=False)
     with pytest.raises(CheckpointError, match="restore_rng=False"):
-        load_checkpoint(path, _Net())
-    assert load_checkpoint(path, _Net(), restore_rng=False) == {}
+        load_checkpoint(path, Net())
+    assert load_checkpoint(path, Net(), restore_rng=False) == {}
 
 
 def test_validate_state_dict_is_a_side_effect_free_runtime_error(unchanged) -> None:
-    net = _Net()
+    net = Net()
     check = unchanged(net)
-    other = _Net(hidden=4).state_dict()
+    other = Net(hidden=4).state_dict()
     with pytest.raises(RuntimeError, match=r"key 'conv\.weight' has shape \(4, 2, 3\) in the "
                                            r"state_dict but \(8, 2, 3\)") as info:
         ckpt.validate_state_dict(net, other)
     assert isinstance(info.value, CheckpointError)
     check()
-    ckpt.validate_state_dict(net, _Net().state_dict())  # same architecture: accepted
+    ckpt.validate_state_dict(net, Net().state_dict())  # same architecture: accepted
