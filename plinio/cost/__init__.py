@@ -1,4 +1,2 @@
-"""Size / MACs cost models of PIT layers (SPEC §4.1)."""
-from plinio.cost.model import PITCostModel
-
-__all__ = ["PITCostModel"]
+"""Layer-agnostic cost helpers, shared by the methods' cost models (each method keeps its own
+model, e.g. ``plinio.methods.pit.cost_model``)."""

@@ -14,7 +14,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .graph_rewrite import copy_graph, fetch, rebuild
+from .graph_copy import copy_graph, fetch, rebuild
 from .linear_ops import (ConvGeometry, compose, conv_geometry, conv_matches_geometry,
                          trusted_conv_forward)
 from .merge_plan import IDENTITY, Candidate, LinearCandidate, MergePlan, plan_merge

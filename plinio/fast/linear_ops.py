@@ -189,10 +189,12 @@ def reference_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
 
 
 def trusted_conv_forward(module: nn.Module) -> bool:
-    """Layers whose forward is known to be ``conv(x, *weights, hyper-parameters)``: plain
-    torch convs and plinio's PIT convs (internal contract, covered by the equivalence tests)."""
-    return type(module) in (nn.Conv1d, nn.Conv2d) or \
-        type(module).__module__.startswith("plinio.methods.pit.nn.")
+    """Layers whose forward is known to be ``conv(x, *layer_weight_and_bias(m), hyper-parameters)``:
+    plain torch convs and classes that declare ``plinio_conv_forward = True`` in their own body
+    (the PIT convs; internal contract, covered by the equivalence tests). The attribute is not
+    inherited: a subclass may override forward, so it is probed instead."""
+    cls = type(module)
+    return cls in (nn.Conv1d, nn.Conv2d) or vars(cls).get("plinio_conv_forward", False) is True
 
 
 def conv_matches_geometry(module: nn.Module, geometry: ConvGeometry) -> bool:

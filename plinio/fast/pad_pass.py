@@ -8,18 +8,17 @@ gradients; the padded copy is no longer saved for backward. The input ``GraphMod
 modified: a new one, sharing every layer with it, is returned.
 """
 from dataclasses import replace
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch.fx as fx
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .graph_rewrite import copy_graph, fetch, rebuild
+from plinio.graph.padding import zero_padding
+
+from .graph_copy import copy_graph, fetch, rebuild
 from .linear_ops import (ConvGeometry, conv_geometry, conv_matches_geometry,
                          layer_weight_and_bias, trusted_conv_forward)
 from .padded_conv import zero_padded_conv
-
-_PAD_MODULES = (nn.ConstantPad1d, nn.ConstantPad2d, nn.ZeroPad1d, nn.ZeroPad2d)
 
 
 class PaddedConv(nn.Module):
@@ -39,26 +38,6 @@ class PaddedConv(nn.Module):
 
     def extra_repr(self) -> str:
         return f"pad_left={self.geometry.pad_left}, pad_right={self.geometry.pad_right}"
-
-
-def _zero_pad(node: fx.Node, modules: Callable[[str], nn.Module]
-              ) -> Optional[Tuple[Any, List[int]]]:
-    """(padded input, ``F.pad``-style spec) of a zero-constant padding node, else None."""
-    if node.op == "call_module":
-        module = modules(node.target)
-        if type(module) not in _PAD_MODULES or float(module.value) != 0.0 or \
-                len(node.args) != 1 or node.kwargs:
-            return None
-        return node.args[0], [int(p) for p in module.padding]
-    if node.op == "call_function" and node.target is F.pad:
-        args = dict(zip(("input", "pad", "mode", "value"), node.args), **node.kwargs)
-        if args.get("mode", "constant") != "constant" or args.get("value") not in (None, 0, 0.0):
-            return None
-        pad = args.get("pad")
-        if not isinstance(pad, (list, tuple)) or not all(isinstance(p, int) for p in pad):
-            return None
-        return args.get("input"), list(pad)
-    return None
 
 
 def _absorbed_geometry(geometry: ConvGeometry, spec: List[int]) -> Optional[ConvGeometry]:
@@ -91,7 +70,7 @@ def absorb_zero_padding(gm: fx.GraphModule) -> Tuple[fx.GraphModule, Tuple[str, 
         pad_node = node.args[0]
         if not isinstance(pad_node, fx.Node) or len(pad_node.users) != 1:
             continue
-        found = _zero_pad(pad_node, modules)
+        found = zero_padding(pad_node, modules)
         if found is None:
             continue
         source, spec = found

@@ -21,18 +21,17 @@ def prepare_graph(model: nn.Module, input_shape: Optional[Sequence[int]], input_
     return gm, example
 
 
-def replace_module(gm: fx.GraphModule, name: str, new: nn.Module) -> None:
-    """Put ``new`` at the qualified name ``name`` (same training flag as the module it replaces)."""
-    old = gm.get_submodule(name)
-    new.train(old.training)
+def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` at the qualified name ``name`` of ``root`` (adding or replacing it; the
+    parent must exist)."""
     parent_name, _, attr = name.rpartition(".")
-    parent = gm.get_submodule(parent_name) if parent_name else gm
-    setattr(parent, attr, new)
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, attr, module)
 
 
-def bypass_node(gm: fx.GraphModule, node: fx.Node) -> None:
-    """Remove a single-input node, wiring its users to its input."""
-    node.replace_all_uses_with(node.args[0])
+def bypass_node(gm: fx.GraphModule, node: fx.Node, source: Any = None) -> None:
+    """Remove a node, wiring its users to ``source`` (default: its first argument)."""
+    node.replace_all_uses_with(node.args[0] if source is None else source)
     gm.graph.erase_node(node)
 
 

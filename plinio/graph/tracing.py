@@ -1,5 +1,5 @@
 """torch.fx tracing with plinio's leaf rules, and shape propagation with an example input."""
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.fx as fx
@@ -9,12 +9,12 @@ _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
 def is_plinio_leaf(module: nn.Module) -> bool:
-    """Modules kept as single graph nodes: plinio layers and combiners (``plinio_leaf`` or
-    ``plinio_merges_inputs`` class attributes, PIT layers)."""
-    from plinio.methods.pit.nn.module import PITModule
+    """Modules kept as single graph nodes: plinio layers and combiners. A class opts in with
+    the class attribute ``plinio_leaf = True`` (every PIT layer) or
+    ``plinio_merges_inputs = True`` (the supernet combiner), so that this package never
+    imports the methods that define them."""
     cls = type(module)
-    return isinstance(module, PITModule) or bool(getattr(cls, "plinio_merges_inputs", False)) \
-        or bool(getattr(cls, "plinio_leaf", False))
+    return bool(getattr(cls, "plinio_leaf", False)) or bool(getattr(cls, "plinio_merges_inputs", False))
 
 
 def is_torch_nn_module(module: nn.Module) -> bool:
@@ -129,6 +129,15 @@ def propagate_shapes(gm: fx.GraphModule, example: Tuple[torch.Tensor, ...]) -> N
     finally:
         for m, flag in flags:
             m.training = flag
+
+
+def call_counts(gm: fx.GraphModule) -> Dict[str, int]:
+    """How many ``call_module`` nodes call each submodule target."""
+    calls: Dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    return calls
 
 
 def node_shape(node: fx.Node) -> Optional[Tuple[int, ...]]:

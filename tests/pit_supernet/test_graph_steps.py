@@ -8,8 +8,8 @@ import torch.nn as nn
 
 from bench.models import ResNet8SuperNet
 from plinio.methods.pit_supernet import PITSuperNetModule
-from plinio.methods.pit_supernet.graph import (
-    find_supernets, keep_best_branches, probe_supernets, reset_combiners)
+from plinio.methods.pit_supernet.conversion import find_supernets, probe_supernets, reset_combiners
+from plinio.methods.pit_supernet.export import keep_best_branches
 from plinio.methods.pit_supernet.nn import PITSuperNetCombiner
 
 

@@ -5,9 +5,9 @@ from typing import Any, Dict, Iterable, Optional, Sequence, Set, Tuple
 import torch
 import torch.nn as nn
 
-from plinio.graph.export import export_graph
 from plinio.methods.dnas_base import DNAS
-from plinio.methods.pit.graph import convert
+from plinio.methods.pit.conversion import convert
+from plinio.methods.pit.export import export_graph
 from plinio.methods.pit.nn.conv1d import PITConv1d
 from plinio.methods.pit.nn.masker_base import PITMaskerBase
 from plinio.methods.pit.nn.module import PITModule, PITWeightedModule

@@ -7,17 +7,18 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from plinio.methods.pit.graph import convert  # first: plinio.graph.export imports PIT layers
-from plinio.graph.export import check_plain, export_graph
+from plinio.graph.export import check_plain
 from plinio.graph.tracing import make_example, model_device_dtype
 from plinio.methods.dnas_base import DNAS
+from plinio.methods.pit.conversion import convert
+from plinio.methods.pit.export import export_graph
 from plinio.methods.pit.nn.masker_base import PITMaskerBase
 from plinio.methods.pit.nn.module import PITModule
 from plinio.safety import check_nas_parameters
 
 from .costs import BranchStaticCosts, SuperNetCosts, branch_prefix
-from .graph import (combiner_nodes, find_supernets, keep_best_branches, probe_supernets,
-                    reset_combiners)
+from .conversion import combiner_nodes, find_supernets, probe_supernets, reset_combiners
+from .export import keep_best_branches
 from .nn.combiner import PITSuperNetCombiner
 
 

@@ -17,6 +17,8 @@ class PITConv1d(ConvHyperParams, PITWeightedModule):
     """Conv1d whose output channels, kept taps (a suffix ending at the newest tap) and
     dilation (multiples of 2^m from the newest tap) are searched."""
 
+    plinio_conv_forward = True  # forward is conv(x, *masked_weight_and_bias()) (plinio.fast)
+
     def __init__(self, conv: nn.Conv1d, out_length: int, out_features_masker: PITFeaturesMasker,
                  timestep_masker: PITTimestepMasker, dilation_masker: PITDilationMasker,
                  binarization_threshold: float = 0.5) -> None:

@@ -13,6 +13,8 @@ from plinio.methods.pit.nn.module import PITWeightedModule, check_groups, prod
 class PITConv2d(ConvHyperParams, PITWeightedModule):
     """Conv2d whose output channels are masked by ``out_features_masker``."""
 
+    plinio_conv_forward = True  # forward is conv(x, *masked_weight_and_bias()) (plinio.fast)
+
     def __init__(self, conv: nn.Conv2d, out_height: int, out_width: int,
                  out_features_masker: PITFeaturesMasker, binarization_threshold: float = 0.5) -> None:
         check_groups(type(self).__name__, conv.in_channels, conv.out_channels, conv.groups)

@@ -27,6 +27,8 @@ class PITModule(nn.Module):
     one call), so that ``get_macs()`` counts each call once.
     """
 
+    plinio_leaf = True  # traced as one graph node (plinio.graph.tracing)
+
     def __init__(self, in_features: int, binarization_threshold: float = 0.5) -> None:
         super().__init__()
         self.binarization_threshold = float(binarization_threshold)

@@ -1,4 +1,5 @@
-"""Size and MACs of a list of PIT layers, as per-layer vectors (SPEC §4.1, internals §3).
+"""Size and MACs of a list of PIT layers, as per-layer vectors (docs/behaviour.md §4.1,
+docs/internals.md §3).
 
 Every static factor (which masker feeds each layer's input and output, flatten factors,
 kernel sizes, groups, output positions, call counts) is turned into tensors once, at

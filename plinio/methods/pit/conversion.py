@@ -1,4 +1,5 @@
-"""PIT conversion: which layers become PIT layers, mask creation, BN folding (SPEC §2.1, §5).
+"""PIT conversion: which layers become PIT layers, mask creation, BN folding (docs/behaviour.md
+§2.1, §5).
 
 ``convert()`` is the entry point PIT and PIT-SuperNet share: it returns the converted
 ``GraphModule`` (user's qualified names kept), the ordered PIT layers and the cost model.
@@ -11,12 +12,12 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from plinio.cost.model import PITCostModel
 from plinio.graph.analysis import ChannelAnalysis, LayerInfo
 from plinio.graph.bn_folding import bn_args, fold_bn, is_foldable
 from plinio.graph.channels import Concat, Const, Desc, Flatten, Group
-from plinio.graph.rewrite import bypass_node, finalize, prepare_graph, replace_module, rewrite_flatten
-from plinio.graph.tracing import model_device_dtype, node_shape
+from plinio.graph.rewrite import bypass_node, finalize, prepare_graph, rewrite_flatten, set_submodule
+from plinio.graph.tracing import call_counts, model_device_dtype, node_shape
+from plinio.methods.pit.cost_model import PITCostModel
 from plinio.methods.pit.nn import (PITBatchNorm1d, PITBatchNorm2d, PITConv1d, PITConv2d, PITDilationMasker,
                                    PITFeaturesMasker, PITFrozenDilationMasker, PITFrozenFeaturesMasker,
                                    PITFrozenTimestepMasker, PITLinear, PITModule, PITTimestepMasker)
@@ -70,10 +71,7 @@ class _Planner:
         self.conversion_types = conversion_types
         self.roles: Dict[str, str] = {}
         self.folds: Dict[str, str] = {}  # bn name -> layer name
-        self.calls: Dict[str, int] = {}
-        for node in gm.graph.nodes:
-            if node.op == "call_module":
-                self.calls[node.target] = self.calls.get(node.target, 0) + 1
+        self.calls = call_counts(gm)
 
     def excluded(self, name: str, module: nn.Module) -> bool:
         return name in self.exclude_names or isinstance(module, self.exclude_types)
@@ -235,7 +233,8 @@ def convert(model: nn.Module, input_shape: Optional[Sequence[int]] = None, *, in
         layer.to(device=device)
         if modules[name] is not layer:
             layer.to(dtype=dtype)
-            replace_module(gm, name, layer)
+            layer.train(modules[name].training)
+            set_submodule(gm, name, layer)
     for node in list(gm.graph.nodes):
         if node.op == "call_module" and node.target in planner.folds:
             bypass_node(gm, node)
