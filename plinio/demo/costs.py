@@ -1,10 +1,10 @@
 """Parameter and MAC counts of plain (exported) models, measured with forward hooks.
 
-The counting rule is the one SPEC §4.2 uses for the static cost of supernet branches, so
-the numbers of an exported network and of the unsearched supernet are comparable:
-parameters = every parameter (weights, biases, BatchNorm affine); MACs = for each call of a
-parametric layer, its parameter count times the number of output positions for
-convolutions, and its parameter count for any other layer (Linear, BatchNorm).
+The counting rule is the library's static branch cost (``plinio.cost.plain_counts``,
+docs/behaviour.md §4.2), so the numbers of an exported network and of the unsearched supernet
+are comparable: parameters = every parameter (weights, biases, BatchNorm affine); MACs = for
+each call of a parametric layer, its parameter count times the number of output positions
+for convolutions, and its parameter count for any other layer (Linear, BatchNorm).
 """
 import copy
 from dataclasses import dataclass
@@ -12,8 +12,8 @@ from typing import Dict, Tuple
 
 import torch
 import torch.nn as nn
-from torch.nn.modules.conv import _ConvNd
 
+from plinio.cost.plain_counts import direct_param_count, forward_macs
 from plinio.methods.pit_supernet import PITSuperNetModule
 from plinio.methods.pit_supernet.nn import PITSuperNetCombiner
 
@@ -26,47 +26,22 @@ class Cost:
     macs: float
 
 
-def _direct_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters(recurse=False))
-
-
 def layer_costs(model: nn.Module, input_shape: Tuple[int, ...]) -> Dict[str, Cost]:
     """Per parametric layer (qualified name): its parameters and its MACs summed over calls.
 
     Supernet combiners are skipped: their ``alpha`` chooses the architecture and is not part
-    of any network the search can produce. Runs a copy of ``model`` on one zero sample of ``input_shape`` (no batch dimension), in
-    eval mode without gradients, so the caller's model and its buffers are left untouched.
+    of any network the search can produce. Runs a copy of ``model`` on one zero sample of
+    ``input_shape`` (no batch dimension), in eval mode without gradients, so the caller's
+    model and its buffers are left untouched.
     """
     probe = copy.deepcopy(model).eval()
     device = next((p.device for p in probe.parameters()), torch.device("cpu"))
-    macs: Dict[str, int] = {}
-    handles = []
-
-    def make_hook(name: str):
-        def hook(module: nn.Module, _inputs: object, output: object) -> None:
-            count = _direct_params(module)
-            if isinstance(module, _ConvNd):
-                if not isinstance(output, torch.Tensor):
-                    raise TypeError(f"cost counter: convolution {name!r} returned "
-                                    f"{type(output).__name__}, expected a tensor")
-                for dim in output.shape[2:]:
-                    count *= int(dim)
-            macs[name] = macs.get(name, 0) + count
-        return hook
-
-    params: Dict[str, int] = {}
-    for name, module in probe.named_modules():
-        count = _direct_params(module)
-        if count > 0 and not isinstance(module, PITSuperNetCombiner):
-            params[name] = count
-            handles.append(module.register_forward_hook(make_hook(name)))
-    try:
-        with torch.no_grad():
-            probe(torch.zeros((1,) + tuple(input_shape), device=device))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {name: Cost(float(params[name]), float(macs.get(name, 0))) for name in params}
+    layers = {name: module for name, module in probe.named_modules()
+              if direct_param_count(module) > 0 and not isinstance(module, PITSuperNetCombiner)}
+    sample = torch.zeros((1,) + tuple(input_shape), device=device)
+    macs = forward_macs(probe, layers, lambda: probe(sample))
+    return {name: Cost(float(direct_param_count(module)), float(macs[name]))
+            for name, module in layers.items()}
 
 
 def model_cost(model: nn.Module, input_shape: Tuple[int, ...]) -> Cost:

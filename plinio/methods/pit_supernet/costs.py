@@ -10,7 +10,8 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-from torch.nn.modules.conv import _ConvNd
+
+from plinio.cost.plain_counts import direct_param_count, forward_macs
 
 from .nn.combiner import PITSuperNetCombiner
 
@@ -23,59 +24,30 @@ class BranchStaticCosts:
     macs: Tuple[int, ...]
 
 
-def _direct_param_count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters(recurse=False))
-
-
 def measure_branch_static_costs(
         model: nn.Module, supernets: Dict[str, Sequence[nn.Module]],
         run_model: Callable[[], None]) -> Dict[str, BranchStaticCosts]:
-    """Static size and MACs of each branch (SPEC §4.2).
+    """Static size and MACs of each branch (docs/behaviour.md §4.2).
 
     ``supernets`` maps each supernet's qualified name to its (unconverted) branches;
-    ``run_model`` runs ``model`` once on a batch-1 example so that forward hooks on the
-    parametric layers of the branches see their output shapes. Size is the number of
-    parameters of the branch; MACs sum, over the branch's parametric layers, the parameter
-    count times the number of output positions for convolutions and the parameter count for
-    any other layer (once per call). The model is run in eval mode without gradients and its
+    ``run_model`` runs ``model`` once on a batch-1 example. Size is the number of parameters
+    of the branch; MACs sum the MACs of the branch's parametric layers over their calls
+    (``plinio.cost.plain_counts``). The model is run in eval mode without gradients and its
     training flags are restored afterwards.
     """
-    macs: Dict[Tuple[str, int], int] = {}
     owners: Dict[int, List[Tuple[str, int]]] = {}
     layers: Dict[int, nn.Module] = {}
     for sn_name, branches in supernets.items():
         for idx, branch in enumerate(branches):
-            macs[(sn_name, idx)] = 0
             for module in branch.modules():
-                if _direct_param_count(module) > 0:
+                if direct_param_count(module) > 0:
                     owners.setdefault(id(module), []).append((sn_name, idx))
                     layers[id(module)] = module
-
-    def hook(module: nn.Module, _inputs: object, output: object) -> None:
-        count = _direct_param_count(module)
-        if isinstance(module, _ConvNd):
-            if not isinstance(output, torch.Tensor):
-                raise TypeError(
-                    f"static cost: convolution {type(module).__name__} returned a "
-                    f"{type(output).__name__} instead of a tensor")
-            positions = 1
-            for dim in output.shape[2:]:
-                positions *= int(dim)
-            count *= positions
-        for key in owners[id(module)]:
+    macs = {(sn_name, idx): 0 for sn_name, branches in supernets.items()
+            for idx in range(len(branches))}
+    for layer_id, count in forward_macs(model, layers, run_model).items():
+        for key in owners[layer_id]:
             macs[key] += count
-
-    handles = [layer.register_forward_hook(hook) for layer in layers.values()]
-    training = {name: m.training for name, m in model.named_modules()}
-    try:
-        model.eval()
-        with torch.no_grad():
-            run_model()
-    finally:
-        for handle in handles:
-            handle.remove()
-        for name, m in model.named_modules():
-            m.training = training.get(name, m.training)
 
     result: Dict[str, BranchStaticCosts] = {}
     for sn_name, branches in supernets.items():
