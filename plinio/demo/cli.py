@@ -14,6 +14,7 @@ import torch
 
 from .config import (DEFAULT_OUT, DEFAULT_STRENGTHS_MACS, DEFAULT_STRENGTHS_SIZE,
                      QUICK_STRENGTHS, DemoConfig, DemoError, Schedule)
+from .extras import missing_demo_package
 
 PROG = "plinio-demo"
 QUICK_SCHEDULE = Schedule(warmup_epochs=1, search_epochs=1, finetune_epochs=1)
@@ -164,6 +165,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except DemoError as err:
         print(f"{PROG}: error: {_one_line(str(err))}", file=sys.stderr)
         return err.exit_code
+    missing = missing_demo_package()
+    if missing is not None:
+        print(f"{PROG}: error: {missing}", file=sys.stderr)
+        return 2
     from .pipeline import run_demo
     from .report import format_table
     try:
