@@ -1,0 +1,414 @@
+"""``sparse_masked_conv``: values and gradients equal to the dense masked conv / linear
+(x, W, b and the mask parameters α, β, γ through ``plinio.ops.pit_masked_weight``) on random
+layers and masks, the two flags and the conditions under which leaving them off is exact,
+saved-for-backward bytes, bad input, and the per-layer decision rule."""
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import plinio.ops as ops
+from plinio.fast.linear_ops import ConvGeometry, conv_geometry, reference_conv
+from plinio.fast.sparse_conv import sparse_masked_conv
+from plinio.ops.reference import dilation_levels
+
+SETTINGS = settings(max_examples=30, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow])
+TOL = {torch.float64: dict(rtol=1e-9, atol=1e-9), torch.float32: dict(rtol=2e-4, atol=2e-4)}
+KINDS = ("conv1d", "conv2d", "depthwise1d", "depthwise2d", "linear")
+
+
+@dataclass
+class MaskedLayer:
+    """A PIT layer's parameters: weight, bias, channel mask α, Conv1d time masks β/γ."""
+
+    geometry: Optional[ConvGeometry]  # None: Linear
+    weight: torch.Tensor
+    bias: Optional[torch.Tensor]
+    alpha: torch.Tensor
+    beta: Optional[torch.Tensor]
+    gamma: Optional[torch.Tensor]
+    keep_alive: int
+
+    def params(self) -> Dict[str, torch.Tensor]:
+        named = {"weight": self.weight, "bias": self.bias, "alpha": self.alpha,
+                 "beta": self.beta, "gamma": self.gamma}
+        return {k: v for k, v in named.items() if v is not None}
+
+    def masked(self) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+        """(W', b', indices of the kept output channels)."""
+        w, b, channel, _ = ops.pit_masked_weight(self.weight, self.bias, self.alpha, self.beta,
+                                                 self.gamma, keep_alive=self.keep_alive,
+                                                 return_masks=True)
+        return w, b, torch.nonzero(channel.detach() > 0.5).flatten()
+
+    @property
+    def depthwise(self) -> bool:
+        return self.geometry is not None and self.geometry.groups > 1
+
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        w, b, _ = self.masked()
+        return F.linear(x, w, b) if self.geometry is None else reference_conv(x, w, b,
+                                                                              self.geometry)
+
+    def sparse(self, x: torch.Tensor, live: Optional[torch.Tensor], grad_pruned_rows: bool,
+               grad_dead_inputs: bool) -> torch.Tensor:
+        w, b, kept = self.masked()
+        return sparse_masked_conv(x, w, b, self.geometry, kept, live,
+                                  grad_pruned_rows=grad_pruned_rows,
+                                  grad_dead_inputs=grad_dead_inputs)
+
+
+def _mask_values(kept: torch.Tensor, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+    """Mask parameters above the 0.5 threshold where ``kept``, below elsewhere, random signs."""
+    magnitude = torch.where(kept, 0.55 + 0.4 * torch.rand(kept.shape, generator=gen),
+                            0.45 * torch.rand(kept.shape, generator=gen))
+    sign = torch.where(torch.rand(kept.shape, generator=gen) < 0.5, -1.0, 1.0)
+    return (magnitude * sign).to(dtype)
+
+
+def make_layer(kind: str, cin: int, cout: int, kernel: int, stride: int, dilation: int,
+               pad_left: int, pad_right: int, bias: bool, kept: torch.Tensor,
+               keep_alive: int, seed: int, dtype: torch.dtype) -> MaskedLayer:
+    """A random layer of the given kind; depthwise layers use ``cin`` channels."""
+    gen = torch.Generator().manual_seed(seed)
+    geometry = None
+    if kind == "linear":
+        w_shape: Tuple[int, ...] = (cout, cin)
+    else:
+        ndim = int(kind[-2])
+        groups = cin if kind.startswith("depthwise") else 1
+        cout = cin if groups > 1 else cout
+        geometry = ConvGeometry(ndim, cin, cout, groups, (kernel,) * ndim, (stride,) * ndim,
+                                (dilation,) * ndim, (pad_left,) * ndim, (pad_right,) * ndim, bias)
+        w_shape = (cout, cin // groups) + (kernel,) * ndim
+    kept = kept[:cout]
+    weight = torch.randn(w_shape, generator=gen, dtype=dtype).requires_grad_()
+    b = torch.randn(cout, generator=gen, dtype=dtype).requires_grad_() if bias else None
+    alpha = _mask_values(kept, gen, dtype).requires_grad_()
+    beta = gamma = None
+    if kind.endswith("1d") and kernel > 1:  # random receptive-field and dilation masks
+        beta = (0.6 * torch.rand(kernel, generator=gen, dtype=dtype)).requires_grad_()
+        gamma = torch.rand(dilation_levels(kernel), generator=gen, dtype=dtype).requires_grad_()
+    return MaskedLayer(geometry, weight, b, alpha, beta, gamma, keep_alive)
+
+
+def make_input(layer: MaskedLayer, live_mask: torch.Tensor, batch: int, size: int, seed: int
+               ) -> torch.Tensor:
+    """A leaf input whose channels outside ``live_mask`` are exactly 0."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    dtype = layer.weight.dtype
+    if layer.geometry is None:
+        cin = layer.weight.shape[1]
+        x = torch.randn(batch, size, cin, generator=gen, dtype=dtype)
+        return (x * live_mask[:cin].to(dtype)).requires_grad_()
+    g = layer.geometry
+    x = torch.randn((batch, g.in_channels) + (size,) * g.ndim, generator=gen, dtype=dtype)
+    mask = live_mask[:g.in_channels].to(dtype).view((-1,) + (1,) * g.ndim)
+    return (x * mask).requires_grad_()
+
+
+def run(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+        inputs: Dict[str, torch.Tensor], seed: int = 7
+        ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """Output and gradients of Σ cot·forward(x) w.r.t. x and ``inputs`` (a seeded cotangent)."""
+    y = forward(x)
+    cot = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=y.dtype)
+    names = ["x"] + list(inputs)
+    grads = torch.autograd.grad(y, [x] + list(inputs.values()), cot)
+    return y, dict(zip(names, grads))
+
+
+@st.composite
+def random_cases(draw: st.DrawFn) -> Tuple[MaskedLayer, torch.Tensor, torch.Tensor]:
+    """A random layer with random masks, and an input with random dead channels."""
+    kind = draw(st.sampled_from(KINDS))
+    dtype = draw(st.sampled_from([torch.float64, torch.float32]))
+    cin, cout = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    kernel, stride, dilation = draw(st.integers(1, 4)), draw(st.integers(1, 2)), \
+        draw(st.integers(1, 2))
+    padding = draw(st.sampled_from(["same", "symmetric", "asymmetric"]))
+    total = dilation * (kernel - 1)
+    if padding == "same":
+        pad_left, pad_right = total // 2, total - total // 2
+    elif padding == "symmetric":
+        pad_left = pad_right = draw(st.integers(0, 2))
+    else:
+        pad_left, pad_right = draw(st.integers(0, 3)), draw(st.integers(0, 3))
+    kept = torch.tensor(draw(st.lists(st.booleans(), min_size=6, max_size=6)))
+    live = torch.tensor(draw(st.lists(st.booleans(), min_size=6, max_size=6)))
+    seed = draw(st.integers(0, 2 ** 16))
+    layer = make_layer(kind, cin, cout, kernel, stride, dilation, pad_left, pad_right,
+                       draw(st.booleans()), kept, draw(st.integers(0, 1)), seed, dtype)
+    size = max(total + 1 - pad_left - pad_right, 1) + draw(st.integers(0, 4))
+    x = make_input(layer, live, draw(st.integers(1, 3)), size, seed)
+    return layer, x, torch.nonzero(live[:x.shape[1 if layer.geometry else -1]]).flatten()
+
+
+def _assert_close(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
+    torch.testing.assert_close(got, want, **TOL[want.dtype], msg=lambda m: f"{what}: {m}")
+
+
+@SETTINGS
+@given(random_cases())
+def test_with_both_flags_every_value_and_gradient_equals_the_dense_layer(case):
+    layer, x, live = case
+    y_dense, g_dense = run(layer.dense, x, layer.params())
+    y_sparse, g_sparse = run(lambda t: layer.sparse(t, live, True, True), x, layer.params())
+    _assert_close(y_sparse, y_dense, "output")
+    for name in g_dense:
+        _assert_close(g_sparse[name], g_dense[name], f"gradient of {name}")
+
+
+@SETTINGS
+@given(random_cases())
+def test_without_flags_only_pruned_mask_rows_and_dead_inputs_are_skipped(case):
+    """Everything but α of pruned channels and gx of dead inputs equals the dense layer; the
+    skipped gradients are exact zeros (non-depthwise; a depthwise gx is exact anyway)."""
+    layer, x, live = case
+    _, _, kept = layer.masked()
+    y_dense, g_dense = run(layer.dense, x, layer.params())
+    y_sparse, g_sparse = run(lambda t: layer.sparse(t, live, False, False), x, layer.params())
+    _assert_close(y_sparse, y_dense, "output")
+    for name in ("weight", "bias", "beta", "gamma"):
+        if name in g_dense:
+            _assert_close(g_sparse[name], g_dense[name], f"gradient of {name}")
+    _assert_close(g_sparse["alpha"][kept], g_dense["alpha"][kept], "gradient of kept α")
+    dim = -1 if layer.geometry is None else 1
+    if layer.depthwise:
+        _assert_close(g_sparse["x"], g_dense["x"], "gradient of x")
+        return
+    dead = torch.ones(x.shape[dim], dtype=torch.bool)
+    dead[live] = False
+    _assert_close(g_sparse["x"].index_select(dim, live), g_dense["x"].index_select(dim, live),
+                  "gradient of live inputs")
+    assert not g_sparse["x"].index_select(dim, torch.nonzero(dead).flatten()).any()
+
+
+def _layer_and_input(kind: str, kept: Tuple[int, ...], live: Tuple[int, ...], seed: int = 3,
+                     keep_alive: int = 0, **geometry) -> Tuple[MaskedLayer, torch.Tensor]:
+    params = dict(cin=6, cout=6, kernel=3, stride=1, dilation=1, pad_left=1, pad_right=1,
+                  bias=True)
+    params.update(geometry)
+    kept_mask = torch.zeros(6, dtype=torch.bool)
+    kept_mask[list(kept)] = True
+    live_mask = torch.zeros(6, dtype=torch.bool)
+    live_mask[list(live)] = True
+    layer = make_layer(kind, kept=kept_mask, keep_alive=keep_alive, seed=seed,
+                       dtype=torch.float64, **params)
+    return layer, make_input(layer, live_mask, 2, 9, seed)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kept, live, keep_alive", [
+    ((0, 1, 2, 3, 4, 5), (0, 1, 2, 3, 4, 5), 0),  # all kept: no gather, no scatter
+    ((), (0, 1, 2, 3, 4, 5), 1),                   # all pruned: the keep-alive channel only
+    ((), (1, 4), 0),                                # no kept channel at all
+    ((0, 2, 5), (), 0),                             # no live input: the output is the bias
+])
+def test_extreme_channel_sets(kind, kept, live, keep_alive):
+    layer, x = _layer_and_input(kind, kept, live, keep_alive=keep_alive)
+    live_idx = torch.tensor(live, dtype=torch.int64)
+    y_dense, g_dense = run(layer.dense, x, layer.params())
+    for flags in ((True, True), (False, False)):
+        y_sparse, g_sparse = run(lambda t: layer.sparse(t, live_idx, *flags), x, layer.params())
+        _assert_close(y_sparse, y_dense, "output")
+        for name in ("weight", "bias") + (("x", "alpha") if flags[0] else ()):
+            _assert_close(g_sparse[name], g_dense[name], f"gradient of {name}")
+
+
+@pytest.mark.parametrize("kind", ("conv1d", "conv2d", "depthwise2d", "linear"))
+def test_mask_flips_between_calls(kind):
+    """The same layer called with masks that change between calls (as after an optimizer
+    step): every call matches the dense layer, nothing is carried over."""
+    layer, x = _layer_and_input(kind, kept=(0, 2, 3), live=(0, 1, 2, 3, 4, 5))
+    for flip in ([], [1, 2], [2, 5], [0, 1, 2, 3, 4, 5], [1, 5]):
+        with torch.no_grad():
+            old = layer.alpha[flip]
+            layer.alpha[flip] = torch.where(old.abs() > 0.5, 0.1, 0.9).to(old.dtype)
+        live = torch.tensor([0, 2, 3, 4] if len(flip) % 2 else [0, 1, 2, 3, 4, 5])
+        x_call = (x.detach() * torch.isin(torch.arange(6), live).to(x.dtype).view(
+            (1, 1, -1) if layer.geometry is None else (1, -1) + (1,) * layer.geometry.ndim)
+                  ).requires_grad_()
+        y_dense, g_dense = run(layer.dense, x_call, layer.params())
+        y_sparse, g_sparse = run(lambda t: layer.sparse(t, live, True, True), x_call,
+                                 layer.params())
+        _assert_close(y_sparse, y_dense, f"output after flipping {flip}")
+        for name in g_dense:
+            _assert_close(g_sparse[name], g_dense[name], f"gradient of {name} after {flip}")
+
+
+# ------------------------------------------------------- when leaving a flag off is exact
+ZERO_GRAD_AT_ZERO = {"relu": nn.ReLU(), "relu6": nn.ReLU6()}
+PASSES_GRAD_AT_ZERO = {"identity": nn.Identity(), "leaky_relu": nn.LeakyReLU(0.1),
+                       "gelu": nn.GELU(), "silu": nn.SiLU(), "hardtanh": nn.Hardtanh(),
+                       "elu": nn.ELU()}
+
+
+def _chain(producer: MaskedLayer, act1: nn.Module, consumer: MaskedLayer, act2: nn.Module,
+           sparse: Optional[Tuple[bool, bool]]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x → producer (dense) → act1 → consumer (dense, or sparse with these flags) → act2."""
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        h = act1(producer.dense(x))
+        if sparse is None:
+            return act2(consumer.dense(h))
+        _, _, live = producer.masked()
+        return act2(consumer.sparse(h, live, *sparse))
+    return forward
+
+
+def _chain_grads(consumer_kind: str, act1: nn.Module, act2: nn.Module,
+                 flags: Optional[Tuple[bool, bool]]) -> Dict[str, torch.Tensor]:
+    producer, x = _layer_and_input("linear" if consumer_kind == "linear" else
+                                   f"conv{consumer_kind[-2:]}", kept=(1, 2, 4), live=range(6),
+                                   seed=11)
+    consumer, _ = _layer_and_input(consumer_kind, kept=(0, 1, 4), live=range(6), seed=12)
+    params = {f"producer.{k}": v for k, v in producer.params().items()}
+    params.update({f"consumer.{k}": v for k, v in consumer.params().items()})
+    return run(_chain(producer, act1, consumer, act2, flags), x, params)[1]
+
+
+@pytest.mark.parametrize("consumer", ("conv2d", "conv1d", "linear", "depthwise2d"))
+@pytest.mark.parametrize("act", list(ZERO_GRAD_AT_ZERO))
+def test_flags_off_are_exact_when_relu_follows_both_layers(consumer, act):
+    """ReLU / ReLU6 backward is 0 at an input of exactly 0, so the pruned rows' mask
+    gradient and the dead inputs' gradient are unobservable: every parameter gradient of
+    both layers (and the network input's) equals the dense chain's."""
+    relu = ZERO_GRAD_AT_ZERO[act]
+    dense = _chain_grads(consumer, relu, relu, None)
+    sparse = _chain_grads(consumer, relu, relu, (False, False))
+    for name in dense:
+        _assert_close(sparse[name], dense[name], f"gradient of {name}")
+
+
+@pytest.mark.parametrize("consumer", ("conv2d", "conv1d", "linear", "depthwise2d"))
+@pytest.mark.parametrize("act", list(PASSES_GRAD_AT_ZERO))
+def test_grad_pruned_rows_is_needed_when_the_next_op_passes_gradient_at_zero(consumer, act):
+    """LeakyReLU, GELU, SiLU, Hardtanh(-1, 1), ELU, nothing: gy of a pruned channel is not
+    0, its α gradient Σ gy·z is not either; grad_pruned_rows=False would lose it."""
+    relu, act2 = nn.ReLU(), PASSES_GRAD_AT_ZERO[act]
+    dense = _chain_grads(consumer, relu, act2, None)
+    without = _chain_grads(consumer, relu, act2, (False, False))
+    with_flag = _chain_grads(consumer, relu, act2, (True, False))
+    pruned = [2, 3, 5]
+    assert not torch.allclose(without["consumer.alpha"][pruned], dense["consumer.alpha"][pruned])
+    for name in dense:
+        _assert_close(with_flag[name], dense[name], f"gradient of {name}")
+
+
+@pytest.mark.parametrize("consumer", ("conv2d", "conv1d", "linear"))
+@pytest.mark.parametrize("act", list(PASSES_GRAD_AT_ZERO))
+def test_grad_dead_inputs_is_needed_when_the_op_before_passes_gradient_at_zero(consumer, act):
+    """Between the producer and the layer, an op whose backward is not 0 at 0 carries the
+    dead inputs' gradient to the producer's pruned rows (its α): grad_dead_inputs=False
+    would lose it. A depthwise layer needs no flag (its gx outside K is exactly 0)."""
+    act1, relu = PASSES_GRAD_AT_ZERO[act], nn.ReLU()
+    dense = _chain_grads(consumer, act1, relu, None)
+    without = _chain_grads(consumer, act1, relu, (False, False))
+    with_flag = _chain_grads(consumer, act1, relu, (False, True))
+    pruned = [0, 3, 5]
+    assert not torch.allclose(without["producer.alpha"][pruned], dense["producer.alpha"][pruned])
+    for name in dense:
+        _assert_close(with_flag[name], dense[name], f"gradient of {name}")
+
+
+@pytest.mark.parametrize("act", list(PASSES_GRAD_AT_ZERO))
+def test_depthwise_needs_no_grad_dead_inputs(act):
+    relu = nn.ReLU()
+    dense = _chain_grads("depthwise2d", PASSES_GRAD_AT_ZERO[act], relu, None)
+    sparse = _chain_grads("depthwise2d", PASSES_GRAD_AT_ZERO[act], relu, (False, False))
+    for name in dense:
+        _assert_close(sparse[name], dense[name], f"gradient of {name}")
+
+
+# ------------------------------------------------------------------ saved bytes, errors
+def _saved_bytes(forward: Callable[[], torch.Tensor]) -> int:
+    """Bytes of the distinct storages autograd saves for backward while ``forward`` runs."""
+    storages: Dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        forward()
+    return sum(storages.values())
+
+
+def test_saved_bytes_shrink_with_the_live_inputs():
+    """Half the input channels live: half the input is saved (plus the small weight); all
+    live: the input itself is saved, as by the dense conv."""
+    layer, x = _layer_and_input("conv2d", kept=(0, 1, 2), live=(0, 2, 4))
+    x = x.detach().repeat(1, 1, 4, 4)  # input bytes dominate the weight's
+    w, b, kept = (t.detach() for t in layer.masked())
+    w.requires_grad_()
+    geometry = layer.geometry
+    dense = _saved_bytes(lambda: reference_conv(x, w, b, geometry))
+    half = _saved_bytes(lambda: sparse_masked_conv(x, w, b, geometry, kept, torch.tensor([0, 2, 4]),
+                                                   grad_pruned_rows=False, grad_dead_inputs=False))
+    full = _saved_bytes(lambda: sparse_masked_conv(x, w, b, geometry, kept, torch.arange(6),
+                                                   grad_pruned_rows=False, grad_dead_inputs=False))
+    x_bytes = x.numel() * x.element_size()
+    assert dense >= x_bytes and full <= dense + w.numel() * w.element_size()
+    assert x_bytes // 2 <= half <= x_bytes // 2 + w.numel() * w.element_size()
+
+
+def test_bad_input_is_refused_with_a_clear_message():
+    layer, x = _layer_and_input("conv2d", kept=(0, 1), live=range(6))
+    w, b, kept = layer.masked()
+    g = layer.geometry
+
+    def call(**kw):
+        args = dict(x=x, weight=w, bias=b, geometry=g, kept_out=kept, live_in=None)
+        args.update(kw)
+        return sparse_masked_conv(**args, grad_pruned_rows=False, grad_dead_inputs=False)
+
+    with pytest.raises(TypeError, match="kept_out must be a 1-D int64 tensor"):
+        call(kept_out=kept.to(torch.int32))
+    with pytest.raises(ValueError, match=r"live_in must hold sorted, unique channel indices in \[0, 6\)"):
+        call(live_in=torch.tensor([3, 1]))
+    with pytest.raises(ValueError, match="kept_out must hold sorted, unique"):
+        call(kept_out=torch.tensor([0, 6]))
+    with pytest.raises(ValueError, match="has 7 indices for 6 channels"):
+        call(live_in=torch.arange(7))
+    with pytest.raises(ValueError, match="does not match the geometry"):
+        call(weight=w[:, :3])
+    with pytest.raises(ValueError, match="does not match a 2-D convolution of 6 channels"):
+        call(x=x[:, :4])
+    grouped = ConvGeometry(2, 6, 6, 2, (3, 3), (1, 1), (1, 1), (1, 1), (1, 1), True)
+    with pytest.raises(ValueError, match="only groups=1 and depthwise"):
+        call(geometry=grouped, weight=w[:, :3])
+    with pytest.raises(ValueError, match="Linear layer"):
+        call(geometry=None)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+def test_geometry_of_a_same_padded_even_kernel():
+    """'same' padding of an even kernel is asymmetric: read from an nn.Conv2d."""
+    conv = nn.Conv2d(5, 4, (2, 4), padding="same", dilation=(1, 2)).double()
+    geometry, _ = conv_geometry(conv)
+    assert geometry.pad_left != geometry.pad_right
+    x = torch.randn(2, 5, 7, 8, dtype=torch.float64)
+    x[:, 3] = 0
+    x.requires_grad_()
+    kept, live = torch.tensor([0, 2, 3]), torch.tensor([0, 1, 2, 4])
+    w = conv.weight.detach().clone()
+    w[[1]] = 0
+    b = conv.bias.detach().clone()
+    b[[1]] = 0
+    w.requires_grad_()
+    b.requires_grad_()
+    y_dense, g_dense = run(lambda t: F.conv2d(t, w, b, padding="same", dilation=(1, 2)), x,
+                           {"w": w, "b": b})
+    y_sparse, g_sparse = run(lambda t: sparse_masked_conv(t, w, b, geometry, kept, live,
+                                                          grad_pruned_rows=True,
+                                                          grad_dead_inputs=True),
+                             x, {"w": w, "b": b})
+    _assert_close(y_sparse, y_dense, "output")
+    for name in g_dense:
+        _assert_close(g_sparse[name], g_dense[name], f"gradient of {name}")
