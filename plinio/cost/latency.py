@@ -153,7 +153,9 @@ class LatencyTable:
             backends.add(row["backend"])
             if row["backend"] != backend:
                 continue
-            key = TableKey(kind=row["kind"].strip(), kernel=_parse_dims(row["kernel"], f"{where}, kernel"),
+            kind = row["kind"].strip()
+            kernel = _parse_dims(row["kernel"], f"{where}, kernel")
+            key = TableKey(kind=kind, kernel=() if kind == "conv1d" else kernel,
                            stride=_parse_dims(row["stride"], f"{where}, stride"),
                            depthwise=row["depthwise"].strip() in ("1", "true", "True"),
                            in_spatial=_parse_dims(row["in_spatial"], f"{where}, in_spatial"),
@@ -168,8 +170,7 @@ class LatencyTable:
             if key.one_channel_axis and cin != cout:
                 raise ValueError(f"{where}: {key} has one channel axis, so cout must equal cin "
                                  f"(got cin={cin}, cout={cout})")
-            taps = math.prod(_parse_dims(row["kernel"], where)) if key.kind == "conv1d" else \
-                math.prod(key.kernel)
+            taps = math.prod(kernel)
             point = (float(taps), float(cin), 0.0 if key.one_channel_axis else float(cout))
             grid = points.setdefault(key, {})
             if point in grid:

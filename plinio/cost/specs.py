@@ -153,6 +153,10 @@ def as_cost_spec(spec: Union[str, CostSpec, CostFn], name: str) -> CostSpec:
                     f"fn(geometry) -> Tensor, got {type(spec).__name__}")
 
 
+def _names(shapes: Sequence[LayerShape]) -> str:
+    return ", ".join(f"'{s.name}'" for s in shapes)
+
+
 def _describe(shape: LayerShape, cin: Tensor, cout: Tensor, taps: Tensor) -> str:
     return (f"layer '{shape.name}' ({shape.kind}, effective in={cin.item():g}, out={cout.item():g}, "
             f"taps={taps.item():g})")
@@ -219,17 +223,16 @@ class LayerCosts(nn.Module):
                                  f"({len(self.shapes)},), one entry per layer, got {got}")
 
     def _checked(self, result: object, name: str, shapes: Tuple[LayerShape, ...]) -> Tensor:
-        layers = ", ".join(f"'{s.name}'" for s in shapes)
         if not isinstance(result, Tensor) or not result.is_floating_point():
             got = f"a {result.dtype} tensor" if isinstance(result, Tensor) else f"a {type(result).__name__}"
             raise TypeError(f"cost spec '{name}' returned {got} for the {shapes[0].kind} layers "
-                            f"{layers}; a spec must return a floating tensor with one cost per layer")
+                            f"{_names(shapes)}; a spec must return a floating tensor with one cost per layer")
         if result.dim() == 0:
             return result.expand(len(shapes))
         if tuple(result.shape) != (len(shapes),):
             raise ValueError(f"cost spec '{name}' returned shape {tuple(result.shape)} for the "
-                             f"{shapes[0].kind} layers {layers}; expected ({len(shapes)},): one cost "
-                             f"per layer of the batch (or a 0-dim constant)")
+                             f"{shapes[0].kind} layers {_names(shapes)}; expected ({len(shapes)},): one "
+                             f"cost per layer of the batch (or a 0-dim constant)")
         return result
 
     def _check_finite(self, name: str, costs: Tensor, counts: Tuple[Tensor, Tensor, Tensor]) -> None:
