@@ -335,7 +335,10 @@ def schedule_from_graph(gm: fx.GraphModule, channels: Optional[ChannelsArg] = No
     nodes = [n for n in gm.graph.nodes if n.op != "get_attr"]
     shapes = {n: _tensor_shape(n) for n in nodes}
     for n in nodes:
-        if shapes[n] is None and n.op not in ("output", "placeholder") and \
+        if n.op == "placeholder" and shapes[n] is None:
+            raise ValueError(f"schedule_from_graph: input '{n.name}' has no recorded shape; run "
+                             f"plinio.graph.tracing.propagate_shapes (or torch's ShapeProp) on the graph first")
+        if shapes[n] is None and n.op != "output" and \
                 any(u.target is operator.getitem and shapes.get(u) is not None for u in n.users):
             raise NotImplementedError(f"peak memory: node '{n.name}' ({n.target}) returns several tensors; "
                                       f"the activation schedule needs one tensor per node")
