@@ -1,10 +1,9 @@
-"""Exact fast paths of the search (DESIGN.md §3): branch merging, fused supernet forward,
-hard-selection shortcut, zero paddings absorbed into convolutions.
+"""Exact fast paths of the search (docs/design.md §3): branch merging, fused supernet
+forward, hard-selection shortcut, zero paddings absorbed into convolutions.
 
-Entry point: :func:`fast_graph`, run by the wrappers when ``fast=True`` and
-``PLINIO_BACKEND`` is not ``reference`` (see :func:`fast_path_requested`).
+Entry point: :func:`fast_graph`, run by the wrappers when ``fast=True`` and the reference
+backend is not forced (``plinio.ops.reference_path_forced()``).
 """
-import os
 from typing import Optional
 
 import torch.fx as fx
@@ -16,11 +15,6 @@ from .merged_conv import MergedConv
 from .pad_pass import PaddedConv, absorb_zero_padding
 from .padded_conv import zero_padded_conv
 from .supernet_forward import FastSuperNet
-
-
-def fast_path_requested(fast: bool = True) -> bool:
-    """Whether the fast paths should be used: ``fast`` unless ``PLINIO_BACKEND=reference``."""
-    return bool(fast) and os.environ.get("PLINIO_BACKEND", "").strip().lower() != "reference"
 
 
 def fast_graph(gm: fx.GraphModule) -> Optional[fx.GraphModule]:
@@ -42,6 +36,6 @@ def fast_graph(gm: fx.GraphModule) -> Optional[fx.GraphModule]:
 
 
 __all__ = ["fast_graph", "optimize_supernets", "absorb_zero_padding", "PaddedConv",
-           "zero_padded_conv", "fast_path_requested", "is_combiner", "FAST_MODULE_NAME",
+           "zero_padded_conv", "is_combiner", "FAST_MODULE_NAME",
            "FastSuperNet", "MergedConv", "MergePlan", "MemberPlacement", "LinearCandidate",
            "IDENTITY", "plan_merge", "ConvGeometry", "conv_geometry", "compose"]

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from plinio.methods.pit_supernet.nn import PITSuperNetCombiner
-from plinio.methods.pit_supernet.nn.combiner import reference_combine
+from plinio.ops.reference import combine as reference_combine
 
 
 def _outputs(n: int, seed: int = 0):

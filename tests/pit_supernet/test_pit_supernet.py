@@ -8,10 +8,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.models import SimpleSuperNet
-from plinio.fast import fast_path_requested
 from plinio.methods import PITSuperNet
 from plinio.methods.pit_supernet import PITSuperNetModule
 from plinio.methods.pit_supernet.nn import PITSuperNetCombiner
+from plinio.ops import reference_path_forced
 from sn_helpers import randomize_architecture
 
 SEED_SIZES = (9248, 18496, 25632, 0)
@@ -157,7 +157,7 @@ def test_fast_and_reference_paths_agree_on_costs_outputs_and_gradients():
     randomize_architecture(fast, seed=4)
     ref = copy.deepcopy(fast)
     ref.fast = False
-    assert fast.fast == fast_path_requested() and not ref.fast
+    assert fast.fast == (not reference_path_forced()) and not ref.fast
     x = torch.randn(3, 3, 8, 8)
     results = []
     for search in (fast, ref):

@@ -1,19 +1,25 @@
-"""DNAS base class shared by PIT and PIT-SuperNet (SPEC §2, common part)."""
-from typing import Any, Dict, Iterator, Optional, Set, Tuple
+"""DNAS base class shared by PIT and PIT-SuperNet (docs/behaviour.md §2, common part)."""
+import warnings
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.nn as nn
 
 from plinio.checkpoint import validate_state_dict
+from plinio.fast import fast_graph
+from plinio.ops import reference_path_forced
 from plinio.safety import check_nas_parameters
+
+if TYPE_CHECKING:
+    from plinio.methods.pit.conversion import PITConversion
 
 
 class DNAS(nn.Module):
     """Wraps the converted model (``self.seed``) and exposes the search interface.
 
     Subclasses implement ``get_size``, ``get_macs``, ``arch_export``, ``arch_summary`` and
-    ``_nas_parameter_ids`` (which parameters are architectural), and set ``seed``,
-    ``_cost_model`` and ``_pit_layers`` before the first ``fast`` assignment.
+    ``_nas_parameter_ids`` (which parameters are architectural), and call ``_adopt`` with
+    their conversion before the first ``fast`` assignment.
     """
 
     def __init__(self, regularizer: str) -> None:
@@ -22,25 +28,44 @@ class DNAS(nn.Module):
         self._fast = False
         self._fast_runner: Optional[Tuple[Any]] = None
 
+    # ---- the conversion result ---------------------------------------------------------------
+    def _input_shape_or_none(self, input_shape: Optional[Sequence[int]],
+                             input_example: Any) -> Optional[Sequence[int]]:
+        """``input_shape``, or None with a warning when ``input_example`` is given too (the
+        example wins). Call it from the subclass's ``__init__`` (the warning points at its caller)."""
+        if input_shape is not None and input_example is not None:
+            warnings.warn(f"{type(self).__name__}: both input_shape and input_example were given; "
+                          "using input_example", UserWarning, stacklevel=3)
+            return None
+        return input_shape
+
+    def _adopt(self, conversion: "PITConversion") -> None:
+        """Take over a conversion: its graph becomes ``seed`` (the owner of every layer), its
+        PIT layers (graph order) and their cost model are kept for the costs and switches."""
+        self.seed = conversion.gm
+        self._cost_model = conversion.cost_model
+        self._pit_layers = tuple(conversion.layers.items())
+
+    @property
+    def cost_model(self) -> nn.Module:
+        """Per-layer cost vectors of the PIT layers (``layer_names``, ``layer_costs(binarized)``)."""
+        return self._cost_model
+
     # ---- the fast / reference switch -----------------------------------------------------------
     @property
     def fast(self) -> bool:
         """Exact fast paths on (branch merging, fused combine and masks, absorbed zero
         paddings, vectorized costs). False: the plain-PyTorch reference path (also forced by
-        ``PLINIO_BACKEND=reference``)."""
+        ``PLINIO_BACKEND=reference`` or ``plinio.ops.set_backend('reference')``)."""
         return self._fast
 
     @fast.setter
     def fast(self, value: bool) -> None:
-        from plinio.fast import fast_graph, fast_path_requested
-        from plinio.methods.pit.nn.module import PITWeightedModule, fused_ops_available
-
-        self._fast = fast_path_requested(bool(value))
+        self._fast = bool(value) and not reference_path_forced()
         self._cost_model.fast = self._fast
-        fused_masks = self._fast and fused_ops_available()
         for _, layer in self._pit_layers:
-            if isinstance(layer, PITWeightedModule):
-                layer.use_fused_ops = fused_masks
+            if hasattr(layer, "use_fused_ops"):  # the layers with a fused mask path
+                layer.use_fused_ops = self._fast
         self._switch_fast_layers(self._fast)
         # the fast graph refers to (does not own) the layers of self.seed
         runner = fast_graph(self.seed) if self._fast else None

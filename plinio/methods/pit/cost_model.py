@@ -13,7 +13,6 @@ construction. The fast path then evaluates all layers with a handful of tensor o
 with no Python loop over layers and no host-device synchronisation. The reference path is
 PLiNIO's structure: a Python loop calling each layer's ``get_size()`` / ``get_macs()``.
 """
-import os
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -24,11 +23,7 @@ from plinio.methods.pit.nn.binarizer import PITBinarizer
 from plinio.methods.pit.nn.conv1d import PITConv1d
 from plinio.methods.pit.nn.features_masker import PITFeaturesMasker
 from plinio.methods.pit.nn.module import PITModule, PITWeightedModule
-
-
-def reference_backend_forced() -> bool:
-    """``PLINIO_BACKEND=reference`` switches every fast path off."""
-    return os.environ.get("PLINIO_BACKEND", "").strip().lower() == "reference"
+from plinio.ops import reference_path_forced
 
 
 def _block_diag(blocks: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -146,7 +141,7 @@ class PITCostModel(nn.Module):
     # ---- evaluation ------------------------------------------------------------------------
     def layer_costs(self, binarized: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
         """(size[l], macs[l]) float32 vectors, differentiable w.r.t. the mask parameters."""
-        if self.fast and not reference_backend_forced():
+        if self.fast and not reference_path_forced():
             return self._fast_costs(binarized)
         return self._reference_costs(binarized)
 

@@ -1,6 +1,5 @@
 """The PIT wrapper (SPEC §2.1)."""
-import warnings
-from typing import Any, Dict, Iterable, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, Optional, Sequence, Set
 
 import torch
 import torch.nn as nn
@@ -10,7 +9,7 @@ from plinio.methods.pit.conversion import convert
 from plinio.methods.pit.export import export_graph
 from plinio.methods.pit.nn.conv1d import PITConv1d
 from plinio.methods.pit.nn.masker_base import PITMaskerBase
-from plinio.methods.pit.nn.module import PITModule, PITWeightedModule
+from plinio.methods.pit.nn.module import PITWeightedModule
 from plinio.safety import check_nas_parameters
 
 
@@ -23,16 +22,10 @@ class PIT(DNAS):
                  exclude_types: Iterable[type] = (), train_features: bool = True, train_rf: bool = True,
                  train_dilation: bool = True, *, input_example: Any = None, fast: bool = True) -> None:
         super().__init__(regularizer)
-        if input_shape is not None and input_example is not None:
-            warnings.warn("PIT: both input_shape and input_example were given; using input_example",
-                          UserWarning, stacklevel=2)
-            input_shape = None
-        conversion = convert(model, input_shape, input_example=input_example,
-                             autoconvert_layers=autoconvert_layers, exclude_names=exclude_names,
-                             exclude_types=exclude_types)
-        self.seed = conversion.gm
-        self._cost_model = conversion.cost_model
-        self._pit_layers: Tuple[Tuple[str, PITModule], ...] = tuple(conversion.layers.items())
+        input_shape = self._input_shape_or_none(input_shape, input_example)
+        self._adopt(convert(model, input_shape, input_example=input_example,
+                            autoconvert_layers=autoconvert_layers, exclude_names=exclude_names,
+                            exclude_types=exclude_types))
         self.fast = fast
         self.train_features = train_features
         self.train_rf = train_rf
@@ -82,11 +75,6 @@ class PIT(DNAS):
             layer.train_dilation = value
 
     # ---- costs -------------------------------------------------------------------------------
-    @property
-    def cost_model(self) -> nn.Module:
-        """Per-layer cost vectors (``layer_names``, ``layer_costs(binarized)``)."""
-        return self._cost_model
-
     def _cost(self, index: int, binarized: bool, where: str) -> torch.Tensor:
         return self.checked_cost(self._cost_model.layer_costs(binarized)[index].sum(), where)
 

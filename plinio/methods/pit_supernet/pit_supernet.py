@@ -40,10 +40,7 @@ class PITSuperNet(DNAS):
         if not isinstance(model, nn.Module):
             raise TypeError(f"PITSuperNet: model must be a torch.nn.Module, got "
                             f"{type(model).__name__}")
-        if input_shape is not None and input_example is not None:
-            warnings.warn("PITSuperNet: both input_shape and input_example were given; using "
-                          "input_example", UserWarning, stacklevel=2)
-            input_shape = None
+        input_shape = self._input_shape_or_none(input_shape, input_example)
         user_supernets = find_supernets(model)
         if not user_supernets:
             warnings.warn(f"PITSuperNet: {type(model).__name__} contains no PITSuperNetModule; "
@@ -55,12 +52,9 @@ class PITSuperNet(DNAS):
         device, dtype = model_device_dtype(model)
         example = make_example(input_shape, input_example, device, dtype)
         static = self._measure_static_costs(model, example)
-        conversion = convert(model, None, input_example=example,
-                             autoconvert_layers=autoconvert_layers, exclude_names=exclude_names,
-                             exclude_types=exclude_types)
-        self.seed = conversion.gm
-        self._cost_model = conversion.cost_model
-        self._pit_layers: Tuple[Tuple[str, PITModule], ...] = tuple(conversion.layers.items())
+        self._adopt(convert(model, None, input_example=example,
+                            autoconvert_layers=autoconvert_layers, exclude_names=exclude_names,
+                            exclude_types=exclude_types))
         self.supernet_names: Tuple[str, ...] = tuple(user_supernets)
         combiner_names = [_combiner_name(n) for n in self.supernet_names]
         combiner_nodes(self.seed, combiner_names)  # each supernet is called exactly once
@@ -114,11 +108,6 @@ class PITSuperNet(DNAS):
             combiner.train_selection = value
 
     # ---- costs -------------------------------------------------------------------------------
-    @property
-    def cost_model(self) -> nn.Module:
-        """PIT per-layer cost vectors (``layer_names``, ``layer_costs(binarized)``)."""
-        return self._cost_model
-
     def thetas(self) -> torch.Tensor:
         """Current θ of every supernet, concatenated in the order of ``supernet_names``."""
         return self._sn_costs.theta_all()

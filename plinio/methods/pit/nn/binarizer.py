@@ -1,21 +1,12 @@
-"""Straight-through binarizer used by every PIT mask."""
-from typing import Any, Tuple, Union
+"""Straight-through binarizer used by every PIT mask.
 
-import torch
+It is the op library's (``plinio.ops.reference.STEBinarize``) under its PLiNIO name:
+``PITBinarizer.apply(x, threshold)`` gives 1[x > threshold] as exact 0./1. values in the dtype
+of ``x`` (so multiplying a weight by it keeps kept values bit-identical) and passes the
+gradient straight through; ``threshold`` is a float or a tensor broadcastable to ``x``.
+"""
+from plinio.ops.reference import STEBinarize
 
+PITBinarizer = STEBinarize
 
-class PITBinarizer(torch.autograd.Function):
-    """bin(x) = 1[x > threshold] in the forward pass, identity gradient in the backward pass.
-
-    The forward value is exactly 0.0 or 1.0 (in the dtype of ``x``), so multiplying a weight
-    by it keeps kept values bit-identical.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor,
-                threshold: Union[float, torch.Tensor]) -> torch.Tensor:  # type: ignore[override]
-        return (x > threshold).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> Tuple[torch.Tensor, None]:  # type: ignore[override]
-        return grad_output, None
+__all__ = ["PITBinarizer"]

@@ -1,34 +1,8 @@
-"""Dilation masker of PITConv1d (SPEC §5.1, dilation, anchored at the newest tap)."""
-import math
-
+"""Dilation masker of PITConv1d (docs/behaviour.md §5.1, dilation, anchored at the newest tap)."""
 import torch
 
 from plinio.methods.pit.nn.masker_base import PITMaskerBase
-
-
-def dilation_levels(rf: int) -> int:
-    """Number of dilation parameters L = max(ceil(log2 K), 1) for a kernel of K taps."""
-    return max(math.ceil(math.log2(rf)), 1) if rf > 1 else 1
-
-
-def two_adic_valuation(n: int) -> int:
-    """Largest v with 2^v dividing n (n > 0)."""
-    v = 0
-    while n % 2 == 0:
-        n //= 2
-        v += 1
-    return v
-
-
-def dilation_matrix(rf: int) -> torch.Tensor:
-    """(K, L) 0/1 matrix: tap j sums γ̂_p for p ≤ min(v(K-1-j), L-1), v(0) = ∞."""
-    levels = dilation_levels(rf)
-    mat = torch.zeros(rf, levels)
-    for j in range(rf):
-        dist = rf - 1 - j
-        top = levels - 1 if dist == 0 else min(two_adic_valuation(dist), levels - 1)
-        mat[j, :top + 1] = 1.0
-    return mat
+from plinio.ops.reference import dilation_levels, gamma_selection
 
 
 class PITDilationMasker(PITMaskerBase):
@@ -48,7 +22,8 @@ class PITDilationMasker(PITMaskerBase):
         last = torch.zeros(self.size, dtype=torch.bool)
         last[-1] = True
         self.register_buffer("_last", last, persistent=False)
-        self.register_buffer("_taps", dilation_matrix(rf), persistent=False)
+        taps = gamma_selection(rf, torch.get_default_dtype(), torch.device("cpu"))  # (K, L) 0/1
+        self.register_buffer("_taps", taps, persistent=False)
 
     @property
     def terms(self) -> torch.Tensor:

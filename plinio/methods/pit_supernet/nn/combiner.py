@@ -5,21 +5,13 @@ lives in buffers that are only ever written in place, so that the module is
 ``state_dict``-complete, ``torch.compile(fullgraph=True)`` friendly (no ``.item()``, no
 Python branch on tensor values, no attribute reassignment in ``forward``) and DDP friendly.
 """
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from plinio import ops
-from plinio.fast import fast_path_requested
-
-
-def reference_combine(branches: Sequence[torch.Tensor], theta: torch.Tensor) -> torch.Tensor:
-    """Stack-and-sum weighted mix: the plain PyTorch formulation PLiNIO uses (reference path)."""
-    stacked = torch.stack(list(branches), dim=0)
-    weights = theta.reshape((theta.shape[0],) + (1,) * (stacked.dim() - 1))
-    return (stacked * weights.to(stacked.dtype)).sum(dim=0)
 
 
 class PITSuperNetCombiner(nn.Module):
@@ -39,8 +31,8 @@ class PITSuperNetCombiner(nn.Module):
                 f"PITSuperNetCombiner needs at least one branch, got n_branches={n_branches!r}")
         self.n_branches = n_branches
         self.gumbel_softmax = bool(gumbel_softmax)
-        # fused plinio.ops.combine unless PLINIO_BACKEND=reference forces the reference path
-        self.use_fused_ops = fast_path_requested()
+        # fused plinio.ops.combine unless the reference backend is forced
+        self.use_fused_ops = not ops.reference_path_forced()
         self.alpha = nn.Parameter(torch.full((n_branches,), 1.0 / n_branches))
         self.register_buffer("temperature", torch.tensor(1.0, dtype=torch.float32))
         self.register_buffer("hard", torch.tensor(bool(hard_softmax)))
@@ -55,7 +47,7 @@ class PITSuperNetCombiner(nn.Module):
     # ------------------------------------------------------------------ θ
     @property
     def theta_alpha(self) -> torch.Tensor:
-        """Current mixing vector θ, differentiable w.r.t. ``alpha`` (SPEC §3.1).
+        """Current mixing vector θ, differentiable w.r.t. ``alpha`` (docs/behaviour.md §3.1).
 
         1/n before the first forward; otherwise softmax((α + noise) / T), replaced by the
         one-hot argmax when ``hard`` is set (straight-through gradient with Gumbel sampling
@@ -95,7 +87,7 @@ class PITSuperNetCombiner(nn.Module):
         theta = self.sample_theta()
         if self.use_fused_ops:  # fused kernel: no stacked tensor is materialised
             return ops.combine(list(branch_outputs), theta)
-        return reference_combine(branch_outputs, theta)
+        return ops.reference.combine(branch_outputs, theta)
 
     # ------------------------------------------------------------------ options
     def best_layer_index(self) -> int:
