@@ -1,5 +1,5 @@
 """Shared helpers of the cost tests: traced fixture graphs and random effective counts."""
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 import torch.fx as fx
@@ -28,3 +28,31 @@ def random_counts(shapes: Tuple[LayerShape, ...], seed: int) -> Tuple[torch.Tens
 
     return (inside([s.in_channels for s in shapes]), inside([s.out_channels for s in shapes]),
             inside([s.kernel_volume for s in shapes]))
+
+
+class Mix(nn.Module):
+    """A merge module like the supernet combiner (a graph leaf mixing its list input)."""
+
+    plinio_merges_inputs = True
+
+    def forward(self, xs: List[torch.Tensor]) -> torch.Tensor:
+        return sum(xs)
+
+
+class TinySuperNet(nn.Module):
+    """x (2×4×4) -> stem(4) -> [conv(4) | conv(8)->conv(4) | Identity] -> Mix."""
+
+    def __init__(self, keep=(0, 1, 2)) -> None:
+        """``keep``: the branches computed (one: the exported network of that choice)."""
+        super().__init__()
+        self.keep = keep
+        self.stem = nn.Conv2d(2, 4, 1)
+        self.b0 = nn.Conv2d(4, 4, 3, padding=1)
+        self.b1 = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1))
+        self.b2 = nn.Identity()
+        self.mix = Mix()
+
+    def forward(self, x):
+        y = self.stem(x)
+        outs = [branch(y) for i, branch in enumerate((self.b0, self.b1, self.b2)) if i in self.keep]
+        return outs[0] if len(outs) == 1 else self.mix(outs)

@@ -2,14 +2,12 @@
 shortcut stays alive across layers, a supernet weighted by θ, a TCN), its exactness for a
 one-hot θ against the exported networks, fast == looped reference, finite-difference
 gradients, and the errors."""
-from typing import List
-
 import pytest
 import torch
 import torch.nn as nn
 
 from plinio.cost.peak_memory import Activation, ActivationSchedule, PeakMemory, schedule_from_graph
-from tests.cost.cost_helpers import traced
+from tests.cost.cost_helpers import TinySuperNet, traced
 
 F64 = torch.float64
 
@@ -91,34 +89,6 @@ def test_hand_built_schedule_equals_the_traced_one():
             Activation("add", (), 4, 8, 4, (5,)), Activation("relu_1", (), 4, 8, 5, (6,)))
     hand = ActivationSchedule(steps=names, step_branches=((),) * 7, activations=acts, n_counts=1)
     assert hand == traced_sched
-
-
-class Mix(nn.Module):
-    """A merge module like the supernet combiner (a graph leaf mixing its list input)."""
-
-    plinio_merges_inputs = True
-
-    def forward(self, xs: List[torch.Tensor]) -> torch.Tensor:
-        return sum(xs)
-
-
-class TinySuperNet(nn.Module):
-    """x (2×4×4) -> stem(4) -> [conv(4) | conv(8)->conv(4) | Identity] -> Mix."""
-
-    def __init__(self, keep=(0, 1, 2)) -> None:
-        """``keep``: the branches computed (one: the exported network of that choice)."""
-        super().__init__()
-        self.keep = keep
-        self.stem = nn.Conv2d(2, 4, 1)
-        self.b0 = nn.Conv2d(4, 4, 3, padding=1)
-        self.b1 = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1))
-        self.b2 = nn.Identity()
-        self.mix = Mix()
-
-    def forward(self, x):
-        y = self.stem(x)
-        outs = [branch(y) for i, branch in enumerate((self.b0, self.b1, self.b2)) if i in self.keep]
-        return outs[0] if len(outs) == 1 else self.mix(outs)
 
 
 def test_supernet_branches_weighted_by_theta():
