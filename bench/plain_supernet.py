@@ -302,7 +302,9 @@ def _fold_batchnorms(model: nn.Module) -> None:
             fuse = fuse_linear_bn_weights if isinstance(layer, nn.Linear) else fuse_conv_bn_weights
             weight, bias = fuse(layer.weight, layer.bias, bn.running_mean, bn.running_var,
                                 bn.eps, bn.weight, bn.bias)
-            layer.weight, layer.bias = weight, bias
+            # trainable, like the weight (torch's fuse leaves a bias it creates frozen)
+            layer.weight = nn.Parameter(weight.detach())
+            layer.bias = nn.Parameter(bias.detach())
             seq[i] = nn.Identity()
             folded.add(id(bn))
     rest = [name for name, m in model.named_modules()

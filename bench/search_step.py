@@ -265,10 +265,14 @@ def same_loss(setups: Dict[str, SearchSetup]) -> bool:
     return loss_mismatch(setups) is None
 
 
-def compiled(setup: SearchSetup, mode: Optional[str]) -> SearchSetup:
+def compiled(setup: SearchSetup, mode: Optional[str],
+             backend: str = "inductor") -> SearchSetup:
     """The setup with its model and its regularizer each under torch.compile(fullgraph=True)."""
-    return setup._replace(forward=torch.compile(setup.wrapper, fullgraph=True, mode=mode),
-                          regularizer=torch.compile(setup.regularizer, fullgraph=True, mode=mode))
+    def compile_one(fn: Callable) -> Callable:
+        return torch.compile(fn, fullgraph=True, mode=mode, backend=backend)
+
+    return setup._replace(forward=compile_one(setup.wrapper),
+                          regularizer=compile_one(setup.regularizer))
 
 
 def measure(name: str, mode: str, batch_size: int, device: str, repeats: int, warmup: int,
