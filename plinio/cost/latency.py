@@ -21,7 +21,9 @@ repeats       number of timed runs
 Lines starting with ``#`` are comments (machine, versions, date, command).
 
 A layer's measured sub-table is the one with its kind, kernel, stride, depthwise flag and
-spatial sizes; for ``conv1d`` the kernel taps are an interpolation axis instead (PIT
+spatial sizes (``TableKey``). Convolutions are timed without padding, on the input size
+that gives the layer's output size, so their key holds the output size only; for
+``conv1d`` the kernel taps are an interpolation axis instead of part of the key (PIT
 searches them), and the dilation is not part of the key (a dilated kernel is taken to cost
 what the same number of undilated taps costs). Within a sub-table the points must form a
 full grid over (taps,) cin and cout; the cost is the multilinear interpolation of the
@@ -46,6 +48,8 @@ from torch import Tensor
 
 from plinio.cost.geometry import WEIGHTED_KINDS, LayerGeometry, LayerShape
 from plinio.cost.specs import CostFn, CostSpec
+
+CONV_KINDS = ("conv1d", "conv2d")
 
 CSV_COLUMNS = ("kind", "kernel", "stride", "depthwise", "in_spatial", "out_spatial", "cin", "cout",
                "backend", "threads", "median_s", "iqr_s", "repeats")
@@ -83,10 +87,18 @@ class TableKey:
     out_spatial: Tuple[int, ...]
 
     @classmethod
+    def make(cls, kind: str, kernel: Tuple[int, ...], stride: Tuple[int, ...], depthwise: bool,
+             in_spatial: Tuple[int, ...], out_spatial: Tuple[int, ...]) -> "TableKey":
+        """The key of a geometry: conv1d drops the kernel (its taps are interpolated), and
+        convolutions drop the input size (timed unpadded, the output size decides it)."""
+        return cls(kind, () if kind == "conv1d" else kernel, stride, depthwise,
+                   () if kind in CONV_KINDS else in_spatial, out_spatial)
+
+    @classmethod
     def of(cls, shape: LayerShape) -> "TableKey":
-        """The key of a layer (conv1d: without the kernel, whose taps are interpolated)."""
-        kernel = () if shape.kind == "conv1d" else shape.kernel_size
-        return cls(shape.kind, kernel, shape.stride, shape.depthwise, shape.in_spatial, shape.out_spatial)
+        """The key of a layer."""
+        return cls.make(shape.kind, shape.kernel_size, shape.stride, shape.depthwise, shape.in_spatial,
+                        shape.out_spatial)
 
     @property
     def one_channel_axis(self) -> bool:
@@ -101,8 +113,10 @@ class TableKey:
             parts.append(f"stride {format_dims(self.stride)}")
         if self.depthwise:
             parts.append("depthwise")
-        if self.in_spatial or self.out_spatial:
-            parts.append(f"spatial {format_dims(self.in_spatial) or '-'} -> {format_dims(self.out_spatial) or '-'}")
+        if self.in_spatial:
+            parts.append(f"spatial {format_dims(self.in_spatial)} -> {format_dims(self.out_spatial)}")
+        elif self.out_spatial:
+            parts.append(f"output {format_dims(self.out_spatial)}")
         return ", ".join(parts)
 
 
@@ -155,11 +169,10 @@ class LatencyTable:
                 continue
             kind = row["kind"].strip()
             kernel = _parse_dims(row["kernel"], f"{where}, kernel")
-            key = TableKey(kind=kind, kernel=() if kind == "conv1d" else kernel,
-                           stride=_parse_dims(row["stride"], f"{where}, stride"),
-                           depthwise=row["depthwise"].strip() in ("1", "true", "True"),
-                           in_spatial=_parse_dims(row["in_spatial"], f"{where}, in_spatial"),
-                           out_spatial=_parse_dims(row["out_spatial"], f"{where}, out_spatial"))
+            key = TableKey.make(kind, kernel, _parse_dims(row["stride"], f"{where}, stride"),
+                                row["depthwise"].strip() in ("1", "true", "True"),
+                                _parse_dims(row["in_spatial"], f"{where}, in_spatial"),
+                                _parse_dims(row["out_spatial"], f"{where}, out_spatial"))
             try:
                 cin, cout, seconds = int(row["cin"]), int(row["cout"]), float(row["median_s"])
             except ValueError:

@@ -82,6 +82,13 @@ def test_interpolation_reproduces_hand_computed_times(table_csv):
         [conv_seconds(4, 8), 64e-6, 3 * tcn_seconds(5, 4, 8), 16e-7, 16e-6 + 1e-6], rel=1e-12)
 
 
+def test_convolutions_are_keyed_by_their_output_size(table_csv):
+    valid = LayerShape("valid", "conv2d", 8, 16, (3, 3), (1, 1), (1, 1), 1, (10, 10), (8, 8))
+    costs = LayerCosts([CONV, valid], {"t": LatencyTableCost.from_csv(table_csv, "onnxruntime")})
+    same, unpadded = costs(*costs.full_width(torch.float64))["t"].tolist()
+    assert same == unpadded == pytest.approx(conv_seconds(8, 16), rel=1e-12)
+
+
 def test_each_backend_reads_its_own_rows(table_csv):
     onnx = LayerCosts([CONV], {"t": LatencyTableCost.from_csv(table_csv, "onnxruntime")})
     eager = LayerCosts([CONV], {"t": LatencyTableCost.from_csv(table_csv, "torch")})
@@ -115,7 +122,7 @@ def test_unmeasured_geometry_is_an_error_naming_the_layer(table_csv):
     spec = LatencyTableCost.from_csv(table_csv, "onnxruntime")
     strided = LayerShape("features.3", "conv2d", 8, 16, (3, 3), (2, 2), (1, 1), 1, (8, 8), (4, 4))
     with pytest.raises(ValueError, match=r"no entry for layer 'features.3' \(conv2d, kernel 3x3, stride 2x2, "
-                                         r"spatial 8x8 -> 4x4\); measured conv2d geometries: .*kernel 3x3, stride 1x1"):
+                                         r"output 4x4\); measured conv2d geometries: .*kernel 3x3, stride 1x1, output 8x8"):
         LayerCosts([CONV, strided], {"latency": spec})
     with pytest.raises(ValueError, match=r"no entry for layer 'p' \(pool.*measured pool geometries: none"):
         LayerCosts([LayerShape("p", "pool", 8, 8, (2, 2), (2, 2))], {"latency": spec})
@@ -133,7 +140,7 @@ def test_channel_and_taps_ranges_the_grid_misses_are_errors(table_csv):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda rows: rows[:4] + rows[5:], r"the conv2d, kernel 3x3, stride 1x1, spatial 8x8 -> 8x8 rows do not form a "
+    (lambda rows: rows[:4] + rows[5:], r"the conv2d, kernel 3x3, stride 1x1, output 8x8 rows do not form a "
                                        r"full grid: taps=9, cin=4, cout=8 is missing"),
     (lambda rows: rows + rows[:1], r"line 50: conv2d, .* at taps=9, cin=1, cout=1 is measured twice"),
     (lambda rows: [dict(r, median_s=-1.0) if i == 0 else r for i, r in enumerate(rows)],
