@@ -6,7 +6,7 @@ ones too), except those under ``if TYPE_CHECKING:``.
 """
 import ast
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional, Set
+from typing import Dict, List, NamedTuple, Optional
 
 import pytest
 

@@ -100,15 +100,16 @@ class PITCostModel(nn.Module):
         reg("size_div", torch.tensor(size_div), dev)
         reg("macs_scale", torch.tensor(macs_scale), dev)
         reg("seg", torch.repeat_interleave(torch.arange(m_count), torch.tensor(sizes, dtype=torch.long)), dev)
-        reg("keep", torch.cat([m._keep_alive for m in maskers]).cpu() if maskers else torch.zeros(0, dtype=torch.bool), dev)
+        keep = torch.cat([m._keep_alive for m in maskers]).cpu() if maskers else torch.zeros(0, dtype=torch.bool)
+        reg("keep", keep, dev)
         reg("thr", torch.repeat_interleave(torch.tensor([thresholds[id(m)] for m in maskers]),
                                            torch.tensor(sizes, dtype=torch.long)), dev)
         self._build_time_tables(dev)
 
     def _build_time_tables(self, dev: torch.device) -> None:
-        convs = [(i, l) for i, l in enumerate(self._layers) if isinstance(l, PITConv1d)]
-        self._time_maskers = tuple((l.timestep_masker, l.dilation_masker) for _, l in convs)
-        ks = [l.rf for _, l in convs]
+        convs = [(i, conv) for i, conv in enumerate(self._layers) if isinstance(conv, PITConv1d)]
+        self._time_maskers = tuple((conv.timestep_masker, conv.dilation_masker) for _, conv in convs)
+        ks = [conv.rf for _, conv in convs]
         total = sum(ks)
         k_seg = torch.zeros(len(self._layers), total)
         off = 0
@@ -125,7 +126,7 @@ class PITCostModel(nn.Module):
         reg("gamma_taps", _block_diag([d._taps.cpu() for d in dm]), dev)
         reg("gamma_terms", torch.cat([d.terms.cpu() for d in dm]) if dm else torch.zeros(0), dev)
         reg("gamma_last", torch.cat([d._last.cpu() for d in dm]) if dm else torch.zeros(0, dtype=torch.bool), dev)
-        reg("tap_thr", torch.cat([torch.full((l.rf,), l.binarization_threshold) for _, l in convs])
+        reg("tap_thr", torch.cat([torch.full((conv.rf,), conv.binarization_threshold) for _, conv in convs])
             if convs else torch.zeros(0), dev)
 
     def _register(self, name: str, value: torch.Tensor, dev: torch.device) -> None:
