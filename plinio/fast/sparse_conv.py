@@ -394,3 +394,42 @@ def sparse_masked_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
                      weight_cols=live, bias_rows=rows, grad_in=grad_in,
                      one_backward_call=rows is kept and grad_in is live)
     return _SparseMaskedConv.apply(x, weight, bias, plan)
+
+
+# ----------------------------------------------------------------- when it pays
+@dataclass(frozen=True)
+class LayerWork:
+    """What the decision rule needs to know of a layer: its geometry (None: Linear), its
+    full channel counts and its output positions per call (batch × output size)."""
+
+    geometry: Optional[ConvGeometry]
+    in_channels: int
+    out_channels: int
+    positions: int
+
+    @property
+    def depthwise(self) -> bool:
+        return self.geometry is not None and self.geometry.groups > 1
+
+    def dense_macs(self) -> int:
+        """Multiply-accumulates of the dense forward + backward (three convolutions)."""
+        kernel = 1 if self.geometry is None else math.prod(self.geometry.kernel)
+        per_row = 1 if self.depthwise else self.in_channels
+        return 3 * self.positions * self.out_channels * per_row * kernel
+
+    def fraction_left(self, kept: int, live: int, grad_pruned_rows: bool,
+                      grad_dead_inputs: bool) -> float:
+        """Sparse forward + backward multiply-accumulates over the dense ones."""
+        if self.depthwise:
+            weight_rows = live if grad_pruned_rows else kept
+            return (2 * kept + weight_rows) / (3 * self.out_channels)
+        weight_rows = self.out_channels if grad_pruned_rows else kept
+        grad_in = self.in_channels if grad_dead_inputs else live
+        return (kept * live + kept * grad_in + weight_rows * live) / \
+            (3 * self.out_channels * self.in_channels)
+
+
+def sparse_pays(work: LayerWork, kept: int, live: int, grad_pruned_rows: bool,
+                grad_dead_inputs: bool) -> bool:
+    """Whether the sparse layer is expected to be faster than the dense one."""
+    return work.fraction_left(kept, live, grad_pruned_rows, grad_dead_inputs) < 0.7

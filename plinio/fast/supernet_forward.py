@@ -131,7 +131,7 @@ class FastSuperNet(nn.Module):
 
     def _alpha_needs_outputs(self, theta: torch.Tensor) -> bool:
         """Whether α's gradient uses the non-selected outputs: only with the straight-through
-        Gumbel estimator in training mode (SPEC §3.1: plain hard θ has no gradient to α)."""
+        Gumbel estimator in training mode (docs/behaviour.md §3.1: plain hard θ has no gradient to α)."""
         combiner = self.combiner
         return (torch.is_grad_enabled() and theta.requires_grad
                 and bool(getattr(combiner, "gumbel_softmax", False)) and combiner.training

@@ -1,4 +1,4 @@
-"""Mask-sharing and input-features analysis of a traced, shape-propagated graph (SPEC §5.2).
+"""Mask-sharing and input-features analysis of a traced, shape-propagated graph (docs/behaviour.md §5.2).
 
 The caller says which leaf modules are searchable layers (``roles``):
 

@@ -1,4 +1,4 @@
-"""BatchNorm folding (SPEC §5.3): fold eval-mode BatchNorm statistics into a preceding layer."""
+"""BatchNorm folding (docs/behaviour.md §5.3): fold eval-mode BatchNorm statistics into a preceding layer."""
 from typing import Any, Dict, Optional, Tuple
 
 import torch

@@ -1,4 +1,4 @@
-"""Per-op channel rules of the mask-sharing analysis (SPEC §5.2).
+"""Per-op channel rules of the mask-sharing analysis (docs/behaviour.md §5.2).
 
 Each graph node that reads a tracked tensor is handled by one rule, looked up by module type
 (``MODULE_RULES``), function (``FUNCTION_RULES``) or method name (``METHOD_RULES``). Adding an

@@ -1,4 +1,4 @@
-"""The PIT wrapper (SPEC §2.1)."""
+"""The PIT wrapper (docs/behaviour.md §2.1)."""
 from typing import Any, Dict, Iterable, Optional, Sequence, Set
 
 import torch
@@ -79,11 +79,11 @@ class PIT(DNAS):
         return self.checked_cost(self._cost_model.layer_costs(binarized)[index].sum(), where)
 
     def get_size(self) -> torch.Tensor:
-        """Σ layer sizes with the continuous masks (SPEC §4.1)."""
+        """Σ layer sizes with the continuous masks (docs/behaviour.md §4.1)."""
         return self._cost(0, False, "get_size")
 
     def get_macs(self) -> torch.Tensor:
-        """Σ layer MACs with the continuous masks, every call counted (SPEC §4.1)."""
+        """Σ layer MACs with the continuous masks, every call counted (docs/behaviour.md §4.1)."""
         return self._cost(1, False, "get_macs")
 
     def get_size_binarized(self) -> torch.Tensor:
@@ -104,6 +104,6 @@ class PIT(DNAS):
         return {name: layer.summary() for name, layer in self._pit_layers}
 
     def arch_export(self, add_bn: bool = True) -> nn.Module:
-        """Plain ``torch.nn`` GraphModule of the found architecture (SPEC §6)."""
+        """Plain ``torch.nn`` GraphModule of the found architecture (docs/behaviour.md §6)."""
         check_nas_parameters(self, "arch_export")
         return export_graph(self.seed, add_bn=add_bn)

@@ -1,4 +1,4 @@
-"""Supernet costs: static branch costs (SPEC §4.2), run-time size/MACs (§4.3) and ICV (§3.3).
+"""Supernet costs: static branch costs (docs/behaviour.md §4.2), run-time size/MACs (§4.3) and ICV (§3.3).
 
 Static costs are measured once, at conversion, on the original branches. At run time the
 costs are a handful of tensor operations over the concatenated θ of all combiners and the
@@ -120,7 +120,7 @@ def batched_theta(combiners: Sequence[PITSuperNetCombiner], segment: torch.Tenso
 
 
 class SuperNetCosts(nn.Module):
-    """Run-time supernet costs (SPEC §4.3) and ICV (§3.3), fast and reference formulations.
+    """Run-time supernet costs (docs/behaviour.md §4.3) and ICV (§3.3), fast and reference formulations.
 
     ``layer_costs`` is the PIT cost model's ``layer_costs`` (per-layer size and MACs vectors
     in the order of ``layer_names``). All index tensors and the static residuals
@@ -185,7 +185,7 @@ class SuperNetCosts(nn.Module):
 
     # ---------------------------------------------------------------- costs
     def cost(self, metric: str, fast: bool = True, binarized: bool = False) -> torch.Tensor:
-        """Network ``metric`` ('size' or 'macs') per SPEC §4.3, a 0-dim float32 tensor."""
+        """Network ``metric`` ('size' or 'macs') per docs/behaviour.md §4.3, a 0-dim float32 tensor."""
         if metric not in ("size", "macs"):
             raise ValueError(f"SuperNetCosts: unknown metric {metric!r}; use 'size' or 'macs'")
         sizes, macs = self._layer_costs(binarized)

@@ -1,4 +1,4 @@
-"""The PIT-SuperNet wrapper (SPEC §2.2): branch selection plus PIT inside and outside branches."""
+"""The PIT-SuperNet wrapper (docs/behaviour.md §2.2): branch selection plus PIT inside and outside branches."""
 import copy
 import warnings
 from typing import Any, Dict, Iterable, Optional, Sequence, Set, Tuple
@@ -69,7 +69,7 @@ class PITSuperNet(DNAS):
     @staticmethod
     def _measure_static_costs(model: nn.Module, example: Tuple[torch.Tensor, ...]
                               ) -> Dict[str, BranchStaticCosts]:
-        """Branch shape check and static costs on a private copy (SPEC §4.2)."""
+        """Branch shape check and static costs on a private copy (docs/behaviour.md §4.2)."""
         probe = copy.deepcopy(model)
         return probe_supernets(probe, find_supernets(probe), lambda: probe(*example))
 
@@ -113,15 +113,15 @@ class PITSuperNet(DNAS):
         return self._sn_costs.theta_all()
 
     def get_size(self) -> torch.Tensor:
-        """Σ θ-weighted branch sizes + PIT layers outside supernets (SPEC §4.3)."""
+        """Σ θ-weighted branch sizes + PIT layers outside supernets (docs/behaviour.md §4.3)."""
         return self.checked_cost(self._sn_costs.cost("size", fast=self._fast), "get_size")
 
     def get_macs(self) -> torch.Tensor:
-        """Σ θ-weighted branch MACs + PIT layers outside supernets (SPEC §4.3)."""
+        """Σ θ-weighted branch MACs + PIT layers outside supernets (docs/behaviour.md §4.3)."""
         return self.checked_cost(self._sn_costs.cost("macs", fast=self._fast), "get_macs")
 
     def get_total_icv(self, eps: float = 1e-3) -> torch.Tensor:
-        """Σ over supernets of mean(θ)² / (var(θ) + eps) with the unbiased variance (SPEC §3.3)."""
+        """Σ over supernets of mean(θ)² / (var(θ) + eps) with the unbiased variance (docs/behaviour.md §3.3)."""
         return self._sn_costs.total_icv(eps, fast=self._fast)
 
     def _nas_parameter_ids(self) -> Set[int]:
@@ -175,7 +175,7 @@ class PITSuperNet(DNAS):
 
     def arch_export(self, add_bn: bool = True) -> nn.Module:
         """Plain ``torch.nn`` GraphModule: each supernet replaced by its best branch, every PIT
-        layer by its pruned plain layer (SPEC §6). The search model is not changed."""
+        layer by its pruned plain layer (docs/behaviour.md §6). The search model is not changed."""
         check_nas_parameters(self, "arch_export")
         best = {_combiner_name(n): i for n, i in self.best_branches().items()}
         # a new graph sharing the layers of self.seed; export_graph copies what it keeps

@@ -1,4 +1,4 @@
-"""PITConv1d: Conv1d with channel, receptive-field and dilation masks (SPEC §5.1)."""
+"""PITConv1d: Conv1d with channel, receptive-field and dilation masks (docs/behaviour.md §5.1)."""
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch

@@ -1,4 +1,4 @@
-"""Output-channel masker of PIT layers (SPEC §5.1, channels)."""
+"""Output-channel masker of PIT layers (docs/behaviour.md §5.1, channels)."""
 import torch
 
 from plinio.methods.pit.nn.masker_base import PITMaskerBase

@@ -48,11 +48,11 @@ class PITModule(nn.Module):
         return torch.nonzero(mask > 0.5).flatten()
 
     def get_size(self) -> torch.Tensor:
-        """Differentiable parameter count with the continuous masks (SPEC §4.1)."""
+        """Differentiable parameter count with the continuous masks (docs/behaviour.md §4.1)."""
         return self._size(False)
 
     def get_macs(self) -> torch.Tensor:
-        """Differentiable MACs with the continuous masks, every call counted (SPEC §4.1)."""
+        """Differentiable MACs with the continuous masks, every call counted (docs/behaviour.md §4.1)."""
         return self._macs(False)
 
     def get_size_binarized(self) -> torch.Tensor:
@@ -70,7 +70,7 @@ class PITModule(nn.Module):
         raise NotImplementedError
 
     def summary(self) -> Dict[str, Any]:
-        """Architecture found so far (SPEC §2.1)."""
+        """Architecture found so far (docs/behaviour.md §2.1)."""
         raise NotImplementedError
 
     def export(self) -> List[nn.Module]:

@@ -1,4 +1,4 @@
-"""Receptive-field masker of PITConv1d (SPEC §5.1, receptive field)."""
+"""Receptive-field masker of PITConv1d (docs/behaviour.md §5.1, receptive field)."""
 import torch
 
 from plinio.methods.pit.nn.masker_base import PITMaskerBase

@@ -41,7 +41,7 @@ class PITSuperNetModule(nn.Module):
         self.sn_combiner = PITSuperNetCombiner(len(layers), gumbel_softmax, hard_softmax)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Run every branch on ``x`` and return their θ-weighted sum (SPEC §3)."""
+        """Run every branch on ``x`` and return their θ-weighted sum (docs/behaviour.md §3)."""
         if not isinstance(x, (torch.Tensor, torch.fx.Proxy)):
             raise TypeError(
                 f"PITSuperNetModule with {len(self.sn_input_layers)} branches expects a single "
