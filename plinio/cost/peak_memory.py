@@ -165,17 +165,15 @@ class PeakMemory(nn.Module):
         super().__init__()
         self.schedule = schedule
         acts = schedule.activations
-        coef = torch.zeros(len(acts), schedule.n_counts, dtype=torch.float64)
+        coef = torch.zeros(len(acts), schedule.n_counts)
         for t, a in enumerate(acts):
             for i, c in a.channels:
                 coef[t, i] += c
-        scale = torch.tensor([a.elements_per_channel * schedule.bytes_per_element for a in acts],
-                             dtype=torch.float64)
+        scale = torch.tensor([a.elements_per_channel * schedule.bytes_per_element for a in acts])
         self.register_buffer("coef", coef, persistent=False)
-        self.register_buffer("const", torch.tensor([a.const_channels for a in acts], dtype=torch.float64),
-                             persistent=False)
+        self.register_buffer("const", torch.tensor([a.const_channels for a in acts]), persistent=False)
         self.register_buffer("scale", scale, persistent=False)
-        self.register_buffer("live", schedule.liveness().to(torch.float64), persistent=False)
+        self.register_buffer("live", schedule.liveness().float(), persistent=False)
         self.register_buffer("weight_index", _branch_weight_index(schedule), persistent=False)
 
     def _check(self, counts: Tensor, theta: Optional[Tensor]) -> Tensor:

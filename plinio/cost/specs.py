@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from plinio.cost.geometry import FUNCTIONAL_KINDS, WEIGHTED_KINDS, LayerGeometry, LayerShape
+from plinio.cost.geometry import BUILTIN_KINDS, WEIGHTED_KINDS, LayerGeometry, LayerShape
 from plinio.cost.peak_memory import PeakMemoryCost
 
 CostFn = Callable[[LayerGeometry], Tensor]
@@ -90,7 +90,7 @@ class PerKindCost(CostSpec):
 class _BuiltinCost(CostSpec):
     """Common part of the built-ins: they know the built-in kinds only."""
 
-    known_kinds = WEIGHTED_KINDS + ("batchnorm",) + FUNCTIONAL_KINDS
+    known_kinds = BUILTIN_KINDS
 
     def bind(self, shapes: Tuple[LayerShape, ...]) -> CostFn:
         kind = shapes[0].kind

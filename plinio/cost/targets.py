@@ -40,9 +40,10 @@ class CostTargets(nn.Module):
                              f"(cost name -> scale), got targets={targets!r}")
         known = None if known_costs is None else tuple(known_costs)
         for name in list(targets) + list(minimize):
-            if not isinstance(name, str) or (known is not None and name not in known):
-                raise ValueError(f"CostTargets: unknown cost name {name!r}; the costs are "
-                                 f"{list(known) if known is not None else 'given as strings'}")
+            if not isinstance(name, str):
+                raise TypeError(f"CostTargets: cost names must be strings, got {name!r}")
+            if known is not None and name not in known:
+                raise ValueError(f"CostTargets: unknown cost name {name!r}; the costs are {list(known)}")
         both = sorted(set(targets) & set(minimize))
         if both:
             raise ValueError(f"CostTargets: {both} both minimized and bounded; a cost is one or the other")

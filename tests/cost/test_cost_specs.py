@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from plinio.cost.geometry import LayerGeometry, LayerShape, shapes_from_graph
 from plinio.cost.peak_memory import PeakMemoryCost
@@ -24,6 +26,33 @@ def test_shapes_from_graph_reads_the_toy_model():
     assert by_name["pool"].kernel_size == (2,) and by_name["pool"].stride == (2,)
     assert by_name["fc"].in_channels == 140 and by_name["fc"].out_spatial == ()
     assert by_name["add"].in_channels == by_name["add"].out_channels == 10
+
+
+class Twice(nn.Module):
+    """One conv called twice (shared weights), and a functional max pool."""
+
+    def __init__(self, second_size=None) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.second_size = second_size
+
+    def forward(self, x):
+        y = self.conv(self.conv(x))
+        if self.second_size is not None:
+            y = self.conv(F.interpolate(y, size=self.second_size))
+        return F.max_pool2d(y, 2)
+
+
+def test_a_module_called_twice_counts_its_calls():
+    shapes = shapes_from_graph(traced(Twice(), (4, 6, 6)))
+    assert [(s.name, s.calls) for s in shapes] == [("conv", 2), ("max_pool2d", 1)]
+    assert shapes[1].kernel_size == (2, 2) and shapes[1].stride == (2, 2) and shapes[1].out_spatial == (3, 3)
+    costs = LayerCosts(shapes, {"params": "params", "macs": "macs"})
+    result = costs(*costs.full_width())
+    assert result["params"].tolist() == [144.0, 0.0]
+    assert result["macs"].tolist() == [144.0 * 36 * 2, 0.0]
+    with pytest.raises(ValueError, match=r"module 'conv' is called on inputs of different shapes \(\(6, 6\) and \(3, 3\)\)"):
+        shapes_from_graph(traced(Twice(second_size=(3, 3)), (4, 6, 6)))
 
 
 def test_toy_model_at_full_width_gives_pit_size_and_macs():
