@@ -1,0 +1,186 @@
+"""A whole short search timed end to end, once per configuration, with the architecture it exports.
+
+The search is the demo's (``plinio.demo``): scikit-learn's digits, the demo's supernet CNN,
+conversion with the MACs regularizer, a warm-up of the weights, then a search at strength λ
+(default 1, the demo's strongest) with the softmax temperature annealed, all with the demo's
+own pipeline functions and schedule. Each configuration runs the same seeded search; the
+script prints the wall time of each phase and the architecture ``arch_export()`` would keep
+(the chosen branch of every supernet and the channels of every layer it keeps), and says
+whether each configuration found the same architecture as the first one.
+
+    python bench/search_time.py [--configs fast,reference] [--strength 1]
+                                [--warmup-epochs 4] [--search-epochs 5] [--seed 0]
+                                [--threads 2] [--repeats 1]
+
+A configuration is one entry of ``CONFIGURATIONS``: a name, a description and the keyword
+arguments given to ``PITSuperNet``. With ``--repeats N`` the configurations run N times in
+alternating order (A B, B A, ...) and the median times are reported.
+"""
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence
+
+import torch
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.search_step import describe_machine  # noqa: E402
+from plinio.demo.config import Schedule  # noqa: E402
+from plinio.demo.costs import model_cost  # noqa: E402
+from plinio.demo.data import load_digits_data  # noqa: E402
+from plinio.demo.model import supernet_cnn  # noqa: E402
+from plinio.demo.pipeline import reproducible  # noqa: E402
+from plinio.demo.search import chosen_branches, search, warm_up  # noqa: E402
+from plinio.demo.training import evaluate  # noqa: E402
+from plinio.methods import PITSuperNet  # noqa: E402
+
+
+class Configuration(NamedTuple):
+    """One way to run the search: what it is and the keyword arguments of ``PITSuperNet``."""
+
+    description: str
+    options: Mapping[str, Any]
+
+
+CONFIGURATIONS: Dict[str, Configuration] = {
+    "fast": Configuration("plinio fast path (fast=True, the default)", {"fast": True}),
+    "reference": Configuration("plinio reference path (fast=False)", {"fast": False}),
+}
+
+
+@dataclass
+class SearchRun:
+    """Wall times (seconds) of one configuration's search and what it found."""
+
+    configuration: str
+    conversion_s: float
+    warmup_s: float
+    search_s: float
+    architecture: Dict[str, Any]
+    exported_macs: float
+    val_accuracy: float
+
+    @property
+    def total_s(self) -> float:
+        """Conversion + warm-up + search."""
+        return self.conversion_s + self.warmup_s + self.search_s
+
+
+def exported_architecture(summary: Mapping[str, Any]) -> Dict[str, Any]:
+    """What ``arch_export()`` keeps, from ``arch_summary()``: each supernet's chosen branch
+    (kind and the in→out features of its layers) and the in→out features of the other layers."""
+    chosen = chosen_branches(summary)
+    architecture: Dict[str, Any] = {}
+    for name, entry in summary.items():
+        if "supernet_branches" not in entry:
+            architecture[name] = f"{entry['in_features']}->{entry['out_features']}"
+            continue
+        branches = entry["supernet_branches"]
+        best = max(branches, key=lambda b: float(branches[b]["alpha"]))
+        layers = {layer: f"{s['in_features']}->{s['out_features']}"
+                  for layer, s in branches[best].items() if isinstance(s, Mapping)}
+        architecture[name] = {"branch": chosen[name], **layers}
+    return architecture
+
+
+def run_search(name: str, schedule: Schedule, strength: float, seed: int) -> SearchRun:
+    """The demo's search with configuration ``name``, timed phase by phase."""
+    configuration = CONFIGURATIONS[name]
+    with reproducible(seed, "cpu"):
+        data = load_digits_data(seed)
+        model = supernet_cnn()
+        start = time.perf_counter()
+        net = PITSuperNet(model, input_shape=data.input_shape, regularizer="macs",
+                          **configuration.options)
+        reference_cost = float(net.get_regularization_loss().detach())
+        converted = time.perf_counter()
+        warm_up(net, data, schedule, torch.Generator().manual_seed(seed * 1000), False)
+        warmed = time.perf_counter()
+        search(net, data, strength, reference_cost, schedule,
+               torch.Generator().manual_seed(seed * 1000 + 1), False, desc=name)
+        searched = time.perf_counter()
+        net.update_softmax_options(hard=True)
+        _, val_accuracy = evaluate(net, data.val, schedule.batch_size)
+        architecture = exported_architecture(net.arch_summary())
+        macs = model_cost(net.arch_export(), data.input_shape).macs
+    return SearchRun(name, converted - start, warmed - converted, searched - warmed,
+                     architecture, macs, val_accuracy)
+
+
+def run_all(names: Sequence[str], schedule: Schedule, strength: float, seed: int,
+            repeats: int = 1) -> List[SearchRun]:
+    """Every configuration ``repeats`` times in alternating order; median times per
+    configuration, the architecture of its first run (every repeat must find the same)."""
+    runs: Dict[str, List[SearchRun]] = {n: [] for n in names}
+    for repeat in range(repeats):
+        for name in (names if repeat % 2 == 0 else list(reversed(names))):
+            runs[name].append(run_search(name, schedule, strength, seed))
+    results = []
+    for name in names:
+        first = runs[name][0]
+        if any(r.architecture != first.architecture for r in runs[name][1:]):
+            raise RuntimeError(f"{name}: repeated runs with seed {seed} exported different "
+                               "architectures; the search is not repeatable")
+        results.append(replace(
+            first, conversion_s=statistics.median(r.conversion_s for r in runs[name]),
+            warmup_s=statistics.median(r.warmup_s for r in runs[name]),
+            search_s=statistics.median(r.search_s for r in runs[name])))
+    return results
+
+
+def format_report(runs: Sequence[SearchRun]) -> str:
+    """Times table (with the first configuration's speed-up over each and whether each found
+    the same architecture), then each configuration's architecture."""
+    first = runs[0]
+    lines = ["| configuration | conversion s | warm-up s | search s | total s | "
+             f"{first.configuration} speed-up (total) | exported MACs | val acc | "
+             f"same architecture as {first.configuration} |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in runs:
+        same = "yes" if r.architecture == first.architecture else "**no**"
+        lines.append(f"| {r.configuration} | {r.conversion_s:.2f} | {r.warmup_s:.2f} | "
+                     f"{r.search_s:.2f} | {r.total_s:.2f} | {r.total_s / first.total_s:.2f}× | "
+                     f"{r.exported_macs:.0f} | {r.val_accuracy:.3f} | {same} |")
+    for r in runs:
+        lines.append(f"\nexported architecture, {r.configuration} "
+                     f"({CONFIGURATIONS[r.configuration].description}):")
+        for name, value in r.architecture.items():
+            lines.append(f"  {name}: {value}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[SearchRun]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", default=",".join(CONFIGURATIONS),
+                        help=f"comma-separated, from {', '.join(CONFIGURATIONS)}")
+    parser.add_argument("--strength", type=float, default=1.0)
+    parser.add_argument("--warmup-epochs", type=int, default=Schedule.warmup_epochs)
+    parser.add_argument("--search-epochs", type=int, default=Schedule.search_epochs)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.configs.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CONFIGURATIONS]
+    if unknown or not names:
+        parser.error(f"unknown configurations {unknown}; choose from {list(CONFIGURATIONS)}")
+    if args.warmup_epochs < 0 or args.search_epochs < 1 or args.repeats < 1:
+        parser.error("--warmup-epochs must be >= 0, --search-epochs and --repeats >= 1")
+    torch.set_num_threads(args.threads)
+    schedule = Schedule(warmup_epochs=args.warmup_epochs, search_epochs=args.search_epochs)
+    print(f"# demo search, λ = {args.strength:g}, MACs regularizer, {args.warmup_epochs} "
+          f"warm-up + {args.search_epochs} search epochs, batch {schedule.batch_size}, seed "
+          f"{args.seed}, {describe_machine('cpu', args.threads)}")
+    print(f"# command: python bench/search_time.py {' '.join(argv or sys.argv[1:])}")
+    runs = run_all(names, schedule, args.strength, args.seed, args.repeats)
+    print(format_report(runs))
+    return runs
+
+
+if __name__ == "__main__":
+    main()

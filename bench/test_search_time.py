@@ -1,0 +1,60 @@
+"""bench/search_time.py on a slice of the digits (seconds): it runs every configuration,
+reports times and exported architectures, and plinio's fast and reference paths export the
+same architecture from the same seeded search."""
+import pytest
+
+import bench.search_time as search_time
+from plinio.demo.data import DigitsData, Split, load_digits_data
+from plinio.demo.model import branch_names
+
+
+def _small_digits(seed: int) -> DigitsData:
+    data = load_digits_data(seed)
+
+    def head(split: Split, n: int) -> Split:
+        return Split(split.images[:n], split.labels[:n])
+
+    return DigitsData(head(data.train, 64), head(data.val, 32), head(data.test, 32))
+
+
+def test_search_time_reports_times_and_the_same_architecture(monkeypatch, capsys):
+    monkeypatch.setattr(search_time, "load_digits_data", _small_digits)
+    runs = search_time.main(["--warmup-epochs", "1", "--search-epochs", "1",
+                             "--strength", "1"])
+    assert [r.configuration for r in runs] == ["fast", "reference"]
+    for run in runs:
+        assert run.conversion_s > 0 and run.warmup_s > 0 and run.search_s > 0
+        assert set(run.architecture) == {"stem.0", "block1", "block2", "block3", "classifier"}
+        assert run.architecture["block2"]["branch"] in ("conv3x3", "conv5x5", "dwsep3x3")
+        assert 0 < run.exported_macs
+    assert runs[0].architecture == runs[1].architecture
+    assert runs[0].exported_macs == runs[1].exported_macs
+    out = capsys.readouterr().out
+    assert "| reference |" in out and "same architecture as fast" in out
+    assert "exported architecture, reference (plinio reference path (fast=False)):" in out
+
+
+def _supernet_entry(block: str, widths: dict) -> dict:
+    """arch_summary() entry of a demo block whose branch 1 has the largest θ."""
+    branches = {f"branch_{i}": {"alpha": 0.5 if i == 1 else 0.1, "type": "Sequential"}
+                for i in range(len(branch_names(block)))}
+    for i, (cin, cout) in widths.items():
+        branches[f"branch_{i}"][f"{block}.sn_input_layers.{i}.0"] = {
+            "in_features": cin, "out_features": cout, "type": "PITConv2d"}
+    return {"type": "PITSuperNetModule", "supernet_branches": branches}
+
+
+def test_exported_architecture_keeps_the_largest_theta_branch():
+    summary = {
+        "stem.0": {"in_features": 1, "out_features": 5, "type": "PITConv2d"},
+        "classifier": {"in_features": 40, "out_features": 10, "type": "PITLinear"},
+        **{block: _supernet_entry(block, {0: (5, 7), 1: (5, 3)})
+           for block in ("block1", "block2", "block3")}}
+    arch = search_time.exported_architecture(summary)
+    assert arch["stem.0"] == "1->5" and arch["classifier"] == "40->10"
+    assert arch["block2"] == {"branch": "conv5x5", "block2.sn_input_layers.1.0": "5->3"}
+
+
+def test_search_time_rejects_unknown_configurations():
+    with pytest.raises(SystemExit):
+        search_time.main(["--configs", "fast,sparse"])
