@@ -56,23 +56,29 @@ from plinio.graph.tracing import node_shape
 Branch = Tuple[Tuple[int, int], ...]
 """(supernet index, branch index) pairs, one per enclosing supernet."""
 
-ChannelExpr = Tuple[Tuple[int, float], ...]
-"""Effective channels as Σ coefficient · counts[index] (e.g. a concatenation: two terms)."""
+
+
+@dataclass(frozen=True)
+class ChannelSum:
+    """Effective channels Σ coef · counts[index] + const: one term for a masked tensor, a
+    sum for a concatenation, a coefficient for a flatten, only ``const`` for a fixed width."""
+
+    terms: Tuple[Tuple[int, float], ...] = ()
+    const: float = 0.0
 
 
 @dataclass(frozen=True)
 class Activation:
     """One tensor of the schedule.
 
-    Its bytes are (Σ coef·counts[i] over ``channels`` + ``const_channels``) ×
-    ``elements_per_channel`` × the schedule's bytes per element, weighted by Π θ over
+    Its bytes are its effective ``channels`` × ``elements_per_channel`` × the schedule's
+    bytes per element, weighted by Π θ over
     ``branch``. It is live from ``producer`` (from ``producer + 1`` if ``inplace``) to its
     last reader among ``consumers``.
     """
 
     name: str
-    channels: ChannelExpr
-    const_channels: float
+    channels: ChannelSum
     elements_per_channel: int
     producer: int
     consumers: Tuple[int, ...]
@@ -115,10 +121,10 @@ class ActivationSchedule:
                 raise ValueError(f"ActivationSchedule: {where} has producer {a.producer} and consumers "
                                  f"{a.consumers}; steps run 0..{n_steps - 1} and a consumer cannot "
                                  f"precede the producer")
-            if any(not 0 <= i < self.n_counts for i, _ in a.channels):
-                raise ValueError(f"ActivationSchedule: {where} uses counts {[i for i, _ in a.channels]} "
+            if any(not 0 <= i < self.n_counts for i, _ in a.channels.terms):
+                raise ValueError(f"ActivationSchedule: {where} uses counts {[i for i, _ in a.channels.terms]} "
                                  f"but there are {self.n_counts}")
-            if a.elements_per_channel < 0 or a.const_channels < 0:
+            if a.elements_per_channel < 0 or a.channels.const < 0:
                 raise ValueError(f"ActivationSchedule: {where} has a negative size")
             self._check_branch(a.branch, where)
 
@@ -167,11 +173,11 @@ class PeakMemory(nn.Module):
         acts = schedule.activations
         coef = torch.zeros(len(acts), schedule.n_counts)
         for t, a in enumerate(acts):
-            for i, c in a.channels:
+            for i, c in a.channels.terms:
                 coef[t, i] += c
         scale = torch.tensor([a.elements_per_channel * schedule.bytes_per_element for a in acts])
         self.register_buffer("coef", coef, persistent=False)
-        self.register_buffer("const", torch.tensor([a.const_channels for a in acts]), persistent=False)
+        self.register_buffer("const", torch.tensor([a.channels.const for a in acts]), persistent=False)
         self.register_buffer("scale", scale, persistent=False)
         self.register_buffer("live", schedule.liveness().float(), persistent=False)
         self.register_buffer("weight_index", _branch_weight_index(schedule), persistent=False)
@@ -221,8 +227,8 @@ class PeakMemory(nn.Module):
             for t, a in enumerate(sched.activations):
                 if not live[s, t]:
                     continue
-                channels = counts.new_tensor(a.const_channels)
-                for i, c in a.channels:
+                channels = counts.new_tensor(a.channels.const)
+                for i, c in a.channels.terms:
                     channels = channels + c * counts[i]
                 weight = counts.new_ones(())
                 for g, i in a.branch:
@@ -312,7 +318,7 @@ def _tensor_shape(node: fx.Node) -> Optional[Tuple[int, ...]]:
     return None if shape is None else tuple(shape)
 
 
-ChannelsArg = Mapping[str, Union[int, ChannelExpr]]
+ChannelsArg = Mapping[str, Union[int, ChannelSum]]
 InplaceFn = Callable[[fx.Node, Optional[nn.Module]], bool]
 
 
@@ -324,7 +330,7 @@ def schedule_from_graph(gm: fx.GraphModule, channels: Optional[ChannelsArg] = No
 
     Steps are the placeholders, the tensor-valued nodes and the output, in graph order.
     ``channels`` maps a node name to its effective channels: an index into the counts vector
-    (of length ``n_counts``) or a ChannelExpr; other nodes have the constant channels of
+    (of length ``n_counts``) or a ``ChannelSum``; other nodes have the constant channels of
     their shape. ``inplace(node, module)`` says which nodes write into their input's memory.
     Parameters (``get_attr``) are not activations; reading sizes (``x.size(0)``) is not a use.
     """
@@ -354,10 +360,16 @@ def schedule_from_graph(gm: fx.GraphModule, channels: Optional[ChannelsArg] = No
         shape = shapes[n]
         width = shape[1] if len(shape) >= 2 else 1
         expr = channels.get(n.name)
-        terms: ChannelExpr = () if expr is None else ((expr, 1.0),) if isinstance(expr, int) else tuple(expr)
+        if expr is None:
+            expr = ChannelSum(const=float(width))
+        elif isinstance(expr, int):
+            expr = ChannelSum(((expr, 1.0),))
+        elif not isinstance(expr, ChannelSum):
+            raise TypeError(f"schedule_from_graph: channels of node '{n.name}' must be a count index "
+                            f"(int) or a ChannelSum, got {type(expr).__name__}")
         module = modules.get(str(n.target)) if n.op == "call_module" else None
         activations.append(Activation(
-            name=n.name, channels=terms, const_channels=0.0 if terms else float(width),
+            name=n.name, channels=expr,
             elements_per_channel=math.prod(shape[2:]), producer=index[n],
             consumers=tuple(sorted(index[u] for u in n.users if u in index)),
             inplace=n.op != "placeholder" and inplace(n, module), branch=paths[n]))

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from plinio.cost.peak_memory import Activation, ActivationSchedule, PeakMemory, schedule_from_graph
+from plinio.cost.peak_memory import Activation, ActivationSchedule, ChannelSum, PeakMemory, schedule_from_graph
 from tests.cost.cost_helpers import TinySuperNet, traced
 
 F64 = torch.float64
@@ -39,7 +39,7 @@ class PlainCNN(nn.Module):
 def test_plain_cnn():
     gm = traced(PlainCNN(), (1, 6, 6))
     # n1: channels of conv1/relu/pool (36, 36, 9 elements each), n2: conv2 (9 each); flatten = 9·n2 features
-    sched = schedule_from_graph(gm, {"conv1": 0, "relu": 0, "pool": 0, "conv2": 1, "flatten": ((1, 9.0),)},
+    sched = schedule_from_graph(gm, {"conv1": 0, "relu": 0, "pool": 0, "conv2": 1, "flatten": ChannelSum(((1, 9.0),))},
                                 n_counts=2)
     assert sched.steps == ("x", "conv1", "relu", "pool", "conv2", "flatten", "fc", "output")
     peak = PeakMemory(sched)
@@ -84,9 +84,9 @@ def test_hand_built_schedule_equals_the_traced_one():
     gm = traced(ResidualBlock(), (4, 8))
     traced_sched = schedule_from_graph(gm, {"conv1": 0, "relu": 0}, n_counts=1)
     names = ("x", "conv1", "relu", "conv2", "add", "relu_1", "output")
-    acts = (Activation("x", (), 4, 8, 0, (1, 4)), Activation("conv1", ((0, 1.0),), 0, 8, 1, (2,)),
-            Activation("relu", ((0, 1.0),), 0, 8, 2, (3,)), Activation("conv2", (), 4, 8, 3, (4,)),
-            Activation("add", (), 4, 8, 4, (5,)), Activation("relu_1", (), 4, 8, 5, (6,)))
+    acts = (Activation("x", ChannelSum(const=4), 8, 0, (1, 4)), Activation("conv1", ChannelSum(((0, 1.0),)), 8, 1, (2,)),
+            Activation("relu", ChannelSum(((0, 1.0),)), 8, 2, (3,)), Activation("conv2", ChannelSum(const=4), 8, 3, (4,)),
+            Activation("add", ChannelSum(const=4), 8, 4, (5,)), Activation("relu_1", ChannelSum(const=4), 8, 5, (6,)))
     hand = ActivationSchedule(steps=names, step_branches=((),) * 7, activations=acts, n_counts=1)
     assert hand == traced_sched
 
@@ -115,6 +115,26 @@ def test_one_hot_theta_gives_the_exported_network_peak(branch):
     one_hot = torch.nn.functional.one_hot(torch.tensor(branch), 3).to(F64)
     empty = torch.zeros(0, dtype=F64)
     assert supernet(empty, one_hot).item() == exported(empty).item() == 64 * (8, 12, 6)[branch]
+
+
+class DenseBlock(nn.Module):
+    """x (3×4) -> conv(5) -> cat(x, conv) (8 channels, of which 5 masked)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(3, 5, 1)
+
+    def forward(self, x):
+        return torch.cat([x, self.conv(x)], dim=1)
+
+
+def test_concatenation_sums_masked_and_fixed_channels():
+    gm = traced(DenseBlock(), (3, 4))
+    sched = schedule_from_graph(gm, {"conv": 0, "cat": ChannelSum(((0, 1.0),), 3.0)}, n_counts=1)
+    # elements (4 per channel): x 3 | x+conv 3+n | x+conv+cat 3+n+(3+n) | cat 3+n;  n = 2.5
+    assert PeakMemory(sched).step_bytes(counts(2.5)).tolist() == [4 * 4 * e for e in (3, 5.5, 11, 5.5)]
+    with pytest.raises(TypeError, match=r"channels of node 'cat' must be a count index \(int\) or a ChannelSum"):
+        schedule_from_graph(gm, {"cat": ((0, 1.0),)}, n_counts=1)
 
 
 class TinyTCN(nn.Module):
@@ -150,13 +170,13 @@ def nested_schedule() -> ActivationSchedule:
     steps = ("x", "a", "inner0", "inner1", "mix1", "b", "mix0", "output")
     paths = ((), ((0, 0),), ((0, 0), (1, 0)), ((0, 0), (1, 1)), ((0, 0),), ((0, 1),), (), ())
     acts = (
-        Activation("x", (), 3, 10, 0, (1, 5)),
-        Activation("a", ((0, 1.0),), 0, 10, 1, (2, 3), branch=((0, 0),)),
-        Activation("inner0", ((1, 1.0),), 0, 10, 2, (4,), branch=((0, 0), (1, 0))),
-        Activation("inner1", ((1, 2.0),), 1, 10, 3, (4,), branch=((0, 0), (1, 1))),
-        Activation("mix1", ((1, 1.0),), 0, 10, 4, (6,), inplace=True, branch=((0, 0),)),
-        Activation("b", ((0, 1.0), (1, 1.0)), 0, 10, 5, (6,), branch=((0, 1),)),
-        Activation("mix0", ((1, 1.0),), 0, 10, 6, (7,), inplace=True),
+        Activation("x", ChannelSum(const=3), 10, 0, (1, 5)),
+        Activation("a", ChannelSum(((0, 1.0),)), 10, 1, (2, 3), branch=((0, 0),)),
+        Activation("inner0", ChannelSum(((1, 1.0),)), 10, 2, (4,), branch=((0, 0), (1, 0))),
+        Activation("inner1", ChannelSum(((1, 2.0),), 1), 10, 3, (4,), branch=((0, 0), (1, 1))),
+        Activation("mix1", ChannelSum(((1, 1.0),)), 10, 4, (6,), inplace=True, branch=((0, 0),)),
+        Activation("b", ChannelSum(((0, 1.0), (1, 1.0))), 10, 5, (6,), branch=((0, 1),)),
+        Activation("mix0", ChannelSum(((1, 1.0),)), 10, 6, (7,), inplace=True),
     )
     return ActivationSchedule(steps, paths, acts, n_counts=2, n_choices=(2, 2), bytes_per_element=1)
 
@@ -217,7 +237,7 @@ def test_bad_inputs_are_errors_naming_them():
     with pytest.raises(ValueError, match=r"activation 'conv1' uses counts \[2\] but there are 1"):
         schedule_from_graph(gm, {"conv1": 2}, n_counts=1)
     with pytest.raises(ValueError, match=r"activation 'y' has producer 2 and consumers \(1,\)"):
-        ActivationSchedule(("a", "b", "c"), ((),) * 3, (Activation("y", (), 1, 1, 2, (1,)),))
+        ActivationSchedule(("a", "b", "c"), ((),) * 3, (Activation("y", ChannelSum(const=1), 1, 2, (1,)),))
 
 
 def test_graph_without_shapes_or_with_tuple_outputs_is_an_error():
