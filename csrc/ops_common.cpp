@@ -18,12 +18,12 @@ void check_combine_inputs(at::TensorList branches, const at::Tensor& theta) {
               "plinio::combine: branches must be floating point, got ", ref.scalar_type());
   for (size_t i = 0; i < branches.size(); ++i) {
     const at::Tensor& b = branches[i];
-    TORCH_CHECK(b.sizes() == ref.sizes(), "plinio::combine: branch ", i, " has shape ",
-                b.sizes(), " but branch 0 has shape ", ref.sizes());
-    TORCH_CHECK(b.scalar_type() == ref.scalar_type(), "plinio::combine: branch ", i,
-                " has dtype ", b.scalar_type(), " but branch 0 has dtype ", ref.scalar_type());
-    TORCH_CHECK(b.device() == ref.device(), "plinio::combine: branch ", i, " is on ",
-                b.device(), " but branch 0 is on ", ref.device());
+    TORCH_CHECK(b.sizes() == ref.sizes(), "plinio::combine: branch ", i, " has shape ", b.sizes(),
+                " but branch 0 has shape ", ref.sizes());
+    TORCH_CHECK(b.scalar_type() == ref.scalar_type(), "plinio::combine: branch ", i, " has dtype ",
+                b.scalar_type(), " but branch 0 has dtype ", ref.scalar_type());
+    TORCH_CHECK(b.device() == ref.device(), "plinio::combine: branch ", i, " is on ", b.device(),
+                " but branch 0 is on ", ref.device());
   }
   TORCH_CHECK(theta.device() == ref.device(), "plinio::combine: theta is on ", theta.device(),
               " but the branches are on ", ref.device());
@@ -47,13 +47,10 @@ int64_t dilation_levels(int64_t taps) {
   return levels < 1 ? 1 : levels;
 }
 
-MaskGeometry check_mask_params(
-    const c10::optional<at::Tensor>& alpha,
-    const c10::optional<at::Tensor>& beta,
-    const c10::optional<at::Tensor>& gamma,
-    int64_t cout,
-    int64_t taps,
-    int64_t keep_alive) {
+MaskGeometry check_mask_params(const c10::optional<at::Tensor>& alpha,
+                               const c10::optional<at::Tensor>& beta,
+                               const c10::optional<at::Tensor>& gamma, int64_t cout, int64_t taps,
+                               int64_t keep_alive) {
   MaskGeometry g;
   g.has_alpha = alpha.has_value() && alpha->defined();
   g.has_beta = beta.has_value() && beta->defined();
@@ -63,15 +60,15 @@ MaskGeometry check_mask_params(
   TORCH_CHECK(!g.time_masked() || taps >= 1, "plinio: kernel_size must be >= 1, got ", taps);
   if (g.has_alpha) {
     TORCH_CHECK(alpha->dim() == 1 && alpha->size(0) == cout,
-                "plinio: alpha (channel mask parameter) must have shape [", cout,
-                "], got ", alpha->sizes());
-    TORCH_CHECK(keep_alive >= 0 && keep_alive <= cout, "plinio: keep_alive must be in [0, ",
-                cout, "], got ", keep_alive);
+                "plinio: alpha (channel mask parameter) must have shape [", cout, "], got ",
+                alpha->sizes());
+    TORCH_CHECK(keep_alive >= 0 && keep_alive <= cout, "plinio: keep_alive must be in [0, ", cout,
+                "], got ", keep_alive);
   }
   if (g.has_beta) {
     TORCH_CHECK(beta->dim() == 1 && beta->size(0) == taps,
-                "plinio: beta (receptive-field mask parameter) must have shape [", taps,
-                "], got ", beta->sizes());
+                "plinio: beta (receptive-field mask parameter) must have shape [", taps, "], got ",
+                beta->sizes());
   }
   if (g.has_gamma) {
     g.levels = dilation_levels(taps);
@@ -90,8 +87,8 @@ MaskGeometry check_mask_params(
     } else {
       TORCH_CHECK(t.scalar_type() == first.scalar_type() && t.device() == first.device(),
                   "plinio: alpha/beta/gamma must share one dtype and device, got ",
-                  first.scalar_type(), " on ", first.device(), " and ", t.scalar_type(),
-                  " on ", t.device());
+                  first.scalar_type(), " on ", first.device(), " and ", t.scalar_type(), " on ",
+                  t.device());
     }
   }
   return g;

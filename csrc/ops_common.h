@@ -30,9 +30,9 @@ std::vector<at::Tensor> align_all_to(at::TensorList ts, const at::Tensor& like);
 
 // Sizes of one layer's masks. `time_masked` is true when beta or gamma is given.
 struct MaskGeometry {
-  int64_t cout = 0;        // channels (alpha size); 0 when alpha is absent
-  int64_t taps = 1;        // K, the kernel-axis length the time mask spans
-  int64_t levels = 0;      // L = max(ceil(log2 K), 1); 0 when gamma is absent
+  int64_t cout = 0;    // channels (alpha size); 0 when alpha is absent
+  int64_t taps = 1;    // K, the kernel-axis length the time mask spans
+  int64_t levels = 0;  // L = max(ceil(log2 K), 1); 0 when gamma is absent
   bool has_alpha = false;
   bool has_beta = false;
   bool has_gamma = false;
@@ -42,13 +42,10 @@ struct MaskGeometry {
 int64_t dilation_levels(int64_t taps);
 
 // Validates the mask parameters; `cout` and `taps` are what the layer dictates.
-MaskGeometry check_mask_params(
-    const c10::optional<at::Tensor>& alpha,
-    const c10::optional<at::Tensor>& beta,
-    const c10::optional<at::Tensor>& gamma,
-    int64_t cout,
-    int64_t taps,
-    int64_t keep_alive);
+MaskGeometry check_mask_params(const c10::optional<at::Tensor>& alpha,
+                               const c10::optional<at::Tensor>& beta,
+                               const c10::optional<at::Tensor>& gamma, int64_t cout, int64_t taps,
+                               int64_t keep_alive);
 
 // The memory format the masked-weight kernels work in: channels_last for a 4-D
 // channels_last weight with channel masking only (each output channel is still one

@@ -78,8 +78,7 @@ at::Tensor combine_forward(at::TensorList branches, const at::Tensor& theta,
 template <typename K>
 std::tuple<std::vector<at::Tensor>, at::Tensor> combine_backward(
     const at::Tensor& grad, at::TensorList branches, const at::Tensor& theta,
-    const c10::List<bool>& branch_needs_grad, bool theta_needs_grad,
-    const c10::List<bool>& relu) {
+    const c10::List<bool>& branch_needs_grad, bool theta_needs_grad, const c10::List<bool>& relu) {
   const size_t n = static_cast<size_t>(theta.size(0));
   TORCH_CHECK(branch_needs_grad.size() == n,
               "plinio::combine_backward: one branch_needs_grad flag per theta entry expected");
@@ -150,10 +149,11 @@ inline at::Tensor mask_output(const at::Tensor& m, const at::Tensor& param_like)
 }
 
 template <typename K>
-std::tuple<at::Tensor, at::Tensor> pit_masks(
-    const c10::optional<at::Tensor>& alpha_, const c10::optional<at::Tensor>& beta_,
-    const c10::optional<at::Tensor>& gamma_, int64_t kernel_size, double threshold,
-    int64_t keep_alive) {
+std::tuple<at::Tensor, at::Tensor> pit_masks(const c10::optional<at::Tensor>& alpha_,
+                                             const c10::optional<at::Tensor>& beta_,
+                                             const c10::optional<at::Tensor>& gamma_,
+                                             int64_t kernel_size, double threshold,
+                                             int64_t keep_alive) {
   at::Tensor alpha = opt(alpha_), beta = opt(beta_), gamma = opt(gamma_);
   TORCH_CHECK(alpha.defined() || beta.defined() || gamma.defined(),
               "plinio::pit_masks: give at least one of alpha, beta, gamma");
@@ -167,11 +167,10 @@ std::tuple<at::Tensor, at::Tensor> pit_masks(
 
 template <typename K>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> param_grads(
-    const MaskGeometry& g, const MaskSet& m, const at::Tensor& partial,
-    const at::Tensor& grad_bias, const at::Tensor& bias, const at::Tensor& ext_cm,
-    const at::Tensor& ext_time, const at::Tensor& alpha, const at::Tensor& beta,
-    const at::Tensor& gamma, int64_t keep_alive, const at::TensorOptions& acc_opts,
-    const at::Tensor& absent_template) {
+    const MaskGeometry& g, const MaskSet& m, const at::Tensor& partial, const at::Tensor& grad_bias,
+    const at::Tensor& bias, const at::Tensor& ext_cm, const at::Tensor& ext_time,
+    const at::Tensor& alpha, const at::Tensor& beta, const at::Tensor& gamma, int64_t keep_alive,
+    const at::TensorOptions& acc_opts, const at::Tensor& absent_template) {
   at::Tensor ga, gb, gg;
   if (g.has_alpha) ga = at::empty({g.cout}, acc_opts);
   if (g.has_beta) gb = at::empty({g.taps}, acc_opts);
@@ -182,8 +181,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> param_grads(
   K::param_grads(g, partial, acc_of(grad_bias), acc_of(bias), acc_of(ext_cm), acc_of(ext_time),
                  alpha.defined() ? alpha.contiguous() : alpha,
                  beta.defined() ? beta.contiguous() : beta,
-                 gamma.defined() ? gamma.contiguous() : gamma, m.cm, m.mtime, m.mbeta,
-                 m.mgamma, keep_alive, ga, gb, gg);
+                 gamma.defined() ? gamma.contiguous() : gamma, m.cm, m.mtime, m.mbeta, m.mgamma,
+                 keep_alive, ga, gb, gg);
   return {g.has_alpha ? ga.to(alpha.scalar_type()) : absent_like(absent_template),
           g.has_beta ? gb.to(beta.scalar_type()) : absent_like(absent_template),
           g.has_gamma ? gg.to(gamma.scalar_type()) : absent_like(absent_template)};
@@ -203,17 +202,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pit_masks_backward(
   const at::Tensor& like = alpha.defined() ? alpha : (beta.defined() ? beta : gamma);
   at::TensorOptions acc_opts = mask_acc_options(alpha, beta, gamma, like);
   MaskSet m = compute_masks<K>(g, alpha, beta, gamma, threshold, keep_alive, acc_opts);
-  return param_grads<K>(g, m, at::Tensor(), at::Tensor(), at::Tensor(),
-                        present(grad_channel_mask), present(grad_time_mask), alpha, beta, gamma,
-                        keep_alive, acc_opts, like);
+  return param_grads<K>(g, m, at::Tensor(), at::Tensor(), at::Tensor(), present(grad_channel_mask),
+                        present(grad_time_mask), alpha, beta, gamma, keep_alive, acc_opts, like);
 }
 
 // Layer geometry of a weight: (Cout, taps of the time mask).
 inline MaskGeometry weight_geometry(const at::Tensor& weight, const at::Tensor& bias,
                                     const c10::optional<at::Tensor>& alpha,
                                     const c10::optional<at::Tensor>& beta,
-                                    const c10::optional<at::Tensor>& gamma,
-                                    int64_t keep_alive) {
+                                    const c10::optional<at::Tensor>& gamma, int64_t keep_alive) {
   TORCH_CHECK(weight.dim() >= 2 && weight.dim() <= 4,
               "plinio::pit_masked_weight: weight must be 2-D (Linear), 3-D (Conv1d) or 4-D "
               "(Conv2d), got shape ",
@@ -259,7 +256,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pit_masked_weight(
   at::Tensor w = working_weight(weight, g.time_masked());
   at::TensorOptions acc_opts = mask_acc_options(alpha, beta, gamma, weight);
   MaskSet m = compute_masks<K>(g, alpha, beta, gamma, threshold, keep_alive, acc_opts);
-  at::Tensor mw = at::empty(w.sizes(), w.options().memory_format(masked_weight_format(weight, g.time_masked())));
+  at::Tensor mw = at::empty(
+      w.sizes(), w.options().memory_format(masked_weight_format(weight, g.time_masked())));
   if (w.numel() > 0) K::apply(w, m.cm, m.mtime, mw);
   at::Tensor mb = absent_like(weight);
   if (bias.defined()) {
@@ -273,12 +271,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pit_masked_weight(
 
 template <typename K>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pit_masked_weight_backward(
-    const at::Tensor& grad_weight, const at::Tensor& grad_bias,
-    const at::Tensor& grad_channel_mask, const at::Tensor& grad_time_mask,
-    const at::Tensor& weight, const c10::optional<at::Tensor>& bias_,
-    const c10::optional<at::Tensor>& alpha_, const c10::optional<at::Tensor>& beta_,
-    const c10::optional<at::Tensor>& gamma_, double threshold, int64_t keep_alive,
-    bool weight_needs_grad, bool bias_needs_grad, bool params_need_grad) {
+    const at::Tensor& grad_weight, const at::Tensor& grad_bias, const at::Tensor& grad_channel_mask,
+    const at::Tensor& grad_time_mask, const at::Tensor& weight,
+    const c10::optional<at::Tensor>& bias_, const c10::optional<at::Tensor>& alpha_,
+    const c10::optional<at::Tensor>& beta_, const c10::optional<at::Tensor>& gamma_,
+    double threshold, int64_t keep_alive, bool weight_needs_grad, bool bias_needs_grad,
+    bool params_need_grad) {
   at::Tensor bias = opt(bias_), alpha = opt(alpha_), beta = opt(beta_), gamma = opt(gamma_);
   MaskGeometry g = weight_geometry(weight, bias, alpha_, beta_, gamma_, keep_alive);
   at::TensorOptions acc_opts = mask_acc_options(alpha, beta, gamma, weight);
@@ -301,8 +299,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pit_maske
       partial.zero_();
     }
   } else if (weight_needs_grad) {
-    grad_w = at::zeros(weight.sizes(), weight.options().memory_format(
-                                           masked_weight_format(weight, g.time_masked())));
+    grad_w =
+        at::zeros(weight.sizes(),
+                  weight.options().memory_format(masked_weight_format(weight, g.time_masked())));
   }
 
   at::Tensor grad_b = absent_like(weight);

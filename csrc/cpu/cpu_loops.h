@@ -39,8 +39,8 @@ struct Loops {
   using A = at::opmath_type<T>;
   // out = Σ_i theta[i] * r_i(xs[i]) over n elements, r_i = ReLU where relu[i] (relu may be
   // nullptr: no ReLU)
-  void (*combine_forward)(const T* const* xs, const char* relu, int64_t nb, const A* theta,
-                          T* out, int64_t n);
+  void (*combine_forward)(const T* const* xs, const char* relu, int64_t nb, const A* theta, T* out,
+                          int64_t n);
   // grads[i] = theta[i] * r_i'(xs[i]) * grad where grads[i] != nullptr; when
   // partial != nullptr, partial[c * nb + i] = <grad, r_i(xs[i])> over chunk c
   // (combine_chunks(n) chunks). xs[i] may be nullptr where neither needs it.
@@ -52,9 +52,8 @@ struct Loops {
                       const A* pattern, T* out);
   // grad_out = apply_masks(grad) when grad_out != nullptr; when partial != nullptr,
   // partial[c, k] = Σ_r grad[c, r, k] * weight[c, r, k] (k < taps)
-  void (*reduce_masks)(const T* grad, const T* weight, int64_t cout, int64_t row_len,
-                       int64_t taps, const A* c_mask, const A* pattern, T* grad_out,
-                       A* partial);
+  void (*reduce_masks)(const T* grad, const T* weight, int64_t cout, int64_t row_len, int64_t taps,
+                       const A* c_mask, const A* pattern, T* grad_out, A* partial);
 };
 
 // One table per instruction set (defined in loops_base.cpp and loops_avx2.cpp).

@@ -40,27 +40,27 @@ inline A relu(A v) {
 }
 
 template <typename T, typename A>
-void combine_forward(const T* const* xs, const char* relu_flags, int64_t nb, const A* theta,
-                     T* out, int64_t n) {
+void combine_forward(const T* const* xs, const char* relu_flags, int64_t nb, const A* theta, T* out,
+                     int64_t n) {
   at::parallel_for(0, n, kChunk, [&](int64_t begin, int64_t end) {
     A acc[kTile];
     for (int64_t t0 = begin; t0 < end; t0 += kTile) {
       const int64_t len = smaller(kTile, end - t0);
-PLINIO_SIMD
+      PLINIO_SIMD
       for (int64_t j = 0; j < len; ++j) acc[j] = A(0);
       for (int64_t i = 0; i < nb; ++i) {
         const T* xi = xs[i] + t0;
         const A thi = theta[i];
         if (relu_flags != nullptr && relu_flags[i]) {
-PLINIO_SIMD
+          PLINIO_SIMD
           for (int64_t j = 0; j < len; ++j) acc[j] += thi * relu(static_cast<A>(xi[j]));
         } else {
-PLINIO_SIMD
+          PLINIO_SIMD
           for (int64_t j = 0; j < len; ++j) acc[j] += thi * static_cast<A>(xi[j]);
         }
       }
       T* o = out + t0;
-PLINIO_SIMD
+      PLINIO_SIMD
       for (int64_t j = 0; j < len; ++j) o[j] = static_cast<T>(acc[j]);
     }
   });
@@ -80,7 +80,7 @@ void combine_backward(const T* grad, const T* const* xs, const char* relu_flags,
       for (int64_t t0 = begin; t0 < end; t0 += kTile) {
         const int64_t len = smaller(kTile, end - t0);
         const T* gp = grad + t0;
-PLINIO_SIMD
+        PLINIO_SIMD
         for (int64_t j = 0; j < len; ++j) g[j] = static_cast<A>(gp[j]);
         for (int64_t i = 0; i < nb; ++i) {
           const bool r = relu_flags != nullptr && relu_flags[i];
@@ -88,23 +88,24 @@ PLINIO_SIMD
           if (grads[i] != nullptr) {
             T* gi = grads[i] + t0;
             const A thi = theta[i];
-PLINIO_SIMD
+            PLINIO_SIMD
             for (int64_t j = 0; j < len; ++j) gi[j] = static_cast<T>(thi * g[j]);
             if (r) {
               // ReLU's gradient mask, as threshold_backward: zero where x <= 0. A second
               // pass over the tile (in L1), not one fused loop: a product under a condition
               // is not speculated, so that loop would compile to a branch per element.
-PLINIO_SIMD
-              for (int64_t j = 0; j < len; ++j) gi[j] = static_cast<A>(xi[j]) <= A(0) ? T(0) : gi[j];
+              PLINIO_SIMD
+              for (int64_t j = 0; j < len; ++j)
+                gi[j] = static_cast<A>(xi[j]) <= A(0) ? T(0) : gi[j];
             }
           }
           if (partial != nullptr) {
             A dot = A(0);
             if (r) {
-PLINIO_SIMD_SUM(dot)
+              PLINIO_SIMD_SUM(dot)
               for (int64_t j = 0; j < len; ++j) dot += g[j] * relu(static_cast<A>(xi[j]));
             } else {
-PLINIO_SIMD_SUM(dot)
+              PLINIO_SIMD_SUM(dot)
               for (int64_t j = 0; j < len; ++j) dot += g[j] * static_cast<A>(xi[j]);
             }
             partial[c * nb + i] += dot;
@@ -119,17 +120,17 @@ PLINIO_SIMD_SUM(dot)
 template <typename T, typename A>
 inline void mask_row(const T* in, A s, const A* pattern, int64_t len, T* out) {
   if (pattern == nullptr) {
-PLINIO_SIMD
+    PLINIO_SIMD
     for (int64_t j = 0; j < len; ++j) out[j] = static_cast<T>(A(in[j]) * s);
   } else {
-PLINIO_SIMD
+    PLINIO_SIMD
     for (int64_t j = 0; j < len; ++j) out[j] = static_cast<T>(A(in[j]) * (s * pattern[j]));
   }
 }
 
 template <typename T, typename A>
-void apply_masks(const T* rows, int64_t cout, int64_t row_len, const A* c_mask,
-                 const A* pattern, T* out) {
+void apply_masks(const T* rows, int64_t cout, int64_t row_len, const A* c_mask, const A* pattern,
+                 T* out) {
   at::parallel_for(0, cout, row_grain(row_len), [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       const A s = c_mask != nullptr ? c_mask[c] : A(1);
@@ -154,7 +155,7 @@ void reduce_masks(const T* grad, const T* weight, int64_t cout, int64_t row_len,
       A* out = partial + c * taps;
       if (taps == 1) {
         A dot = A(0);
-PLINIO_SIMD_SUM(dot)
+        PLINIO_SIMD_SUM(dot)
         for (int64_t j = 0; j < row_len; ++j) dot += A(gr[j]) * A(wr[j]);
         out[0] = dot;
         continue;
@@ -166,10 +167,10 @@ PLINIO_SIMD_SUM(dot)
       }
       for (int64_t t0 = 0; t0 < row_len; t0 += tile) {
         const int64_t len = smaller(tile, row_len - t0);
-PLINIO_SIMD
+        PLINIO_SIMD
         for (int64_t j = 0; j < len; ++j) prod[j] = A(gr[t0 + j]) * A(wr[t0 + j]);
         for (int64_t r = 0; r < len; r += taps) {
-PLINIO_SIMD
+          PLINIO_SIMD
           for (int64_t k = 0; k < taps; ++k) out[k] += prod[r + k];
         }
       }
@@ -187,9 +188,13 @@ Loops<T> table() {
 }  // namespace PLINIO_CPU_ISA
 
 template <>
-Loops<float> PLINIO_CAT(PLINIO_CPU_ISA, _loops)<float>() { return PLINIO_CPU_ISA::table<float>(); }
+Loops<float> PLINIO_CAT(PLINIO_CPU_ISA, _loops)<float>() {
+  return PLINIO_CPU_ISA::table<float>();
+}
 template <>
-Loops<double> PLINIO_CAT(PLINIO_CPU_ISA, _loops)<double>() { return PLINIO_CPU_ISA::table<double>(); }
+Loops<double> PLINIO_CAT(PLINIO_CPU_ISA, _loops)<double>() {
+  return PLINIO_CPU_ISA::table<double>();
+}
 template <>
 Loops<c10::Half> PLINIO_CAT(PLINIO_CPU_ISA, _loops)<c10::Half>() {
   return PLINIO_CPU_ISA::table<c10::Half>();

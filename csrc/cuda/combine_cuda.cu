@@ -93,59 +93,60 @@ struct CudaCombineKernels {
     const int nb = static_cast<int>(xs.size());
     const int64_t blocks = cuda::grid_for(n);
     auto stream = at::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(),
-                                    "plinio_combine_cuda", [&] {
-      using A = at::opmath_type<scalar_t>;
-      at::Tensor acc;
-      if (nb > kMaxBranches) acc = at::empty({n}, theta.options());
-      for (int start = 0; start < nb; start += kMaxBranches) {
-        BranchGroup<scalar_t> g{};
-        g.n = std::min(kMaxBranches, nb - start);
-        g.offset = start;
-        for (int i = 0; i < g.n; ++i) g.x[i] = xs[start + i].const_data_ptr<scalar_t>();
-        const bool first = start == 0;
-        const bool last = start + kMaxBranches >= nb;
-        combine_forward_kernel<scalar_t, A><<<blocks, cuda::kThreads, 0, stream>>>(
-            g, theta.const_data_ptr<A>(), out.mutable_data_ptr<scalar_t>(),
-            acc.defined() ? acc.mutable_data_ptr<A>() : nullptr, n, first, last);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, out.scalar_type(), "plinio_combine_cuda", [&] {
+          using A = at::opmath_type<scalar_t>;
+          at::Tensor acc;
+          if (nb > kMaxBranches) acc = at::empty({n}, theta.options());
+          for (int start = 0; start < nb; start += kMaxBranches) {
+            BranchGroup<scalar_t> g{};
+            g.n = std::min(kMaxBranches, nb - start);
+            g.offset = start;
+            for (int i = 0; i < g.n; ++i) g.x[i] = xs[start + i].const_data_ptr<scalar_t>();
+            const bool first = start == 0;
+            const bool last = start + kMaxBranches >= nb;
+            combine_forward_kernel<scalar_t, A><<<blocks, cuda::kThreads, 0, stream>>>(
+                g, theta.const_data_ptr<A>(), out.mutable_data_ptr<scalar_t>(),
+                acc.defined() ? acc.mutable_data_ptr<A>() : nullptr, n, first, last);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          }
+        });
   }
 
   static void backward(const at::Tensor& grad, const std::vector<at::Tensor>& xs,
                        const std::vector<bool>& /*relu*/, const at::Tensor& theta,
-                       const std::vector<bool>& needs,
-                       std::vector<at::Tensor>& grads, at::Tensor& theta_grad) {
+                       const std::vector<bool>& needs, std::vector<at::Tensor>& grads,
+                       at::Tensor& theta_grad) {
     const c10::cuda::CUDAGuard guard(grad.device());
     const int64_t n = grad.numel();
     const int nb = static_cast<int>(needs.size());
     const int64_t blocks = cuda::grid_for(n);
     const bool want_theta = theta_grad.defined();
     auto stream = at::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
-                                    "plinio_combine_backward_cuda", [&] {
-      using A = at::opmath_type<scalar_t>;
-      at::Tensor partial;
-      if (want_theta) partial = at::empty({blocks, nb}, theta.options());
-      for (int start = 0; start < nb; start += kMaxBranches) {
-        BranchGroup<scalar_t> g{};
-        g.n = std::min(kMaxBranches, nb - start);
-        g.offset = start;
-        bool any = want_theta;
-        for (int i = 0; i < g.n; ++i) {
-          g.x[i] = want_theta ? xs[start + i].const_data_ptr<scalar_t>() : nullptr;
-          g.grad[i] = needs[start + i] ? grads[start + i].mutable_data_ptr<scalar_t>() : nullptr;
-          any = any || needs[start + i];
-        }
-        if (!any) continue;
-        combine_backward_kernel<scalar_t, A><<<blocks, cuda::kThreads, 0, stream>>>(
-            grad.const_data_ptr<scalar_t>(), g, theta.const_data_ptr<A>(),
-            want_theta ? partial.mutable_data_ptr<A>() : nullptr, n, nb, want_theta);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-      if (want_theta) theta_grad.copy_(partial.sum(0));
-    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, grad.scalar_type(), "plinio_combine_backward_cuda", [&] {
+          using A = at::opmath_type<scalar_t>;
+          at::Tensor partial;
+          if (want_theta) partial = at::empty({blocks, nb}, theta.options());
+          for (int start = 0; start < nb; start += kMaxBranches) {
+            BranchGroup<scalar_t> g{};
+            g.n = std::min(kMaxBranches, nb - start);
+            g.offset = start;
+            bool any = want_theta;
+            for (int i = 0; i < g.n; ++i) {
+              g.x[i] = want_theta ? xs[start + i].const_data_ptr<scalar_t>() : nullptr;
+              g.grad[i] =
+                  needs[start + i] ? grads[start + i].mutable_data_ptr<scalar_t>() : nullptr;
+              any = any || needs[start + i];
+            }
+            if (!any) continue;
+            combine_backward_kernel<scalar_t, A><<<blocks, cuda::kThreads, 0, stream>>>(
+                grad.const_data_ptr<scalar_t>(), g, theta.const_data_ptr<A>(),
+                want_theta ? partial.mutable_data_ptr<A>() : nullptr, n, nb, want_theta);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          }
+          if (want_theta) theta_grad.copy_(partial.sum(0));
+        });
   }
 };
 

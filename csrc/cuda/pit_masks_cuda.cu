@@ -26,8 +26,8 @@ const T* ptr_or_null(const at::Tensor& t) {
 
 template <typename T, typename A>
 __global__ void masks_kernel(const T* alpha, const T* beta, const T* gamma, int64_t cout,
-                             int64_t taps, int64_t levels, int64_t keep_alive, A threshold,
-                             A* cm, A* mbeta, A* mgamma, A* mtime) {
+                             int64_t taps, int64_t levels, int64_t keep_alive, A threshold, A* cm,
+                             A* mbeta, A* mgamma, A* mtime) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (alpha != nullptr && i < cout) {
     cm[i] = mm::binarize(mm::theta_alpha<A>(alpha, i, cout, keep_alive), threshold);
@@ -58,8 +58,8 @@ __global__ void apply_kernel(const T* __restrict__ w, const A* __restrict__ cm,
 template <typename T, typename A>
 __global__ void reduce_kernel(const T* __restrict__ grad, const T* __restrict__ w,
                               const A* __restrict__ cm, const A* __restrict__ mt,
-                              T* __restrict__ grad_out, A* __restrict__ partial,
-                              int64_t row_len, int64_t taps) {
+                              T* __restrict__ grad_out, A* __restrict__ partial, int64_t row_len,
+                              int64_t taps) {
   __shared__ A shared[cuda::kThreads / 32];
   const int64_t c = blockIdx.x;
   const T* gr = grad + c * row_len;
@@ -132,8 +132,8 @@ A* mut_or_null(const at::Tensor& t) {
 
 struct CudaMaskKernels {
   static void masks(const MaskGeometry& g, const at::Tensor& alpha, const at::Tensor& beta,
-                    const at::Tensor& gamma, double threshold, int64_t keep_alive,
-                    at::Tensor& cm, at::Tensor& mbeta, at::Tensor& mgamma, at::Tensor& mtime) {
+                    const at::Tensor& gamma, double threshold, int64_t keep_alive, at::Tensor& cm,
+                    at::Tensor& mbeta, at::Tensor& mgamma, at::Tensor& mtime) {
     const at::Tensor& p = alpha.defined() ? alpha : (beta.defined() ? beta : gamma);
     if (!p.defined()) return;
     const c10::cuda::CUDAGuard guard(p.device());
@@ -143,15 +143,17 @@ struct CudaMaskKernels {
     at::Tensor b = beta.defined() ? beta.contiguous() : beta;
     at::Tensor gm = gamma.defined() ? gamma.contiguous() : gamma;
     const int64_t blocks = (n + cuda::kThreads - 1) / cuda::kThreads;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(),
-                                    "plinio_pit_masks_cuda", [&] {
-      using A = at::opmath_type<scalar_t>;
-      masks_kernel<scalar_t, A><<<blocks, cuda::kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          ptr_or_null<scalar_t>(a), ptr_or_null<scalar_t>(b), ptr_or_null<scalar_t>(gm), g.cout,
-          g.taps, g.levels, keep_alive, static_cast<A>(threshold), mut_or_null<A>(cm),
-          mut_or_null<A>(mbeta), mut_or_null<A>(mgamma), mut_or_null<A>(mtime));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, p.scalar_type(), "plinio_pit_masks_cuda", [&] {
+          using A = at::opmath_type<scalar_t>;
+          masks_kernel<scalar_t, A>
+              <<<blocks, cuda::kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+                  ptr_or_null<scalar_t>(a), ptr_or_null<scalar_t>(b), ptr_or_null<scalar_t>(gm),
+                  g.cout, g.taps, g.levels, keep_alive, static_cast<A>(threshold),
+                  mut_or_null<A>(cm), mut_or_null<A>(mbeta), mut_or_null<A>(mgamma),
+                  mut_or_null<A>(mtime));
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
   }
 
   static void apply(const at::Tensor& rows, const at::Tensor& cm, const at::Tensor& mtime,
@@ -161,15 +163,15 @@ struct CudaMaskKernels {
     if (n == 0) return;
     const int64_t row_len = n / rows.size(0);
     const int64_t taps = mtime.defined() ? mtime.numel() : 1;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, rows.scalar_type(),
-                                    "plinio_pit_apply_masks_cuda", [&] {
-      using A = at::opmath_type<scalar_t>;
-      apply_kernel<scalar_t, A>
-          <<<cuda::grid_for(n), cuda::kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-              rows.const_data_ptr<scalar_t>(), ptr_or_null<A>(cm), ptr_or_null<A>(mtime),
-              out.mutable_data_ptr<scalar_t>(), n, row_len, taps);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, rows.scalar_type(), "plinio_pit_apply_masks_cuda", [&] {
+          using A = at::opmath_type<scalar_t>;
+          apply_kernel<scalar_t, A>
+              <<<cuda::grid_for(n), cuda::kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+                  rows.const_data_ptr<scalar_t>(), ptr_or_null<A>(cm), ptr_or_null<A>(mtime),
+                  out.mutable_data_ptr<scalar_t>(), n, row_len, taps);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
   }
 
   static void reduce(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& cm,
@@ -180,42 +182,42 @@ struct CudaMaskKernels {
     if (cout == 0) return;
     const int64_t row_len = weight.numel() / cout;
     const int64_t taps = mtime.defined() ? mtime.numel() : 1;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(),
-                                    "plinio_pit_masked_weight_backward_cuda", [&] {
-      using A = at::opmath_type<scalar_t>;
-      reduce_kernel<scalar_t, A><<<cout, cuda::kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          grad.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(), ptr_or_null<A>(cm),
-          ptr_or_null<A>(mtime),
-          grad_out.defined() ? grad_out.mutable_data_ptr<scalar_t>() : nullptr,
-          mut_or_null<A>(partial), row_len, taps);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, weight.scalar_type(), "plinio_pit_masked_weight_backward_cuda",
+        [&] {
+          using A = at::opmath_type<scalar_t>;
+          reduce_kernel<scalar_t, A><<<cout, cuda::kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+              grad.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+              ptr_or_null<A>(cm), ptr_or_null<A>(mtime),
+              grad_out.defined() ? grad_out.mutable_data_ptr<scalar_t>() : nullptr,
+              mut_or_null<A>(partial), row_len, taps);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
   }
 
   static void param_grads(const MaskGeometry& g, const at::Tensor& partial,
                           const at::Tensor& grad_bias, const at::Tensor& bias,
                           const at::Tensor& ext_cm, const at::Tensor& ext_time,
-                          const at::Tensor& alpha, const at::Tensor& beta,
-                          const at::Tensor& gamma, const at::Tensor& cm,
-                          const at::Tensor& mtime, const at::Tensor& mbeta,
+                          const at::Tensor& alpha, const at::Tensor& beta, const at::Tensor& gamma,
+                          const at::Tensor& cm, const at::Tensor& mtime, const at::Tensor& mbeta,
                           const at::Tensor& mgamma, int64_t keep_alive, at::Tensor& g_alpha,
                           at::Tensor& g_beta, at::Tensor& g_gamma) {
     const at::Tensor& p = alpha.defined() ? alpha : (beta.defined() ? beta : gamma);
     const c10::cuda::CUDAGuard guard(p.device());
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(),
-                                    "plinio_pit_mask_param_grads_cuda", [&] {
-      using A = at::opmath_type<scalar_t>;
-      const size_t smem = g.time_masked() ? 2 * g.taps * sizeof(A) : 0;
-      param_grads_kernel<scalar_t, A>
-          <<<1, cuda::kThreads, smem, at::cuda::getCurrentCUDAStream()>>>(
-              ptr_or_null<A>(partial), ptr_or_null<A>(grad_bias), ptr_or_null<A>(bias),
-              ptr_or_null<A>(ext_cm), ptr_or_null<A>(ext_time), ptr_or_null<scalar_t>(alpha),
-              ptr_or_null<scalar_t>(beta), ptr_or_null<scalar_t>(gamma), ptr_or_null<A>(cm),
-              ptr_or_null<A>(mtime), ptr_or_null<A>(mbeta), ptr_or_null<A>(mgamma), g.cout,
-              g.taps, g.levels, keep_alive, mut_or_null<A>(g_alpha), mut_or_null<A>(g_beta),
-              mut_or_null<A>(g_gamma));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, p.scalar_type(), "plinio_pit_mask_param_grads_cuda", [&] {
+          using A = at::opmath_type<scalar_t>;
+          const size_t smem = g.time_masked() ? 2 * g.taps * sizeof(A) : 0;
+          param_grads_kernel<scalar_t, A>
+              <<<1, cuda::kThreads, smem, at::cuda::getCurrentCUDAStream()>>>(
+                  ptr_or_null<A>(partial), ptr_or_null<A>(grad_bias), ptr_or_null<A>(bias),
+                  ptr_or_null<A>(ext_cm), ptr_or_null<A>(ext_time), ptr_or_null<scalar_t>(alpha),
+                  ptr_or_null<scalar_t>(beta), ptr_or_null<scalar_t>(gamma), ptr_or_null<A>(cm),
+                  ptr_or_null<A>(mtime), ptr_or_null<A>(mbeta), ptr_or_null<A>(mgamma), g.cout,
+                  g.taps, g.levels, keep_alive, mut_or_null<A>(g_alpha), mut_or_null<A>(g_beta),
+                  mut_or_null<A>(g_gamma));
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
   }
 };
 
