@@ -2,15 +2,19 @@
 //
 // They live in C++ (torchvision's pattern) rather than in Python: a Python autograd
 // registration costs tens of microseconds per call, more than the kernels themselves
-// for typical PIT layer weights. The formulas are the ones of plinio/ops/_library.py,
+// for typical PIT layer weights. The formulas are the ones of plinio/ops/triton/autograd.py,
 // which the Triton ops use:
 //   combine:            grad_y_i = θ_i·r_i'(y_i)·g, grad_θ_i = <g, r_i(y_i)>, one pass
 //                       (combine_backward; r_i the optional fused ReLU); the branches are
 //                       saved only when θ needs a gradient or a ReLU mask needs them.
 //   pit_masks / pit_masked_weight: straight-through masks; the weight/bias gradient is
 //                       reduced into α/β/γ gradients in the same backward kernel.
-// Double backward is not supported (the *_backward ops have no autograd formula).
+// Double backward: the fused *_backward kernels give first derivatives only. When the
+// backward must itself be differentiable (create_graph=True), the *_backward op runs through
+// its Autograd kernel instead: the differentiable formulas of plinio/ops/double_backward.py,
+// registered from Python by plinio/ops/_library.py.
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -38,6 +42,33 @@ at::Tensor if_needed(bool need, const at::Tensor& t) { return need ? t : at::Ten
 
 OptTensor saved_opt(const at::Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
 
+// Whether a backward reading `tensors` must build a graph: grad mode is on (create_graph=True
+// sets it during the backward) and one of them requires grad.
+bool graph_needed(std::initializer_list<at::TensorList> groups) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const at::TensorList& group : groups) {
+    for (const at::Tensor& t : group) {
+      if (t.defined() && t.requires_grad()) return true;
+    }
+  }
+  return false;
+}
+
+// Calls backward op `op`: through its Autograd kernel (the differentiable formulas) when
+// `differentiable`, straight to the fused kernel otherwise.
+template <typename Sig, typename... Args>
+auto call_backward(const c10::TypedOperatorHandle<Sig>& op, bool differentiable, Args&&... args) {
+  if (differentiable) {
+    TORCH_CHECK(op.hasKernelForDispatchKey(c10::DispatchKey::Autograd), op.schema().name(),
+                ": differentiating this backward (create_graph=True) needs the differentiable "
+                "formulas that plinio.ops registers when it loads plinio._C; call the op "
+                "through plinio.ops");
+    return op.call(std::forward<Args>(args)...);
+  }
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(std::forward<Args>(args)...);
+}
+
 // needs_input_grad() counts only the tensor arguments that were present, so map the
 // (possibly undefined) saved tensors, one per tensor argument, onto those indices.
 std::vector<bool> needs_per_argument(AutogradContext* ctx, const variable_list& saved) {
@@ -51,10 +82,11 @@ std::vector<bool> needs_per_argument(AutogradContext* ctx, const variable_list& 
 
 class CombineFunction : public torch::autograd::Function<CombineFunction> {
  public:
-  static at::Tensor forward(AutogradContext* ctx, at::TensorList branches,
-                            const at::Tensor& theta, const c10::List<bool>& relu) {
-    static auto op = op_handle<at::Tensor(at::TensorList, const at::Tensor&,
-                                          const c10::List<bool>&)>("plinio::combine");
+  static at::Tensor forward(AutogradContext* ctx, at::TensorList branches, const at::Tensor& theta,
+                            const c10::List<bool>& relu) {
+    static auto op =
+        op_handle<at::Tensor(at::TensorList, const at::Tensor&, const c10::List<bool>&)>(
+            "plinio::combine");
     at::AutoDispatchBelowADInplaceOrView guard;
     at::Tensor out = op.call(branches, theta, relu);
     bool any_relu = false;
@@ -82,8 +114,9 @@ class CombineFunction : public torch::autograd::Function<CombineFunction> {
     c10::List<bool> needs;
     for (int64_t i = 0; i < n; ++i) needs.push_back(ctx->needs_input_grad(i));
     const bool theta_needs = ctx->needs_input_grad(n);
-    auto [grads, theta_grad] =
-        op.call(grad_outputs[0], branches, theta, needs, theta_needs, relu);
+    const bool differentiable = graph_needed({grad_outputs, saved});
+    auto [grads, theta_grad] = call_backward(op, differentiable, grad_outputs[0], branches, theta,
+                                             needs, theta_needs, relu);
     variable_list out;
     for (int64_t i = 0; i < n; ++i) out.push_back(if_needed(needs.get(i), grads[i]));
     out.push_back(if_needed(theta_needs, theta_grad));
@@ -96,16 +129,16 @@ class CombineFunction : public torch::autograd::Function<CombineFunction> {
 
 class PitMasksFunction : public torch::autograd::Function<PitMasksFunction> {
  public:
-  static variable_list forward(AutogradContext* ctx, const OptTensor& alpha,
-                               const OptTensor& beta, const OptTensor& gamma,
-                               int64_t kernel_size, double threshold, int64_t keep_alive) {
+  static variable_list forward(AutogradContext* ctx, const OptTensor& alpha, const OptTensor& beta,
+                               const OptTensor& gamma, int64_t kernel_size, double threshold,
+                               int64_t keep_alive) {
     using Sig = std::tuple<at::Tensor, at::Tensor>(const OptTensor&, const OptTensor&,
                                                    const OptTensor&, int64_t, double, int64_t);
     static auto op = op_handle<Sig>("plinio::pit_masks");
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [channel, time] = op.call(alpha, beta, gamma, kernel_size, threshold, keep_alive);
-    ctx->save_for_backward({alpha.value_or(at::Tensor()), beta.value_or(at::Tensor()),
-                            gamma.value_or(at::Tensor())});
+    ctx->save_for_backward(
+        {alpha.value_or(at::Tensor()), beta.value_or(at::Tensor()), gamma.value_or(at::Tensor())});
     ctx->saved_data["kernel_size"] = kernel_size;
     ctx->saved_data["threshold"] = threshold;
     ctx->saved_data["keep_alive"] = keep_alive;
@@ -114,19 +147,21 @@ class PitMasksFunction : public torch::autograd::Function<PitMasksFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     using Sig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-        const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&,
-        const OptTensor&, int64_t, double, int64_t);
+        const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&, const OptTensor&,
+        int64_t, double, int64_t);
     static auto op = op_handle<Sig>("plinio::pit_masks_backward");
     variable_list saved = ctx->get_saved_variables();
-    const at::Tensor& like = saved[0].defined() ? saved[0] : (saved[1].defined() ? saved[1] : saved[2]);
-    auto [ga, gb, gg] = op.call(or_absent(grads[0], like), or_absent(grads[1], like),
-                                saved_opt(saved[0]), saved_opt(saved[1]), saved_opt(saved[2]),
-                                ctx->saved_data["kernel_size"].toInt(),
-                                ctx->saved_data["threshold"].toDouble(),
-                                ctx->saved_data["keep_alive"].toInt());
+    const at::Tensor& like =
+        saved[0].defined() ? saved[0] : (saved[1].defined() ? saved[1] : saved[2]);
+    const bool differentiable = graph_needed({grads, saved});
+    auto [ga, gb, gg] = call_backward(
+        op, differentiable, or_absent(grads[0], like), or_absent(grads[1], like),
+        saved_opt(saved[0]), saved_opt(saved[1]), saved_opt(saved[2]),
+        ctx->saved_data["kernel_size"].toInt(), ctx->saved_data["threshold"].toDouble(),
+        ctx->saved_data["keep_alive"].toInt());
     const std::vector<bool> need = needs_per_argument(ctx, saved);
     return {if_needed(need[0], ga), if_needed(need[1], gb), if_needed(need[2], gg),
-            at::Tensor(), at::Tensor(), at::Tensor()};
+            at::Tensor(),           at::Tensor(),           at::Tensor()};
   }
 };
 
@@ -135,12 +170,11 @@ class PitMasksFunction : public torch::autograd::Function<PitMasksFunction> {
 class PitMaskedWeightFunction : public torch::autograd::Function<PitMaskedWeightFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& weight,
-                               const OptTensor& bias, const OptTensor& alpha,
-                               const OptTensor& beta, const OptTensor& gamma, double threshold,
-                               int64_t keep_alive) {
+                               const OptTensor& bias, const OptTensor& alpha, const OptTensor& beta,
+                               const OptTensor& gamma, double threshold, int64_t keep_alive) {
     using Sig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-        const at::Tensor&, const OptTensor&, const OptTensor&, const OptTensor&,
-        const OptTensor&, double, int64_t);
+        const at::Tensor&, const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&,
+        double, int64_t);
     static auto op = op_handle<Sig>("plinio::pit_masked_weight");
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [w, b, channel, time] = op.call(weight, bias, alpha, beta, gamma, threshold, keep_alive);
@@ -154,8 +188,8 @@ class PitMaskedWeightFunction : public torch::autograd::Function<PitMaskedWeight
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     using Sig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
         const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-        const at::Tensor&, const OptTensor&, const OptTensor&, const OptTensor&,
-        const OptTensor&, double, int64_t, bool, bool, bool);
+        const at::Tensor&, const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&,
+        double, int64_t, bool, bool, bool);
     static auto op = op_handle<Sig>("plinio::pit_masked_weight_backward");
     variable_list saved = ctx->get_saved_variables();
     const at::Tensor& weight = saved[0];
@@ -163,12 +197,13 @@ class PitMaskedWeightFunction : public torch::autograd::Function<PitMaskedWeight
     const bool w_need = need[0];
     const bool b_need = need[1];
     const bool p_need = need[2] || need[3] || need[4];
+    const bool differentiable = graph_needed({grads, saved});
     auto [gw, gb, ga, gbeta, ggamma] =
-        op.call(or_absent(grads[0], weight), or_absent(grads[1], weight),
-                or_absent(grads[2], weight), or_absent(grads[3], weight), weight,
-                saved_opt(saved[1]), saved_opt(saved[2]), saved_opt(saved[3]),
-                saved_opt(saved[4]), ctx->saved_data["threshold"].toDouble(),
-                ctx->saved_data["keep_alive"].toInt(), w_need, b_need, p_need);
+        call_backward(op, differentiable, or_absent(grads[0], weight), or_absent(grads[1], weight),
+                      or_absent(grads[2], weight), or_absent(grads[3], weight), weight,
+                      saved_opt(saved[1]), saved_opt(saved[2]), saved_opt(saved[3]),
+                      saved_opt(saved[4]), ctx->saved_data["threshold"].toDouble(),
+                      ctx->saved_data["keep_alive"].toInt(), w_need, b_need, p_need);
     return {if_needed(w_need, gw),
             if_needed(b_need, gb),
             if_needed(need[2], ga),
@@ -184,8 +219,7 @@ at::Tensor combine_autograd(at::TensorList branches, const at::Tensor& theta,
   return CombineFunction::apply(branches, theta, relu);
 }
 
-std::tuple<at::Tensor, at::Tensor> pit_masks_autograd(const OptTensor& alpha,
-                                                      const OptTensor& beta,
+std::tuple<at::Tensor, at::Tensor> pit_masks_autograd(const OptTensor& alpha, const OptTensor& beta,
                                                       const OptTensor& gamma, int64_t kernel_size,
                                                       double threshold, int64_t keep_alive) {
   auto out = PitMasksFunction::apply(alpha, beta, gamma, kernel_size, threshold, keep_alive);
@@ -193,10 +227,10 @@ std::tuple<at::Tensor, at::Tensor> pit_masks_autograd(const OptTensor& alpha,
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pit_masked_weight_autograd(
-    const at::Tensor& weight, const OptTensor& bias, const OptTensor& alpha,
-    const OptTensor& beta, const OptTensor& gamma, double threshold, int64_t keep_alive) {
-  auto out = PitMaskedWeightFunction::apply(weight, bias, alpha, beta, gamma, threshold,
-                                            keep_alive);
+    const at::Tensor& weight, const OptTensor& bias, const OptTensor& alpha, const OptTensor& beta,
+    const OptTensor& gamma, double threshold, int64_t keep_alive) {
+  auto out =
+      PitMaskedWeightFunction::apply(weight, bias, alpha, beta, gamma, threshold, keep_alive);
   return {out[0], out[1], out[2], out[3]};
 }
 

@@ -1,15 +1,13 @@
-"""torch.library registration of the plinio ops.
+"""Python-side registrations of the compiled op library (plinio._C).
 
 The schemas, the CPU/CUDA kernels and the autograd formulas of ``plinio::combine``,
 ``plinio::pit_masks`` and ``plinio::pit_masked_weight`` (plus their ``*_backward`` ops)
 come from the compiled library (csrc/plinio_ops.cpp, csrc/autograd.cpp: autograd in C++
 because a Python autograd registration costs more per call than these kernels). This
 module adds, once the library is loaded, the fake (meta) kernels for torch.compile /
-export, and holds the same autograd formulas for the Triton ops (plinio/ops/triton),
-registered with ``torch.library.register_autograd``.
-
-Conventions shared with the C++ side: an absent optional result is a numel-0 tensor; a
-numel-0 gradient stands for zero.
+export, and the Autograd kernels of the ``*_backward`` ops: the differentiable formulas of
+plinio/ops/double_backward.py, which csrc/autograd.cpp calls when a backward must itself
+be differentiable. The schema conventions are those of plinio/ops/_conventions.py.
 """
 import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -18,50 +16,22 @@ import torch
 from torch import Tensor
 
 from .. import _extension
-from . import _validate
+from . import _validate, double_backward
+from ._conventions import absent, first_given, masked_weight_format
 
 _OPS = ("combine", "combine_backward", "pit_masks", "pit_masks_backward",
         "pit_masked_weight", "pit_masked_weight_backward")
 
 _lock = threading.Lock()
 _registered = False
-
-
-# ----------------------------------------------------------------- layouts and absents
-
-def masked_weight_format(weight: Tensor, time_masked: bool) -> torch.memory_format:
-    """Layout of the masked weight and its gradient (mirrors csrc/ops_common.cpp)."""
-    if (not time_masked and weight.dim() == 4 and not weight.is_contiguous()
-            and weight.is_contiguous(memory_format=torch.channels_last)):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def absent(like: Tensor) -> Tensor:
-    """The numel-0 tensor standing for an absent result."""
-    return like.new_empty((0,))
-
-
-def present(t: Optional[Tensor]) -> Optional[Tensor]:
-    """None for an absent (numel-0) result."""
-    return t if t is not None and t.numel() > 0 else None
-
-
-def _first(*ts: Optional[Tensor]) -> Optional[Tensor]:
-    for t in ts:
-        if t is not None:
-            return t
-    return None
-
-
-def _or_absent(t: Optional[Tensor], like: Tensor) -> Tensor:
-    return t if t is not None else absent(like)
+# the Autograd kernels stay registered while this library object lives
+_autograd_library: Optional[torch.library.Library] = None
 
 
 # ------------------------------------------------------------------------ fake kernels
 
 def _fake_combine(branches: List[Tensor], theta: Tensor, relu: Sequence[bool] = ()) -> Tensor:
-    _validate.check_combine(branches, theta, relu)
+    _validate.check_combine(branches, theta, relu, one_dtype=True)
     return torch.empty_like(branches[0])
 
 
@@ -74,7 +44,7 @@ def _fake_combine_backward(grad: Tensor, branches: List[Tensor], theta: Tensor,
 
 def _fake_pit_masks(alpha: Optional[Tensor], beta: Optional[Tensor], gamma: Optional[Tensor],
                     kernel_size: int, threshold: float, keep_alive: int) -> Tuple[Tensor, Tensor]:
-    like = _first(alpha, beta, gamma)
+    like = first_given(alpha, beta, gamma)
     if like is None:
         raise ValueError("plinio::pit_masks: give at least one of alpha, beta, gamma")
     _validate.check_mask_params("plinio::pit_masks", alpha, beta, gamma, None, kernel_size,
@@ -89,7 +59,7 @@ def _fake_pit_masks_backward(grad_channel_mask: Tensor, grad_time_mask: Tensor,
                              alpha: Optional[Tensor], beta: Optional[Tensor],
                              gamma: Optional[Tensor], kernel_size: int, threshold: float,
                              keep_alive: int) -> Tuple[Tensor, Tensor, Tensor]:
-    like = _first(alpha, beta, gamma)
+    like = first_given(alpha, beta, gamma)
     assert like is not None
     return tuple(p.new_empty(p.shape) if p is not None else absent(like)  # type: ignore
                  for p in (alpha, beta, gamma))
@@ -98,13 +68,14 @@ def _fake_pit_masks_backward(grad_channel_mask: Tensor, grad_time_mask: Tensor,
 def _fake_pit_masked_weight(weight: Tensor, bias: Optional[Tensor], alpha: Optional[Tensor],
                             beta: Optional[Tensor], gamma: Optional[Tensor], threshold: float,
                             keep_alive: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    _validate.check_masked_weight(weight, bias, alpha, beta, gamma, keep_alive)
+    _validate.check_masked_weight(weight, bias, alpha, beta, gamma, keep_alive,
+                                  params_in_weight_dtype=True)
     timed = beta is not None or gamma is not None
     fmt = masked_weight_format(weight, timed)
     masked = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device,
                          memory_format=fmt)
     masked_bias = bias.new_empty(bias.shape) if bias is not None else absent(weight)
-    like = _first(alpha, beta, gamma, weight)
+    like = first_given(alpha, beta, gamma, weight)
     channel = alpha.new_empty(alpha.shape) if alpha is not None else absent(like)
     time = like.new_empty((weight.shape[-1],)) if timed else absent(like)
     return masked, masked_bias, channel, time
@@ -121,87 +92,16 @@ def _fake_pit_masked_weight_backward(
     gw = (torch.empty(weight.shape, dtype=weight.dtype, device=weight.device, memory_format=fmt)
           if weight_needs_grad else absent(weight))
     gb = bias.new_empty(bias.shape) if bias is not None and bias_needs_grad else absent(weight)
-    any_param = _first(alpha, beta, gamma) is not None
+    any_param = first_given(alpha, beta, gamma) is not None
     grads = [p.new_empty(p.shape) if (p is not None and params_need_grad and any_param)
              else absent(weight) for p in (alpha, beta, gamma)]
     return (gw, gb, *grads)
 
 
-# ---------------------------------------------------------------------------- autograd
-
-def _combine_setup(ctx: Any, inputs: Tuple[Any, ...], output: Tensor) -> None:
-    branches, theta = inputs
-    ctx.branch_needs = [bool(b.requires_grad) for b in branches]
-    ctx.theta_needs = bool(theta.requires_grad)
-    # The branches are kept only when the θ gradient needs them (no stacked copy).
-    if ctx.theta_needs:
-        ctx.save_for_backward(theta, *branches)
-    else:
-        ctx.save_for_backward(theta)
-
-
-def _make_combine_backward(backward_op: Callable[..., Any]) -> Callable[..., Any]:
-    def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[List[Optional[Tensor]]],
-                                                 Optional[Tensor]]:
-        theta, *branches = ctx.saved_tensors
-        grads, theta_grad = backward_op(grad, branches, theta, ctx.branch_needs, ctx.theta_needs)
-        branch_grads = [g if need else None for g, need in zip(grads, ctx.branch_needs)]
-        return branch_grads, (theta_grad if ctx.theta_needs else None)
-
-    return backward
-
-
-def _masks_setup(ctx: Any, inputs: Tuple[Any, ...], output: Any) -> None:
-    alpha, beta, gamma, kernel_size, threshold, keep_alive = inputs
-    ctx.save_for_backward(alpha, beta, gamma)
-    ctx.kernel_size, ctx.threshold, ctx.keep_alive = kernel_size, threshold, keep_alive
-
-
-def _make_masks_backward(backward_op: Callable[..., Any]) -> Callable[..., Any]:
-    def backward(ctx: Any, grad_channel: Optional[Tensor],
-                 grad_time: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
-        alpha, beta, gamma = ctx.saved_tensors
-        like = _first(alpha, beta, gamma)
-        assert like is not None
-        ga, gb, gg = backward_op(_or_absent(grad_channel, like), _or_absent(grad_time, like),
-                                 alpha, beta, gamma, ctx.kernel_size, ctx.threshold,
-                                 ctx.keep_alive)
-        needs = ctx.needs_input_grad
-        return (ga if needs[0] else None, gb if needs[1] else None, gg if needs[2] else None,
-                None, None, None)
-
-    return backward
-
-
-def _masked_weight_setup(ctx: Any, inputs: Tuple[Any, ...], output: Any) -> None:
-    weight, bias, alpha, beta, gamma, threshold, keep_alive = inputs
-    ctx.save_for_backward(weight, bias, alpha, beta, gamma)
-    ctx.threshold, ctx.keep_alive = threshold, keep_alive
-
-
-def _make_masked_weight_backward(backward_op: Callable[..., Any]) -> Callable[..., Any]:
-    def backward(ctx: Any, g_weight: Optional[Tensor], g_bias: Optional[Tensor],
-                 g_channel: Optional[Tensor],
-                 g_time: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
-        weight, bias, alpha, beta, gamma = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        params_need = bool(needs[2] or needs[3] or needs[4])
-        gw, gb, ga, gbeta, ggamma = backward_op(
-            _or_absent(g_weight, weight), _or_absent(g_bias, weight),
-            _or_absent(g_channel, weight), _or_absent(g_time, weight), weight, bias, alpha,
-            beta, gamma, ctx.threshold, ctx.keep_alive, bool(needs[0]), bool(needs[1]),
-            params_need)
-        return (gw if needs[0] else None, gb if needs[1] else None,
-                ga if needs[2] else None, gbeta if needs[3] else None,
-                ggamma if needs[4] else None, None, None)
-
-    return backward
-
-
-AUTOGRAD = {
-    "combine": (_make_combine_backward, _combine_setup),
-    "pit_masks": (_make_masks_backward, _masks_setup),
-    "pit_masked_weight": (_make_masked_weight_backward, _masked_weight_setup),
+_DOUBLE_BACKWARD = {
+    "combine_backward": double_backward.combine_backward,
+    "pit_masks_backward": double_backward.pit_masks_backward,
+    "pit_masked_weight_backward": double_backward.pit_masked_weight_backward,
 }
 
 _FAKES = {
@@ -214,17 +114,25 @@ _FAKES = {
 }
 
 
-def register_autograd(op: Any, name: str, backward_op: Callable[..., Any]) -> None:
-    """Attach the autograd formula of op kind `name` (combine / pit_masks /
-    pit_masked_weight) to `op` (a qualified name or a custom-op object)."""
-    make_backward, setup = AUTOGRAD[name]
-    torch.library.register_autograd(op, make_backward(backward_op), setup_context=setup)
+def _autograd_kernel(name: str) -> Callable[..., Any]:
+    """Autograd kernel of backward op `name`: its differentiable formula when a graph is
+    needed, else straight to the fused kernel."""
+    formula = _DOUBLE_BACKWARD[name]
+    op = getattr(torch.ops.plinio, name).default
+
+    def kernel(*args: Any) -> Any:
+        if double_backward.graph_needed(*args):
+            return formula(*args)
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(*args)
+
+    return kernel
 
 
 def compiled_ops() -> Optional[Any]:
-    """``torch.ops.plinio`` with its fake kernels registered, or None when the compiled
-    library is unavailable."""
-    global _registered
+    """``torch.ops.plinio`` with its fake kernels and the Autograd kernels of its backward
+    ops registered, or None when the compiled library is unavailable."""
+    global _registered, _autograd_library
     if not _extension.load():
         return None
     if _registered:
@@ -233,6 +141,9 @@ def compiled_ops() -> Optional[Any]:
         if not _registered:
             for name in _OPS:
                 torch.library.register_fake(f"plinio::{name}", _FAKES[name])
+            _autograd_library = torch.library.Library("plinio", "IMPL")
+            for name in _DOUBLE_BACKWARD:
+                _autograd_library.impl(name, _autograd_kernel(name), "Autograd")
             _registered = True
     return torch.ops.plinio
 

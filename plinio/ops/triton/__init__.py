@@ -59,8 +59,9 @@ def ops() -> SimpleNamespace:
     """The Triton custom ops (combine, pit_masks, pit_masked_weight), defined on first use."""
     global _ops
     if _ops is None:
-        from . import custom_ops as triton_ops
+        from . import autograd, custom_ops as triton_ops
 
+        autograd.register()
         _ops = SimpleNamespace(
             combine=triton_ops.triton_combine,
             pit_masks=triton_ops.triton_pit_masks,

@@ -5,8 +5,8 @@ through ``wrap_triton``, so torch.compile sees their kernels. The combine ops pa
 branches to the kernels as a tuple of tensors, which ``wrap_triton`` cannot trace (it only
 unwraps top-level tensor arguments), so they stay opaque custom ops with the shared fake
 kernels, as every op does on older torch. The host logic (layouts, absent results, which
-kernels run) mirrors csrc/ops_driver.h; the autograd formulas are the ones of
-plinio/ops/_library.py.
+kernels run) mirrors csrc/ops_driver.h; their autograd formulas are in
+plinio/ops/triton/autograd.py.
 """
 from typing import List, Optional, Tuple
 
@@ -15,6 +15,7 @@ import triton
 from torch import Tensor
 
 from .. import _library
+from .._conventions import absent, masked_weight_format, present
 from ..reference import accumulate_dtype, dilation_levels
 from . import kernels as K
 
@@ -76,7 +77,7 @@ def triton_combine_backward(grad: Tensor, branches: List[Tensor], theta: Tensor,
     nb = len(branch_needs_grad)
     acc = accumulate_dtype(grad.dtype)
     th = theta.to(acc).contiguous()
-    grads = [torch.empty_like(ref) if need else _library.absent(grad)
+    grads = [torch.empty_like(ref) if need else absent(grad)
              for need in branch_needs_grad]
     n = ref.numel()
     blocks = triton.cdiv(n, COMBINE_BLOCK)
@@ -89,7 +90,7 @@ def triton_combine_backward(grad: Tensor, branches: List[Tensor], theta: Tensor,
             g, xs, outs, th, partial, n, NB=nb, NEED_MASK=need_mask,
             WANT_THETA=bool(theta_needs_grad), BLOCK=COMBINE_BLOCK)
     theta_grad = (partial.sum(0).to(theta.dtype) if theta_needs_grad
-                  else _library.absent(theta))
+                  else absent(theta))
     return grads, theta_grad
 
 
@@ -167,13 +168,13 @@ def _param_grads(m: _Masks, partial: Optional[Tensor], grad_bias: Optional[Tenso
         HAS_GAMMA=gamma is not None, HAS_MT=m.timed,
         BLOCK_C=max(1, min(_pow2(cout), TILE // _pow2(m.taps))), BLOCK_K=_pow2(m.taps),
         LEVELS_MAX=_pow2(m.levels, 2))
-    return (ga.to(alpha.dtype) if alpha is not None else _library.absent(absent_like),
-            gb.to(beta.dtype) if beta is not None else _library.absent(absent_like),
-            gg.to(gamma.dtype) if gamma is not None else _library.absent(absent_like))
+    return (ga.to(alpha.dtype) if alpha is not None else absent(absent_like),
+            gb.to(beta.dtype) if beta is not None else absent(absent_like),
+            gg.to(gamma.dtype) if gamma is not None else absent(absent_like))
 
 
 def _mask_out(mask: Optional[Tensor], like: Tensor) -> Tensor:
-    return mask.to(like.dtype) if mask is not None else _library.absent(like)
+    return mask.to(like.dtype) if mask is not None else absent(like)
 
 
 @_define("triton_pit_masks")
@@ -192,8 +193,8 @@ def triton_pit_masks_backward(grad_channel_mask: Tensor, grad_time_mask: Tensor,
                               keep_alive: int) -> Tuple[Tensor, Tensor, Tensor]:
     like = next(p for p in (alpha, beta, gamma) if p is not None)
     m = _Masks(alpha, beta, gamma, kernel_size, threshold, keep_alive)
-    return _param_grads(m, None, None, None, _library.present(grad_channel_mask),
-                        _library.present(grad_time_mask), alpha, beta, gamma, keep_alive, like)
+    return _param_grads(m, None, None, None, present(grad_channel_mask),
+                        present(grad_time_mask), alpha, beta, gamma, keep_alive, like)
 
 
 @_define("triton_pit_masked_weight")
@@ -201,17 +202,17 @@ def triton_pit_masked_weight(weight: Tensor, bias: Optional[Tensor], alpha: Opti
                              beta: Optional[Tensor], gamma: Optional[Tensor], threshold: float,
                              keep_alive: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     timed = beta is not None or gamma is not None
-    fmt = _library.masked_weight_format(weight, timed)
+    fmt = masked_weight_format(weight, timed)
     w = weight.contiguous(memory_format=fmt)
     out = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device, memory_format=fmt)
     like = next((p for p in (alpha, beta, gamma) if p is not None), weight)
     if like is weight:  # no mask at all: a plain copy
         out.copy_(w)
-        mb = bias.clone() if bias is not None else _library.absent(weight)
-        return out, mb, _library.absent(weight), _library.absent(weight)
+        mb = bias.clone() if bias is not None else absent(weight)
+        return out, mb, absent(weight), absent(weight)
     m = _Masks(alpha, beta, gamma, weight.shape[-1], threshold, keep_alive)
     _apply(w, m, True, out)
-    masked_bias = _library.absent(weight)
+    masked_bias = absent(weight)
     if bias is not None:
         masked_bias = torch.empty_like(bias, memory_format=torch.contiguous_format)
         _apply(bias.contiguous().view(-1, 1), m, False, masked_bias)
@@ -226,24 +227,24 @@ def triton_pit_masked_weight_backward(
         weight_needs_grad: bool, bias_needs_grad: bool,
         params_need_grad: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     timed = beta is not None or gamma is not None
-    fmt = _library.masked_weight_format(weight, timed)
+    fmt = masked_weight_format(weight, timed)
     any_param = alpha is not None or timed
-    gw_in = _library.present(grad_weight)
-    gb_in = _library.present(grad_bias)
+    gw_in = present(grad_weight)
+    gb_in = present(grad_bias)
     shape_fmt = dict(dtype=weight.dtype, device=weight.device, memory_format=fmt)
     if not any_param:
-        gw = _library.absent(weight)
+        gw = absent(weight)
         if weight_needs_grad:
             gw = (gw_in.contiguous(memory_format=fmt).clone() if gw_in is not None
                   else torch.zeros(weight.shape, **shape_fmt))
-        gb = _library.absent(weight)
+        gb = absent(weight)
         if bias is not None and bias_needs_grad:
             gb = gb_in.clone() if gb_in is not None else torch.zeros_like(bias)
-        return gw, gb, _library.absent(weight), _library.absent(weight), _library.absent(weight)
+        return gw, gb, absent(weight), absent(weight), absent(weight)
 
     m = _Masks(alpha, beta, gamma, weight.shape[-1], threshold, keep_alive)
     want_partial = params_need_grad
-    gw = torch.empty(weight.shape, **shape_fmt) if weight_needs_grad else _library.absent(weight)
+    gw = torch.empty(weight.shape, **shape_fmt) if weight_needs_grad else absent(weight)
     partial = None
     if want_partial:
         partial = torch.zeros((weight.shape[0], m.taps), dtype=m.acc, device=weight.device)
@@ -262,7 +263,7 @@ def triton_pit_masked_weight_backward(
     elif weight_needs_grad:
         gw.zero_()
 
-    gb = _library.absent(weight)
+    gb = absent(weight)
     if bias is not None and bias_needs_grad:
         gb = torch.empty_like(bias, memory_format=torch.contiguous_format)
         if gb_in is not None:
@@ -270,15 +271,9 @@ def triton_pit_masked_weight_backward(
         else:
             gb.zero_()
     if not params_need_grad:
-        return gw, gb, _library.absent(weight), _library.absent(weight), _library.absent(weight)
+        return gw, gb, absent(weight), absent(weight), absent(weight)
     ga, gbeta, ggamma = _param_grads(
         m, partial, gb_in if bias is not None else None, bias,
-        _library.present(grad_channel_mask), _library.present(grad_time_mask),
+        present(grad_channel_mask), present(grad_time_mask),
         alpha, beta, gamma, keep_alive, weight)
     return gw, gb, ga, gbeta, ggamma
-
-
-_library.register_autograd(triton_combine, "combine", triton_combine_backward)
-_library.register_autograd(triton_pit_masks, "pit_masks", triton_pit_masks_backward)
-_library.register_autograd(triton_pit_masked_weight, "pit_masked_weight",
-                           triton_pit_masked_weight_backward)
