@@ -20,6 +20,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from .. import _extension
 from . import _library, _validate, reference
 
 __all__ = ["combine", "pit_masks", "pit_masked_weight", "set_backend", "get_backend",
@@ -71,9 +72,8 @@ def _unavailable_reason(name: str, device_type: str) -> Optional[str]:
         return None
     if name in ("cpp", "cuda"):
         if _library.compiled_ops() is None:
-            return (f"the compiled extension plinio._C is not available "
-                    f"({_library._extension.load_error()}); build it with "
-                    "`pip install --no-build-isolation -e .`")
+            return (f"the compiled extension plinio._C is not available: "
+                    f"{_extension.load_error()}; build it with `{_extension.REBUILD_COMMAND}`")
         if name == "cuda" and device_type != "cuda":
             return f"it runs on CUDA tensors only, got {device_type} tensors"
         if not _library.compiled_has_device(device_type):
@@ -131,16 +131,24 @@ def _ops_for(backend: str):  # noqa: ANN202 - returns torch.ops namespace or tri
 
 def combine(branches: Sequence[Tensor], theta: Tensor,
             relu: Optional[Sequence[bool]] = None) -> Tensor:
-    """y = Σ_i theta[i]·r_i(branches[i]), differentiable w.r.t. every branch and theta;
-    r_i is ReLU where ``relu[i]`` (one flag per branch), the identity otherwise.
+    """y = Σ_i theta[i]·r_i(branches[i]), differentiable w.r.t. every branch and theta
+    (twice too: ``create_graph=True`` works); r_i is ReLU where ``relu[i]`` (one flag per
+    branch), the identity otherwise.
 
-    The result has the branches' dtype (θ is cast to the float32/float64 accumulation
-    type) and the first branch's memory layout. The fused kernels keep no stacked copy:
-    the backward reads the saved branches only for θ's gradient and the ReLU masks. The
-    CPU kernels apply the ReLU inside the sum (no separate activation tensor, forward or
-    backward); on other backends it runs as ``torch.relu`` before the fused sum.
+    Dtypes follow Σ_i θ[i]·y_i in eager PyTorch, under autocast or not: the result has the
+    branches' dtype, branches of different floating dtypes (a bfloat16 conv output beside
+    a float32 identity under autocast) being promoted to the widest; θ, in any floating
+    dtype, does not change it. The sum accumulates in float32 (float64 for float64) and
+    each gradient has its input's dtype. The result has the first branch's memory layout.
+    The fused kernels keep no stacked copy: the backward reads the saved branches only for
+    θ's gradient and the ReLU masks. The CPU kernels apply the ReLU inside the sum (no
+    separate activation tensor, forward or backward); on other backends it runs as
+    ``torch.relu`` before the fused sum.
     """
     _validate.check_combine(branches, theta, relu)
+    if any(b.dtype != branches[0].dtype for b in branches):
+        dtype = reference.branches_dtype(branches)
+        branches = [b.to(dtype) for b in branches]
     device_type = branches[0].device.type
     backend = _select(device_type)
     flags = [bool(r) for r in relu] if relu is not None else []
@@ -162,10 +170,12 @@ def pit_masks(
     threshold: float = 0.5,
     keep_alive: int = 1,
 ) -> Tuple[Optional[Tensor], Optional[Tensor]]:
-    """Binarized PIT masks (SPEC §5.1): (channel mask [Cout] or None, time mask [K] or None).
+    """Binarized PIT masks (docs/behaviour.md §5.1): (channel mask [Cout] or None, time mask
+    [K] or None).
 
-    Values are exact 0./1. in the parameters' dtype; gradients flow to alpha / beta /
-    gamma through the straight-through estimator. `kernel_size` is needed only when gamma
+    Values are exact 0./1. in the parameters' dtype, decided in float32 (float64 for
+    float64) whatever the autocast state; gradients flow to alpha / beta / gamma through
+    the straight-through estimator, to any order. `kernel_size` is needed only when gamma
     is given without beta. Pass a frozen parameter detached.
     """
     if beta is not None and kernel_size is None:
@@ -203,19 +213,36 @@ def pit_masked_weight(
     weight; alpha masks output channels (weight rows and bias), beta/gamma (Conv1d only)
     mask kernel taps. Returns (masked_weight, masked_bias or None), plus the channel and
     time masks when `return_masks`. The backward applies the straight-through estimator and
-    reduces the weight/bias gradient into alpha/beta/gamma gradients in the same pass.
+    reduces the weight/bias gradient into alpha/beta/gamma gradients in the same pass;
+    second derivatives (``create_graph=True``) work too.
+
+    Dtypes: the masked weight and bias keep the weight's dtype and the masks have the mask
+    parameters' (which may differ from the weight's, e.g. float32 parameters beside a
+    bfloat16 weight: the op then runs in the wider dtype, exactly, since the masks are
+    0./1.); autocast changes neither. Each gradient has its input's dtype.
     """
     _validate.check_masked_weight(weight, bias, alpha, beta, gamma, keep_alive)
+    params_dtype = next((p.dtype for p in (alpha, beta, gamma) if p is not None), weight.dtype)
+    compute = torch.promote_types(weight.dtype, params_dtype)
+    w_in, b_in = _cast(weight, compute), _cast(bias, compute)
+    alpha, beta, gamma = (_cast(p, compute) for p in (alpha, beta, gamma))
     backend = _select(weight.device.type)
     if backend == "reference":
         w, b, channel, time = reference.pit_masked_weight(
-            weight, bias, alpha, beta, gamma, threshold=threshold, keep_alive=keep_alive)
+            w_in, b_in, alpha, beta, gamma, threshold=threshold, keep_alive=keep_alive)
     else:
         w, b, channel, time = _ops_for(backend).pit_masked_weight(
-            weight, bias, alpha, beta, gamma, float(threshold), int(keep_alive))
+            w_in, b_in, alpha, beta, gamma, float(threshold), int(keep_alive))
         b = b if bias is not None else None
         channel = channel if alpha is not None else None
         time = time if (beta is not None or gamma is not None) else None
+    w, b = _cast(w, weight.dtype), _cast(b, weight.dtype)
+    channel, time = _cast(channel, params_dtype), _cast(time, params_dtype)
     if return_masks:
         return w, b, channel, time
     return w, b
+
+
+def _cast(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    """`t` in `dtype` (differentiable; no copy when it already is), None for None."""
+    return t.to(dtype) if t is not None else None

@@ -9,8 +9,10 @@ from .reference import dilation_levels
 
 
 def check_combine(branches: Sequence[Tensor], theta: Tensor,
-                  relu: Optional[Sequence[bool]] = None) -> None:
-    """Raise ValueError/TypeError naming the offending input of ``combine``."""
+                  relu: Optional[Sequence[bool]] = None, *, one_dtype: bool = False) -> None:
+    """Raise ValueError/TypeError naming the offending input of ``combine``. Branches of
+    different floating dtypes pass (``plinio.ops.combine`` promotes them) unless
+    `one_dtype`, as for the op itself."""
     if isinstance(branches, Tensor) or not isinstance(branches, (list, tuple)):
         raise TypeError("plinio.ops.combine: `branches` must be a list or tuple of tensors, "
                         f"got {type(branches).__name__}")
@@ -25,14 +27,16 @@ def check_combine(branches: Sequence[Tensor], theta: Tensor,
         if b.shape != ref.shape:
             raise ValueError(f"plinio.ops.combine: branch {i} has shape {tuple(b.shape)} but "
                              f"branch 0 has shape {tuple(ref.shape)}; all branches must match")
-        if b.dtype != ref.dtype:
-            raise ValueError(f"plinio.ops.combine: branch {i} has dtype {b.dtype} but branch 0 "
-                             f"has dtype {ref.dtype}; cast the branches to one dtype")
+        if not b.dtype.is_floating_point:
+            raise ValueError(f"plinio.ops.combine: branch {i} has dtype {b.dtype}; branches "
+                             "must be floating point")
+        if one_dtype and b.dtype != ref.dtype:
+            raise ValueError(f"plinio::combine: branch {i} has dtype {b.dtype} but branch 0 "
+                             f"has dtype {ref.dtype}; the op takes one dtype (plinio.ops.combine "
+                             "promotes them)")
         if b.device != ref.device:
             raise ValueError(f"plinio.ops.combine: branch {i} is on {b.device} but branch 0 is "
                              f"on {ref.device}; move all branches to one device")
-    if not ref.dtype.is_floating_point:
-        raise ValueError(f"plinio.ops.combine: branches must be floating point, got {ref.dtype}")
     if theta.dim() != 1 or theta.shape[0] != len(branches):
         raise ValueError(f"plinio.ops.combine: theta must be a vector of {len(branches)} weights "
                          f"(one per branch), got shape {tuple(theta.shape)}")
@@ -105,8 +109,12 @@ def check_masked_weight(
     beta: Optional[Tensor],
     gamma: Optional[Tensor],
     keep_alive: int,
+    *,
+    params_in_weight_dtype: bool = False,
 ) -> None:
-    """Check a layer weight (Linear 2-D, Conv1d 3-D, Conv2d 4-D), its bias and masks."""
+    """Check a layer weight (Linear 2-D, Conv1d 3-D, Conv2d 4-D), its bias and masks. The
+    mask parameters may have another dtype than the weight (``plinio.ops.pit_masked_weight``
+    converts) unless `params_in_weight_dtype`, as for the op itself."""
     where = "plinio.ops.pit_masked_weight"
     if not isinstance(weight, Tensor):
         raise TypeError(f"{where}: `weight` must be a tensor, got {type(weight).__name__}")
@@ -127,4 +135,5 @@ def check_masked_weight(
         if bias.dtype != weight.dtype or bias.device != weight.device:
             raise ValueError(f"{where}: bias must have the weight's dtype and device")
     check_mask_params(where, alpha, beta, gamma, weight.shape[0], weight.shape[-1], keep_alive,
-                      dtype=weight.dtype, device=weight.device)
+                      dtype=weight.dtype if params_in_weight_dtype else None,
+                      device=weight.device)

@@ -5,8 +5,10 @@ benchmarks (PLiNIO's op-by-op structure: stack-and-sum, masks built from small o
 Autograd comes from PyTorch itself; the only custom piece is the straight-through
 binarizer, which must return exact 0./1. values (``x + (b - x).detach()`` would not).
 """
+import contextlib
+import functools
 import math
-from typing import Optional, Sequence, Tuple
+from typing import ContextManager, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -17,9 +19,16 @@ def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def branches_dtype(branches: Sequence[Tensor]) -> torch.dtype:
+    """The dtype of Σ_i θ_i·y_i: the branches' dtypes promoted to the widest, as eager
+    PyTorch adds them (θ_i, a scalar weight, does not take part)."""
+    return functools.reduce(torch.promote_types, (b.dtype for b in branches))
+
+
 def combine(branches: Sequence[Tensor], theta: Tensor) -> Tensor:
-    """y = Σ_i θ_i·y_i as PLiNIO computes it: stack the branches, weight, sum."""
-    dtype = branches[0].dtype
+    """y = Σ_i θ_i·y_i as PLiNIO computes it: stack the branches, weight, sum (in float32,
+    float64 for float64 branches; the result has :func:`branches_dtype`)."""
+    dtype = branches_dtype(branches)
     acc = accumulate_dtype(dtype)
     stacked = torch.stack([b.to(acc) for b in branches])
     weights = theta.to(acc).reshape((-1,) + (1,) * branches[0].dim())
@@ -106,6 +115,25 @@ def pit_masks(
     keep_alive: int = 1,
 ) -> Tuple[Optional[Tensor], Optional[Tensor]]:
     """Binarized (channel mask, time mask), op by op; None for an absent kind."""
+    like = next((p for p in (alpha, beta, gamma) if p is not None), None)
+    if like is None:
+        return None, None
+    with _autocast_off(like.device):
+        return _masks(alpha, beta, gamma, kernel_size, threshold, keep_alive)
+
+
+def _autocast_off(device: torch.device) -> ContextManager:
+    """Autocast disabled on `device`: a mask is an exact decision on its parameters, made in
+    their own dtype whatever the caller's autocast (θ_γ's product in bfloat16 could flip
+    a mask that the kernels, which compute it in float32, keep)."""
+    if torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _masks(alpha: Optional[Tensor], beta: Optional[Tensor], gamma: Optional[Tensor],
+           kernel_size: Optional[int], threshold: float,
+           keep_alive: int) -> Tuple[Optional[Tensor], Optional[Tensor]]:
     channel = binarize(theta_alpha(alpha, keep_alive), threshold) if alpha is not None else None
     time: Optional[Tensor] = None
     if beta is not None:

@@ -285,8 +285,10 @@ def test_errors(backend):
             ops.pit_masked_weight(w3, None, a4, torch.ones(4))
         with pytest.raises(ValueError, match="gamma must have 3 entries"):
             ops.pit_masked_weight(w3, None, a4, None, torch.ones(2))
-        with pytest.raises(ValueError, match="dtype"):
-            ops.pit_masked_weight(w3, None, a4.double())
+        with pytest.raises(ValueError, match="alpha/beta/gamma must share one dtype"):
+            ops.pit_masked_weight(w3, None, a4, torch.ones(5, dtype=torch.float64))
+        with pytest.raises(ValueError, match="bias must have the weight's dtype"):
+            ops.pit_masked_weight(w3, torch.ones(4, dtype=torch.float64), a4)
         with pytest.raises(ValueError, match="bias must have shape"):
             ops.pit_masked_weight(w3, torch.ones(3), a4)
         with pytest.raises(ValueError, match="2-D .* 3-D .* 4-D"):
