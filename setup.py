@@ -1,17 +1,28 @@
 """Build of plinio's compiled op library, plinio._C.
 
-The CPU sources are always built (-O3, OpenMP when torch was built with it). The CUDA
-sources are added when CUDA is usable here or FORCE_CUDA=1 is set; the GPU architectures
-then come from TORCH_CUDA_ARCH_LIST (torch's own convention). Project metadata lives in
-pyproject.toml.
+It is compiled against the torch installed in the environment, so it must be built without
+build isolation (`pip install --no-build-isolation .`); where torch cannot be imported the
+build stops at once with that advice. The CPU sources are always built (-O3, OpenMP when
+torch was built with it). The CUDA sources are added when CUDA is usable here or
+FORCE_CUDA=1 is set; the GPU architectures then come from TORCH_CUDA_ARCH_LIST (torch's own
+convention). Project metadata lives in pyproject.toml.
 """
 import glob
 import os
 from typing import Dict, List
 
-import torch
 from setuptools import setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+try:
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+except ImportError as exc:
+    # pip's default build isolation hides the installed torch (and pyproject.toml does not
+    # list torch as a build requirement, so no other torch gets downloaded to build with)
+    raise SystemExit(
+        f"plinio: building plinio._C needs the torch it will run with, but torch cannot be "
+        f"imported here ({exc}): install torch first, then build without build isolation: "
+        "pip install --no-build-isolation .") from exc
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 

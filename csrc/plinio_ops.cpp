@@ -1,11 +1,15 @@
 // Schemas of the plinio op library (declared once, here) and the Python module init of
-// plinio._C. Implementations register per device in cpu/ and cuda/; fake kernels and
-// autograd formulas are registered from Python (plinio/ops/_library.py).
+// plinio._C. Implementations register per device in cpu/ and cuda/, the autograd formulas in
+// autograd.cpp; fake kernels and the differentiable backward formulas are registered from
+// Python (plinio/ops/_library.py).
 //
 // Conventions: an absent optional result is returned as a numel-0 tensor; a numel-0
 // gradient argument stands for a zero gradient.
 #include <Python.h>
 #include <torch/library.h>
+#include <torch/version.h>
+
+#include <string>
 
 #include "cpu/cpu_loops.h"
 
@@ -47,9 +51,20 @@ PyObject* cpu_isa(PyObject*, PyObject*) {
   return PyUnicode_FromString(plinio::cpu::use_avx2() ? "avx2" : "base");
 }
 
+// plinio._C.torch_version(): the torch release this library was compiled against, which
+// plinio/_extension.py compares with the running torch before using the library.
+PyObject* torch_version(PyObject*, PyObject*) {
+  const std::string version = std::to_string(TORCH_VERSION_MAJOR) + "." +
+                              std::to_string(TORCH_VERSION_MINOR) + "." +
+                              std::to_string(TORCH_VERSION_PATCH);
+  return PyUnicode_FromString(version.c_str());
+}
+
 PyMethodDef module_methods[] = {
     {"cpu_isa", cpu_isa, METH_NOARGS,
      "Instruction set of the CPU kernels' loops in this process: 'avx2' or 'base'."},
+    {"torch_version", torch_version, METH_NOARGS,
+     "The torch release (major.minor.patch) this library was compiled against."},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace
@@ -57,9 +72,9 @@ PyMethodDef module_methods[] = {
 // `import plinio._C` loads this library, which runs the registrations above.
 extern "C" {
 PyMODINIT_FUNC PyInit__C(void) {
-  static struct PyModuleDef module_def = {
-      PyModuleDef_HEAD_INIT, "_C", "plinio compiled op library (registers torch.ops.plinio)",
-      -1, module_methods};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C",
+                                          "plinio compiled op library (registers torch.ops.plinio)",
+                                          -1, module_methods};
   return PyModule_Create(&module_def);
 }
 }
