@@ -57,7 +57,6 @@ Branch = Tuple[Tuple[int, int], ...]
 """(supernet index, branch index) pairs, one per enclosing supernet."""
 
 
-
 @dataclass(frozen=True)
 class ChannelSum:
     """Effective channels Σ coef · counts[index] + const: one term for a masked tensor, a
@@ -72,9 +71,8 @@ class Activation:
     """One tensor of the schedule.
 
     Its bytes are its effective ``channels`` × ``elements_per_channel`` × the schedule's
-    bytes per element, weighted by Π θ over
-    ``branch``. It is live from ``producer`` (from ``producer + 1`` if ``inplace``) to its
-    last reader among ``consumers``.
+    bytes per element, weighted by Π θ over ``branch``. It is live from ``producer`` (from
+    ``producer + 1`` if ``inplace``) to its last reader among ``consumers``.
     """
 
     name: str
@@ -96,7 +94,7 @@ def _compatible(a: Branch, b: Branch) -> bool:
 class ActivationSchedule:
     """Steps in execution order and the activations they write and read.
 
-    ``n_counts`` is the length of the effective-counts vector the channel expressions index;
+    ``n_counts`` is the length of the effective-counts vector the ``ChannelSum``s index;
     ``n_choices`` the number of branches of each supernet (θ is their concatenation).
     """
 
@@ -128,6 +126,11 @@ class ActivationSchedule:
                 raise ValueError(f"ActivationSchedule: {where} has a negative size")
             self._check_branch(a.branch, where)
 
+    @property
+    def theta_offsets(self) -> Tuple[int, ...]:
+        """Position of each supernet's first branch in the concatenated θ."""
+        return tuple(sum(self.n_choices[:g]) for g in range(len(self.n_choices)))
+
     def _check_branch(self, path: Branch, where: str) -> None:
         for g, i in path:
             if not (0 <= g < len(self.n_choices) and 0 <= i < self.n_choices[g]):
@@ -155,7 +158,7 @@ class ActivationSchedule:
 
 def _branch_weight_index(schedule: ActivationSchedule) -> Tensor:
     """(activations × depth) indices into [θ, 1]: the factors of each activation's weight."""
-    offsets = [sum(schedule.n_choices[:g]) for g in range(len(schedule.n_choices))]
+    offsets = schedule.theta_offsets
     one = sum(schedule.n_choices)
     depth = max((len(a.branch) for a in schedule.activations), default=0)
     rows = [[offsets[g] + i for g, i in a.branch] + [one] * (depth - len(a.branch))
@@ -186,8 +189,8 @@ class PeakMemory(nn.Module):
         n_counts, n_theta = self.schedule.n_counts, sum(self.schedule.n_choices)
         if not isinstance(counts, Tensor) or not counts.is_floating_point() or tuple(counts.shape) != (n_counts,):
             got = f"shape {tuple(counts.shape)} {counts.dtype}" if isinstance(counts, Tensor) else type(counts).__name__
-            raise ValueError(f"PeakMemory: counts must be a floating tensor of shape ({n_counts},), one "
-                             f"effective channel count per channel expression index, got {got}")
+            raise ValueError(f"PeakMemory: counts must be a floating tensor of shape ({n_counts},), the "
+                             f"effective counts the schedule's ChannelSums index, got {got}")
         if theta is None:
             if n_theta:
                 raise ValueError(f"PeakMemory: the schedule has supernets with {list(self.schedule.n_choices)} "
@@ -219,7 +222,7 @@ class PeakMemory(nn.Module):
         """The same peak, one step and one activation at a time (the looped reference)."""
         theta_one = self._check(counts, theta)
         sched = self.schedule
-        offsets = [sum(sched.n_choices[:g]) for g in range(len(sched.n_choices))]
+        offsets = sched.theta_offsets
         live = sched.liveness()
         totals = []
         for s in range(len(sched.steps)):
@@ -240,20 +243,6 @@ class PeakMemory(nn.Module):
     def peak_step(self, counts: Tensor, theta: Optional[Tensor] = None) -> str:
         """Name of the step that attains the peak (synchronises: for reports)."""
         return self.schedule.steps[int(torch.argmax(self.step_bytes(counts, theta).detach()))]
-
-
-class PeakMemoryCost:
-    """The ``peak_memory`` cost: whole-network, evaluated on the activation schedule of the
-    network's graph (``schedule_from_graph``) rather than per layer."""
-
-    name = "peak_memory"
-
-    def __init__(self, bytes_per_element: float = 4.0) -> None:
-        if not isinstance(bytes_per_element, (int, float)) or isinstance(bytes_per_element, bool) \
-                or not bytes_per_element > 0:
-            raise ValueError(f"PeakMemoryCost: bytes_per_element must be a positive number (4 for "
-                             f"float32, 1 for int8), got {bytes_per_element!r}")
-        self.bytes_per_element = float(bytes_per_element)
 
 
 # ---- schedules from fx graphs -------------------------------------------------------------------
@@ -377,3 +366,22 @@ def schedule_from_graph(gm: fx.GraphModule, channels: Optional[ChannelsArg] = No
                               step_branches=tuple(paths[n] for n in steps),
                               activations=tuple(activations), n_counts=n_counts,
                               n_choices=n_choices, bytes_per_element=bytes_per_element)
+
+
+class PeakMemoryCost:
+    """The ``peak_memory`` cost: whole-network, evaluated on the activation schedule of the
+    network's graph rather than per layer. ``bind`` builds the evaluator of one graph."""
+
+    name = "peak_memory"
+
+    def __init__(self, bytes_per_element: float = 4.0, inplace: InplaceFn = default_inplace) -> None:
+        if not isinstance(bytes_per_element, (int, float)) or isinstance(bytes_per_element, bool) \
+                or not bytes_per_element > 0:
+            raise ValueError(f"PeakMemoryCost: bytes_per_element must be a positive number (4 for "
+                             f"float32, 1 for int8), got {bytes_per_element!r}")
+        self.bytes_per_element = float(bytes_per_element)
+        self.inplace = inplace
+
+    def bind(self, gm: fx.GraphModule, channels: Optional[ChannelsArg] = None, n_counts: int = 0) -> PeakMemory:
+        """``PeakMemory`` of a shape-propagated graph (arguments of ``schedule_from_graph``)."""
+        return PeakMemory(schedule_from_graph(gm, channels, n_counts, self.bytes_per_element, self.inplace))

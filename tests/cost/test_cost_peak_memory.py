@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from plinio.cost.peak_memory import Activation, ActivationSchedule, ChannelSum, PeakMemory, schedule_from_graph
+from plinio.cost.peak_memory import Activation, ActivationSchedule, ChannelSum, PeakMemory, PeakMemoryCost, \
+    schedule_from_graph
 from tests.cost.cost_helpers import TinySuperNet, traced
 
 F64 = torch.float64
@@ -52,6 +53,10 @@ def test_plain_cnn():
     value, grad = peak_and_grad(peak, counts(0.8, 6))
     assert value == pytest.approx(259.2) and grad == pytest.approx([144.0, 0.0])
     assert peak.peak_step(counts(0.8, 6)) == "conv1"
+    int8 = PeakMemoryCost(bytes_per_element=1).bind(gm)   # constant channels: the unsearched network
+    assert int8(torch.zeros(0)).item() == 288.0
+    with pytest.raises(ValueError, match=r"bytes_per_element must be a positive number"):
+        PeakMemoryCost(bytes_per_element=0)
 
 
 class ResidualBlock(nn.Module):
