@@ -1,4 +1,4 @@
-// PIT mask formulas (SPEC §5.1), written once for the CPU and the CUDA kernels.
+// PIT mask formulas (docs/behaviour.md §5.1), written once for the CPU and the CUDA kernels.
 //
 // Every function computes ONE entry of a mask or of a mask-parameter gradient from the
 // small parameter vectors, so the CPU code calls them in plain loops and the CUDA code

@@ -173,9 +173,9 @@ def pit_masks(
     """Binarized PIT masks (docs/behaviour.md §5.1): (channel mask [Cout] or None, time mask
     [K] or None).
 
-    Values are exact 0./1. in the parameters' dtype, decided in float32 (float64 for
-    float64) whatever the autocast state; gradients flow to alpha / beta / gamma through
-    the straight-through estimator, to any order. `kernel_size` is needed only when gamma
+    Values are exact 0./1. in the parameters' dtype, the same with or without autocast;
+    gradients flow to alpha / beta / gamma through the straight-through estimator, to any
+    order. `kernel_size` is needed only when gamma
     is given without beta. Pass a frozen parameter detached.
     """
     if beta is not None and kernel_size is None:

@@ -1,5 +1,6 @@
-"""plinio.ops.pit_masks / pit_masked_weight: SPEC §5.1 examples, the reference, and every
-backend against the reference (values, straight-through gradients, layouts, dtypes)."""
+"""plinio.ops.pit_masks / pit_masked_weight: the examples of docs/behaviour.md §5.1, the
+reference, and every backend against the reference (values, straight-through gradients,
+layouts, dtypes)."""
 import itertools
 
 import pytest
@@ -12,7 +13,7 @@ from ops_backends import backend_params, forced, require
 ALL_BACKENDS = [pytest.param(("reference", "cpu"), id="reference")] + backend_params()
 
 
-# ------------------------------------------------------------------ SPEC §5.1 examples
+# ---------------------------------------------------------- docs/behaviour.md §5.1 examples
 
 def test_reference_theta_examples():
     beta = torch.tensor([0.25, 0.4, 0.4])

@@ -6,7 +6,8 @@ PIT masks:   masks_kernel (one program) builds the channel / receptive-field / d
              masks; apply_kernel multiplies them into a weight viewed as [Cout, R, K];
              reduce_kernel (one program per channel) writes the masked gradient and the
              per-tap sums Σ_r grad·weight; param_grads_kernel (one program) turns those
-             into α/β/γ gradients. Formulas: SPEC §5.1 (same as csrc/pit_mask_math.h).
+             into α/β/γ gradients. Formulas: docs/behaviour.md §5.1 (as in
+             csrc/pit_mask_math.h).
 """
 import triton
 import triton.language as tl
