@@ -96,6 +96,10 @@ class LayerShape:
         return math.prod(self.out_spatial) * self.calls
 
 
+def _column(values: List[int], dtype: torch.dtype, device: Optional[torch.device]) -> Tensor:
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
 @dataclass(frozen=True)
 class LayerGeometry:
     """A batch of layers of one kind: every tensor holds one entry per layer of ``shapes``.
@@ -114,22 +118,13 @@ class LayerGeometry:
     out_positions: Tensor = field(repr=False)
     calls: Tensor = field(repr=False)
 
-    @property
-    def names(self) -> Tuple[str, ...]:
-        """Layer names, in batch order."""
-        return tuple(s.name for s in self.shapes)
-
-    def __len__(self) -> int:
-        return len(self.shapes)
-
     @staticmethod
     def static_tensors(shapes: Sequence[LayerShape], dtype: torch.dtype = torch.float32,
                        device: Optional[torch.device] = None) -> Tuple[Tensor, Tensor, Tensor]:
         """(groups, out_positions, calls) of ``shapes`` as float tensors."""
-        def column(values: List[int]) -> Tensor:
-            return torch.tensor(values, dtype=dtype, device=device)
-        return (column([s.groups for s in shapes]), column([s.out_positions for s in shapes]),
-                column([s.calls for s in shapes]))
+        return (_column([s.groups for s in shapes], dtype, device),
+                _column([s.out_positions for s in shapes], dtype, device),
+                _column([s.calls for s in shapes], dtype, device))
 
     @classmethod
     def from_shapes(cls, shapes: Sequence[LayerShape], in_channels: Optional[Tensor] = None,
@@ -143,14 +138,11 @@ class LayerGeometry:
         if len(kinds) != 1:
             raise ValueError(f"LayerGeometry holds layers of one kind; got kinds {sorted(kinds)}")
 
-        def full(values: List[int]) -> Tensor:
-            return torch.tensor(values, dtype=dtype, device=device)
-        return cls(
-            kind=shapes[0].kind, shapes=shapes,
-            in_channels=full([s.in_channels for s in shapes]) if in_channels is None else in_channels,
-            out_channels=full([s.out_channels for s in shapes]) if out_channels is None else out_channels,
-            kernel_taps=full([s.kernel_volume for s in shapes]) if kernel_taps is None else kernel_taps,
-            **dict(zip(("groups", "out_positions", "calls"), cls.static_tensors(shapes, dtype, device))))
+        def given_or_full(count: Optional[Tensor], attr: str) -> Tensor:
+            return _column([getattr(s, attr) for s in shapes], dtype, device) if count is None else count
+        return cls(shapes[0].kind, shapes, given_or_full(in_channels, "in_channels"),
+                   given_or_full(out_channels, "out_channels"), given_or_full(kernel_taps, "kernel_volume"),
+                   *cls.static_tensors(shapes, dtype, device))
 
 
 # ---- layer shapes of an fx graph ---------------------------------------------------------------
