@@ -223,24 +223,39 @@ def pit_masked_weight(
     """
     _validate.check_masked_weight(weight, bias, alpha, beta, gamma, keep_alive)
     params_dtype = next((p.dtype for p in (alpha, beta, gamma) if p is not None), weight.dtype)
-    compute = torch.promote_types(weight.dtype, params_dtype)
-    w_in, b_in = _cast(weight, compute), _cast(bias, compute)
-    alpha, beta, gamma = (_cast(p, compute) for p in (alpha, beta, gamma))
+    if params_dtype != weight.dtype:
+        outputs = _masked_weight_in_wider_dtype(weight, bias, (alpha, beta, gamma), threshold,
+                                                keep_alive)
+        return outputs if return_masks else outputs[:2]
     backend = _select(weight.device.type)
     if backend == "reference":
         w, b, channel, time = reference.pit_masked_weight(
-            w_in, b_in, alpha, beta, gamma, threshold=threshold, keep_alive=keep_alive)
+            weight, bias, alpha, beta, gamma, threshold=threshold, keep_alive=keep_alive)
     else:
         w, b, channel, time = _ops_for(backend).pit_masked_weight(
-            w_in, b_in, alpha, beta, gamma, float(threshold), int(keep_alive))
+            weight, bias, alpha, beta, gamma, float(threshold), int(keep_alive))
         b = b if bias is not None else None
         channel = channel if alpha is not None else None
         time = time if (beta is not None or gamma is not None) else None
-    w, b = _cast(w, weight.dtype), _cast(b, weight.dtype)
-    channel, time = _cast(channel, params_dtype), _cast(time, params_dtype)
     if return_masks:
         return w, b, channel, time
     return w, b
+
+
+def _masked_weight_in_wider_dtype(
+        weight: Tensor, bias: Optional[Tensor], params: Sequence[Optional[Tensor]],
+        threshold: float, keep_alive: int,
+) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """pit_masked_weight for mask parameters in another dtype than the weight: run in the
+    wider of the two (exact: the masks are 0./1.), then give the masked weight and bias
+    the weight's dtype and the masks the parameters' (every cast is differentiable)."""
+    params_dtype = next(p.dtype for p in params if p is not None)
+    wide = torch.promote_types(weight.dtype, params_dtype)
+    w, b, channel, time = pit_masked_weight(
+        weight.to(wide), _cast(bias, wide), *(_cast(p, wide) for p in params),
+        threshold=threshold, keep_alive=keep_alive, return_masks=True)
+    return (w.to(weight.dtype), _cast(b, weight.dtype), _cast(channel, params_dtype),
+            _cast(time, params_dtype))
 
 
 def _cast(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
