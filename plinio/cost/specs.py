@@ -11,8 +11,9 @@ effective channel counts and kernel taps — to one cost per layer. A spec may b
 
 ``LayerCosts`` evaluates several specs over a fixed list of layers. Its fast path groups the
 layers by kind at construction, so a step costs a few tensor operations per kind and spec:
-no Python loop over layers, no host synchronisation, and ``torch.compile(fullgraph=True)``
-traces it once whatever the counts are. ``LayerCosts.reference`` evaluates the same specs
+no Python loop over layers, no host synchronisation (the NaN/Inf check that names a layer
+runs on CPU tensors in eager mode only), and ``torch.compile(fullgraph=True)`` traces it
+once whatever the counts are. ``LayerCosts.reference`` evaluates the same specs
 one layer at a time (each spec bound to that layer alone); values and gradients are equal.
 
 The built-ins reproduce PIT's formulas (docs/behaviour.md §4.1): for conv1d / conv2d /

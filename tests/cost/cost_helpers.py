@@ -56,3 +56,18 @@ class TinySuperNet(nn.Module):
         y = self.stem(x)
         outs = [branch(y) for i, branch in enumerate((self.b0, self.b1, self.b2)) if i in self.keep]
         return outs[0] if len(outs) == 1 else self.mix(outs)
+
+
+class TinyTCN(nn.Module):
+    """Causal pad -> conv(k3) -> relu -> causal pad -> dilated conv(k3, d2) -> add(relu, .)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pad1 = nn.ConstantPad1d((2, 0), 0.0)
+        self.conv1 = nn.Conv1d(2, 4, 3)
+        self.pad2 = nn.ConstantPad1d((4, 0), 0.0)
+        self.conv2 = nn.Conv1d(4, 4, 3, dilation=2)
+
+    def forward(self, x):
+        y = torch.relu(self.conv1(self.pad1(x)))
+        return y + self.conv2(self.pad2(y))

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from plinio.cost.peak_memory import Activation, ActivationSchedule, ChannelSum, PeakMemory, PeakMemoryCost, \
     schedule_from_graph
-from tests.cost.cost_helpers import TinySuperNet, traced
+from tests.cost.cost_helpers import TinySuperNet, TinyTCN, traced
 
 F64 = torch.float64
 
@@ -140,21 +140,6 @@ def test_concatenation_sums_masked_and_fixed_channels():
     assert PeakMemory(sched).step_bytes(counts(2.5)).tolist() == [4 * 4 * e for e in (3, 5.5, 11, 5.5)]
     with pytest.raises(TypeError, match=r"channels of node 'cat' must be a count index \(int\) or a ChannelSum"):
         schedule_from_graph(gm, {"cat": ((0, 1.0),)}, n_counts=1)
-
-
-class TinyTCN(nn.Module):
-    """Causal pad -> conv(k3) -> relu -> causal pad -> dilated conv(k3, d2) -> add(relu, .)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.pad1 = nn.ConstantPad1d((2, 0), 0.0)
-        self.conv1 = nn.Conv1d(2, 4, 3)
-        self.pad2 = nn.ConstantPad1d((4, 0), 0.0)
-        self.conv2 = nn.Conv1d(4, 4, 3, dilation=2)
-
-    def forward(self, x):
-        y = torch.relu(self.conv1(self.pad1(x)))
-        return y + self.conv2(self.pad2(y))
 
 
 def test_tcn():

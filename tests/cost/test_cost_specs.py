@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from plinio.cost.geometry import LayerGeometry, LayerShape, shapes_from_graph
 from plinio.cost.peak_memory import PeakMemoryCost
 from plinio.cost.specs import MACS, PARAMS, FunctionCost, LayerCosts, PerKindCost, resolve_costs
-from tests.cost.cost_helpers import random_counts, traced
+from tests.cost.cost_helpers import TinySuperNet, TinyTCN, random_counts, traced
 from tests.models import ToyModel
 
 
@@ -82,6 +82,33 @@ def test_params_and_macs_hand_computed_with_effective_counts():
     expected_macs = [13500.0, 81 / 16 * 25, 28.0, 6.0, 0.0, 1012.5]
     assert result["params"].tolist() == pytest.approx(expected_params)
     assert result["macs"].tolist() == pytest.approx(expected_macs)
+
+
+def test_supernet_layers_weighted_by_theta():
+    shapes = shapes_from_graph(traced(TinySuperNet(), (2, 4, 4)))
+    convs = [s for s in shapes if s.kind == "conv2d"]
+    assert [s.name for s in convs] == ["stem", "b0", "b1.0", "b1.1"]
+    costs = LayerCosts(convs, {"params": "params", "macs": "macs"})
+    theta = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64, requires_grad=True)
+    weight = torch.cat([theta.new_ones(1), theta[:1], theta[1:2], theta[1:2]])   # stem outside, b1 has two convs
+    result = costs(*costs.full_width(torch.float64))
+    params, macs = (weight * result["params"]).sum(), (weight * result["macs"]).sum()
+    # stem 2·4·1; b0 4·4·9; b1 4·8·9 + 8·4·9; Identity none; 16 output positions each
+    assert params.item() == pytest.approx(8 + 0.2 * 144 + 0.5 * 576)
+    assert macs.item() == pytest.approx(16 * (8 + 0.2 * 144 + 0.5 * 576))
+    assert torch.autograd.grad(params, theta)[0].tolist() == [144.0, 576.0, 0.0]
+
+
+def test_tcn_with_effective_taps():
+    shapes = shapes_from_graph(traced(TinyTCN(), (2, 16)))
+    convs = [s for s in shapes if s.kind == "conv1d"]
+    assert [(s.name, s.in_spatial, s.out_spatial, s.dilation) for s in convs] == \
+        [("conv1", (18,), (16,), (1,)), ("conv2", (20,), (16,), (2,))]
+    costs = LayerCosts(convs, {"params": "params", "macs": "macs"})
+    n, k = 2.5, 1.75    # effective channels shared by conv1's output and conv2, conv2's effective taps
+    result = costs(torch.tensor([2.0, n]), torch.tensor([n, n]), torch.tensor([3.0, k]))
+    assert result["params"].tolist() == [2 * n * 3, n * n * k]
+    assert result["macs"].tolist() == [16 * 2 * n * 3, 16 * n * n * k]
 
 
 def user_specs():
