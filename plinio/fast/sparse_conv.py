@@ -313,24 +313,26 @@ class _SparseMaskedConv(torch.autograd.Function):
 # ----------------------------------------------------------------- public entry point
 def _check_index(index: Optional[torch.Tensor], what: str, size: int,
                  like: torch.Tensor) -> None:
-    """Index tensors are 1-D int64 on the input's device, sorted, unique and in range (the
-    content is checked on CPU only: on CUDA it would cost a host sync per layer)."""
+    """Index tensors are 1-D int64 on the input's device, sorted, unique and in range. The
+    content is checked on CPU only (with numpy: a few µs; on CUDA it would cost a host sync
+    per layer, and the caller builds the indices on CPU anyway)."""
     if index is None:
         return
     if not isinstance(index, torch.Tensor) or index.dim() != 1 or index.dtype != torch.int64:
-        raise TypeError(f"{_NAME}: {what} must be a 1-D int64 tensor of channel indices, got "
-                        f"{index.dtype if isinstance(index, torch.Tensor) else type(index).__name__}"
-                        f"{'' if not isinstance(index, torch.Tensor) else f' of shape {tuple(index.shape)}'}")
+        got = f"{index.dtype} of shape {tuple(index.shape)}" if isinstance(index, torch.Tensor) \
+            else type(index).__name__
+        raise TypeError(f"{_NAME}: {what} must be a 1-D int64 tensor of channel indices, "
+                        f"got {got}")
     if index.device != like.device:
         raise ValueError(f"{_NAME}: {what} is on {index.device} but the input is on "
                          f"{like.device}; move the indices to the input's device")
     if index.numel() > size:
         raise ValueError(f"{_NAME}: {what} has {index.numel()} indices for {size} channels")
     if index.device.type == "cpu" and index.numel():
-        if int(index[0]) < 0 or int(index[-1]) >= size or \
-                (index.numel() > 1 and not bool((index[1:] > index[:-1]).all())):
+        values = index.numpy()
+        if values[0] < 0 or values[-1] >= size or not (values[1:] > values[:-1]).all():
             raise ValueError(f"{_NAME}: {what} must hold sorted, unique channel indices in "
-                             f"[0, {size}); got {index.tolist()}")
+                             f"[0, {size}); got {values.tolist()}")
 
 
 def _kernels_for(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
@@ -394,3 +396,73 @@ def sparse_masked_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
                      weight_cols=live, bias_rows=rows, grad_in=grad_in,
                      one_backward_call=rows is kept and grad_in is live)
     return _SparseMaskedConv.apply(x, weight, bias, plan)
+
+
+# ----------------------------------------------------------------- when it pays
+@dataclass(frozen=True)
+class LayerWork:
+    """What the decision rule needs to know of a layer: its geometry (None: Linear), its
+    full channel counts and its output positions per call (batch × output size)."""
+
+    geometry: Optional[ConvGeometry]
+    in_channels: int
+    out_channels: int
+    positions: int
+
+    @property
+    def depthwise(self) -> bool:
+        return self.geometry is not None and self.geometry.groups > 1
+
+    @property
+    def pointwise(self) -> bool:
+        """A Linear or a 1×1 convolution: little compute per byte moved."""
+        return self.geometry is None or all(k == 1 for k in self.geometry.kernel)
+
+    def dense_macs(self) -> int:
+        """Multiply-accumulates of the dense forward + backward (three convolutions)."""
+        kernel = 1 if self.geometry is None else math.prod(self.geometry.kernel)
+        per_row = 1 if self.depthwise else self.in_channels
+        return 3 * self.positions * self.out_channels * per_row * kernel
+
+    def fraction_left(self, kept: int, live: int, grad_pruned_rows: bool,
+                      grad_dead_inputs: bool) -> float:
+        """Sparse forward + backward multiply-accumulates over the dense ones."""
+        if self.depthwise:
+            weight_rows = live if grad_pruned_rows else kept
+            return (2 * kept + weight_rows) / (3 * self.out_channels)
+        weight_rows = self.out_channels if grad_pruned_rows else kept
+        grad_in = self.in_channels if grad_dead_inputs else live
+        return (kept * live + kept * grad_in + weight_rows * live) / \
+            (3 * self.out_channels * self.in_channels)
+
+
+MIN_DENSE_MACS = 2_000_000  # below, the ~60 µs of gathers, scatters and Python dominate
+
+
+def sparse_pays(work: LayerWork, kept: int, live: int, grad_pruned_rows: bool,
+                grad_dead_inputs: bool) -> bool:
+    """Whether ``sparse_masked_conv`` is expected to be faster than the dense layer, from
+    the layer's geometry and its current kept-output / live-input counts (host ints).
+
+    Measured with bench/bench_sparse_conv.py (forward + backward, batch 32, the layers of
+    the benchmark workloads at 0/25/50/75 % pruned; AMD EPYC, torch 2.13 CPU):
+
+    * depthwise: never. The conv is memory-bound and the gathers and scatters move as many
+      bytes as it does: ≥ 0.94 of the dense time even at 75 % pruned.
+    * Linear and 1×1 convs: at most 15 % of the work left and at least 16 kept outputs and
+      live inputs (75 % pruned of 64 to 256 channels: 0.60–0.75 of dense; of 16 or 32
+      channels, where 4–8 are left: 0.89–1.19; 50 % pruned: 0.89–1.6).
+    * other convs: at most 40 % of the work left (50 % pruned: 0.35–1.06, 75 %: 0.15–0.85),
+      or at most 70 % left with at least 32 kept outputs and live inputs (25 % pruned of
+      64–128 channels: 0.63–0.89; of 16 or 32 channels, where 12 or 24 are left: 1.13–1.40:
+      the compact conv of a channel count that is not a multiple of 16 runs at about half
+      the speed per multiply-accumulate).
+    * never when the dense layer does fewer than MIN_DENSE_MACS multiply-accumulates.
+    """
+    if work.depthwise or work.dense_macs() < MIN_DENSE_MACS:
+        return False
+    left = work.fraction_left(kept, live, grad_pruned_rows, grad_dead_inputs)
+    smallest = min(kept, live)
+    if work.pointwise:
+        return left <= 0.15 and smallest >= 16
+    return left <= 0.4 or (left <= 0.7 and smallest >= 32)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import plinio.ops as ops
 from plinio.fast.linear_ops import ConvGeometry, conv_geometry, reference_conv
-from plinio.fast.sparse_conv import sparse_masked_conv
+from plinio.fast.sparse_conv import LayerWork, sparse_masked_conv, sparse_pays
 from plinio.ops.reference import dilation_levels
 
 SETTINGS = settings(max_examples=30, deadline=None, derandomize=True,
@@ -412,3 +412,54 @@ def test_geometry_of_a_same_padded_even_kernel():
     _assert_close(y_sparse, y_dense, "output")
     for name in g_dense:
         _assert_close(g_sparse[name], g_dense[name], f"gradient of {name}")
+
+
+# ------------------------------------------------------------------ the decision rule
+def _conv(cin: int, cout: int, kernel: int, groups: int = 1) -> ConvGeometry:
+    pad = (kernel - 1) // 2
+    return ConvGeometry(2, cin, cout, groups, (kernel, kernel), (1, 1), (1, 1), (pad, pad),
+                        (pad, pad), False)
+
+
+def test_work_left_counts_each_of_the_three_convolutions():
+    work = LayerWork(_conv(4, 4, 3), 4, 4, positions=10)
+    assert work.dense_macs() == 3 * 10 * 4 * 4 * 9
+    assert work.fraction_left(2, 2, False, False) == pytest.approx(12 / 48)
+    assert work.fraction_left(2, 2, True, False) == pytest.approx(16 / 48)   # gW' all rows
+    assert work.fraction_left(2, 2, False, True) == pytest.approx(16 / 48)   # gx all inputs
+    assert work.fraction_left(4, 4, True, True) == 1.0
+    depthwise = LayerWork(_conv(8, 8, 3, groups=8), 8, 8, positions=10)
+    assert depthwise.dense_macs() == 3 * 10 * 8 * 9
+    assert depthwise.fraction_left(2, 6, True, False) == pytest.approx((4 + 6) / 24)
+
+
+@pytest.mark.parametrize("geometry, cin, cout, positions, kept, live, rows, expected", [
+    (_conv(32, 32, 3), 32, 32, 32 * 64 * 64, 16, 16, True, True),    # seed, 50 % pruned
+    (_conv(32, 32, 3), 32, 32, 32 * 64 * 64, 24, 24, False, False),  # seed, 25 %: 24 channels
+    (_conv(64, 64, 5), 64, 64, 32 * 25 * 5, 48, 48, True, True),     # DS-CNN conv, 25 %
+    (_conv(64, 64, 5), 64, 64, 32 * 25 * 5, 64, 64, False, False),   # nothing pruned
+    (_conv(64, 64, 1), 64, 64, 32 * 25 * 5, 16, 16, False, True),    # pointwise, 75 %
+    (_conv(64, 64, 1), 64, 64, 32 * 25 * 5, 32, 32, False, False),   # pointwise, 50 %
+    (_conv(16, 16, 1), 16, 16, 32 * 32 * 32, 4, 4, False, False),    # pointwise, 4 left
+    (_conv(64, 64, 3, 64), 64, 64, 32 * 25 * 5, 16, 16, False, False),  # depthwise
+    (None, 64, 12, 32, 3, 16, False, False),                          # tiny Linear
+])
+def test_sparse_pays_follows_the_measured_rule(geometry, cin, cout, positions, kept, live, rows,
+                                               expected):
+    work = LayerWork(geometry, cin, cout, positions)
+    assert sparse_pays(work, kept, live, rows, False) is expected
+
+
+def test_the_benchmark_prints_one_row_per_pruned_fraction(capsys):
+    from bench.bench_sparse_conv import main
+
+    threads = torch.get_num_threads()
+    try:
+        main(["--threads", "1", "--repeats", "1", "--min-ms", "0", "--batch", "2",
+              "--only", "linear"])
+    finally:
+        torch.set_num_threads(threads)
+    rows = [line for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| dscnn | linear")]
+    assert [row.split("|")[3].strip() for row in rows] == ["0%", "25%", "50%", "75%"]
+    assert all(row.rstrip(" |").endswith("D / D") for row in rows)  # tiny: dense
