@@ -8,16 +8,20 @@ import dataclasses
 import math
 import sys
 from pathlib import Path
-from typing import List, NoReturn, Optional, Sequence, Tuple
+from typing import Callable, List, NoReturn, Optional, Sequence, Tuple, TypeVar
 
 import torch
 
-from .config import (DEFAULT_OUT, DEFAULT_STRENGTHS_MACS, DEFAULT_STRENGTHS_SIZE,
-                     QUICK_STRENGTHS, DemoConfig, DemoError, Schedule)
+from .config import (DEFAULT_OUT, DEFAULT_SEEDS, DEFAULT_STRENGTHS_MACS, DEFAULT_STRENGTHS_SIZE,
+                     QUICK_SEEDS, QUICK_STRENGTHS, DemoConfig, DemoError, Schedule)
 from .extras import missing_demo_package
 
 PROG = "plinio-demo"
 QUICK_SCHEDULE = Schedule(warmup_epochs=1, search_epochs=1, finetune_epochs=1)
+# measured on the README's machine; the README section "What the demo shows" has the details
+DEFAULT_TIMING = "about 1 min on an idle 2-core x86 CPU, several times longer on busy cores"
+QUICK_TIMING = "about 15 s on an idle 2-core x86 CPU, several times longer on busy cores"
+T = TypeVar("T")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -27,24 +31,23 @@ class _Parser(argparse.ArgumentParser):
         raise DemoError(f"{message} (see {self.prog} --help)")
 
 
-def _strength_list(text: str) -> List[float]:
-    """One ``--strengths`` argument: a number or a comma-separated list of numbers."""
-    values = []
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        try:
-            value = float(item)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{item!r} is not a number") from None
-        if not math.isfinite(value) or value < 0:
-            raise argparse.ArgumentTypeError(
-                f"{item} is not allowed: strengths must be finite and >= 0")
-        values.append(value)
+def _comma_list(text: str, parse: Callable[[str], T]) -> List[T]:
+    """One list-valued argument: a value or comma-separated values, each read by ``parse``."""
+    values = [parse(item.strip()) for item in text.split(",") if item.strip()]
     if not values:
-        raise argparse.ArgumentTypeError(f"{text!r} contains no number")
+        raise argparse.ArgumentTypeError(f"{text!r} contains no value")
     return values
+
+
+def _strength(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(
+            f"{text} is not allowed: strengths must be finite and >= 0")
+    return value
 
 
 def _non_negative_int(text: str) -> int:
@@ -71,25 +74,47 @@ def _seed(text: str) -> int:
     return value
 
 
+def _strength_list(text: str) -> List[float]:
+    return _comma_list(text, _strength)
+
+
+def _seed_list(text: str) -> List[int]:
+    return _comma_list(text, _seed)
+
+
+def _joined(values: Sequence[float]) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
+def _once_each(option: str, values: Sequence[float]) -> None:
+    repeated = sorted({f"{v:g}" for v in values if values.count(v) > 1})
+    if repeated:
+        raise DemoError(f"{option}: {', '.join(repeated)} given more than once; list each "
+                        "value once")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The demo's argument parser (exposed so that its help text can be tested)."""
     parser = _Parser(
         prog=PROG,
         description="PIT-SuperNet search of a small CNN on scikit-learn's handwritten digits: "
                     "warm-up, search for each regularization strength, export, fine-tune, "
-                    "evaluate; writes a Pareto plot, results.json, torch.export and ONNX files.")
+                    "evaluate, next to hand-picked fixed-choice networks trained for the same "
+                    "epochs; repeated per seed. Writes a Pareto plot, results.json, "
+                    f"torch.export and ONNX files. Default run: {DEFAULT_TIMING}.")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
                         help="output folder (default: %(default)s)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                         help="where to train (default: %(default)s)")
     parser.add_argument("--regularizer", default="macs", choices=("macs", "size"),
                         help="cost to reduce: MACs or number of parameters (default: macs)")
-    parser.add_argument("--strengths", type=_strength_list, nargs="+", metavar="S",
+    parser.add_argument("--strengths", type=_strength_list,
+                        nargs="+", metavar="S",
                         help="regularization strengths, space or comma separated; the cost "
                              "is normalized by the unsearched network's, so 1.0 means 'the "
                              "whole cost is worth one nat of loss' (default: "
-                             f"{','.join(f'{s:g}' for s in DEFAULT_STRENGTHS_MACS)}; "
-                             f"with --quick {','.join(f'{s:g}' for s in QUICK_STRENGTHS)})")
+                             f"{_joined(DEFAULT_STRENGTHS_MACS)}; with --quick "
+                             f"{_joined(QUICK_STRENGTHS)})")
     parser.add_argument("--epochs", type=_positive_int, metavar="N",
                         help=f"search epochs per strength (default: {Schedule.search_epochs})")
     parser.add_argument("--warmup-epochs", type=_non_negative_int, metavar="N",
@@ -97,15 +122,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--finetune-epochs", type=_non_negative_int, metavar="N",
                         help=f"fine-tune epochs per exported network "
                              f"(default: {Schedule.finetune_epochs})")
-    parser.add_argument("--seed", type=_seed, default=0,
-                        help="seed of the split, the initial weights and the data order; a run "
-                             "on the CPU is repeatable for a seed (default: %(default)s)")
+    parser.add_argument("--seeds", "--seed", type=_seed_list,
+                        nargs="+", metavar="N",
+                        help="seeds of the split, the initial weights and the data order, "
+                             "space or comma separated; the whole run is repeated per seed "
+                             "and the table reports ranges over them. A run on the CPU is "
+                             "repeatable on the same machine (default: "
+                             f"{_joined(DEFAULT_SEEDS)}; with --quick {_joined(QUICK_SEEDS)})")
     parser.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True,
                         help="use plinio's exact fast paths (--no-fast: the reference "
-                             "PyTorch path; same results, slower)")
+                             "PyTorch path: the same functions up to float rounding, "
+                             "slower)")
     parser.add_argument("--quick", action="store_true",
-                        help="one epoch per phase and two strengths: a smoke test that "
-                             "finishes in well under a minute")
+                        help="one epoch per phase, one seed and two strengths: a smoke test "
+                             f"({QUICK_TIMING})")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="hide the progress bars")
     return parser
@@ -137,10 +167,12 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> DemoConfig:
                                         else DEFAULT_STRENGTHS_SIZE)
     else:
         strengths = tuple(v for group in args.strengths for v in group)
-    repeated = sorted({f"{s:g}" for s in strengths if strengths.count(s) > 1})
-    if repeated:
-        raise DemoError(f"--strengths: {', '.join(repeated)} given more than once; list each "
-                        "strength once")
+    if args.seeds is None:
+        seeds: Tuple[int, ...] = QUICK_SEEDS if args.quick else DEFAULT_SEEDS
+    else:
+        seeds = tuple(v for group in args.seeds for v in group)
+    _once_each("--strengths", strengths)
+    _once_each("--seeds", seeds)
     schedule = QUICK_SCHEDULE if args.quick else Schedule()
     overrides = {"search_epochs": args.epochs, "warmup_epochs": args.warmup_epochs,
                  "finetune_epochs": args.finetune_epochs}
@@ -148,7 +180,7 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> DemoConfig:
         schedule, **{k: v for k, v in overrides.items() if v is not None})
     _check_output_folder(args.out)
     return DemoConfig(out=args.out, device=args.device, regularizer=args.regularizer,
-                      strengths=strengths, seed=args.seed, fast=args.fast,
+                      strengths=strengths, seeds=seeds, fast=args.fast,
                       progress=args.progress, schedule=schedule)
 
 
@@ -181,5 +213,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     print(format_table(results))
     print(f"Wrote {config.out / 'results.json'}, {config.out / (results.plot or '')} and "
-          f"{2 * len(results.rows)} model files under {config.out / 'models'}.")
+          f"{2 * sum(len(run.searched) for run in results.runs)} model files under "
+          f"{config.out / 'models'}.")
     return 0

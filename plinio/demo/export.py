@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from .config import DemoError
 
-# outputs may differ by float rounding only: SPEC §6's export tolerance
+# outputs may differ by float rounding only: the export tolerance of docs/behaviour.md §6
 RELATIVE_TOLERANCE = 1e-4
 
 

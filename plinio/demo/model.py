@@ -112,3 +112,17 @@ def plain_cnn(choices: Dict[str, str]) -> DigitsCNN:
 def branch_names(block: str) -> Sequence[str]:
     """Branch kinds of ``block`` in branch-index order (index i of the supernet)."""
     return block_kinds(*BLOCK_WIDTHS[block])
+
+
+# the hand-picked baselines: one kind in every block (identity cannot: block2 widens)
+FIXED_KINDS: Tuple[str, ...] = tuple(
+    kind for kind in BRANCH_KINDS
+    if all(kind in block_kinds(*widths) for widths in BLOCK_WIDTHS.values()))
+
+
+def fixed_choice_cnn(kind: str) -> DigitsCNN:
+    """The plain network with every block of kind ``kind`` (one of ``FIXED_KINDS``)."""
+    if kind not in FIXED_KINDS:
+        raise ValueError(f"fixed_choice_cnn: {kind!r} is not available in every block; "
+                         f"choose one of {FIXED_KINDS}")
+    return plain_cnn({block: kind for block in BLOCK_WIDTHS})

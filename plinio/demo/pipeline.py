@@ -1,8 +1,10 @@
-"""One complete demo run: data → supernet → warm-up → search per strength → export →
-fine-tune → evaluation → files (models, plot, JSON)."""
+"""One complete demo run, repeated per seed: data → supernet → warm-up → search per strength
+→ export → fine-tune → evaluation, and the fixed-choice baselines trained alike; then the
+files (models, plot, JSON)."""
 import contextlib
 import copy
 import time
+import zlib
 from typing import Any, Dict, Iterator
 
 import torch
@@ -11,11 +13,14 @@ from .config import DemoConfig
 from .costs import expected_supernet_cost, model_cost
 from .data import DigitsData, load_digits_data
 from .export import export_and_check
-from .model import supernet_cnn
-from .plot import ParetoPoint, plot_pareto
+from .machine import machine_info
+from .model import FIXED_KINDS, fixed_choice_cnn, supernet_cnn
+from .plot import plot_pareto
 from .report import write_results_json
-from .results import DemoResults, SeedResult, StrengthResult
-from .search import chosen_branches, fine_tune, search, warm_up, wrap_supernet
+from .results import DemoResults, FixedResult, SearchedResult, SeedRun, UnsearchedResult
+from .search import (chosen_branches, fine_tune, search, train_fixed_choice, warm_up,
+                     wrap_supernet)
+from .summary import summarize
 from .training import evaluate
 
 
@@ -23,8 +28,8 @@ from .training import evaluate
 def reproducible(seed: int, device: str) -> Iterator[None]:
     """Seed torch and ask for deterministic kernels; restore the caller's setting after.
 
-    On the CPU this makes a run repeatable for a seed. On CUDA some kernels have no
-    deterministic version, so there it only warns.
+    On the CPU this makes a run repeatable for a seed on the same machine. On CUDA some
+    kernels have no deterministic version, so there it only warns.
     """
     previous = torch.are_deterministic_algorithms_enabled()
     previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
@@ -36,13 +41,19 @@ def reproducible(seed: int, device: str) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
 
 
-def _generator(seed: int, phase: int) -> torch.Generator:
-    """CPU generator of the data order of one phase (phase 0: warm-up, i: i-th strength)."""
-    return torch.Generator().manual_seed(seed * 1000 + phase)
+def phase_seed(seed: int, phase: str) -> int:
+    """Seed of one phase of a run ('warm-up', 'strength 0.1', 'fixed conv3x3'): each phase
+    draws from its own stream, so adding a strength leaves the other phases' results alone."""
+    return (seed << 32) | zlib.crc32(phase.encode())
 
 
-def _search_one(config: DemoConfig, data: DigitsData, warm_state: Dict[str, Any],
-                reference_cost: float, strength: float, phase: int) -> StrengthResult:
+def _generator(seed: int, phase: str) -> torch.Generator:
+    """CPU generator of the data order of one phase."""
+    return torch.Generator().manual_seed(phase_seed(seed, phase))
+
+
+def _search_one(config: DemoConfig, data: DigitsData, seed: int, warm_state: Dict[str, Any],
+                reference_cost: float, strength: float) -> SearchedResult:
     """Search from the warmed-up state with ``strength``, export, fine-tune, save, check."""
     schedule = config.schedule
     label = f"strength {strength:g}"
@@ -50,7 +61,7 @@ def _search_one(config: DemoConfig, data: DigitsData, warm_state: Dict[str, Any]
     net = wrap_supernet(supernet_cnn(), data.input_shape, config.regularizer,
                         config.fast).to(config.device)
     net.load_state_dict(warm_state)
-    generator = _generator(config.seed, phase)
+    generator = _generator(seed, label)
     history = search(net, data, strength, reference_cost, schedule, generator,
                      config.progress, desc=f"search   {label}")
     net.update_softmax_options(hard=True)
@@ -61,9 +72,9 @@ def _search_one(config: DemoConfig, data: DigitsData, warm_state: Dict[str, Any]
                       desc=f"finetune {label}")
     _, val_accuracy = evaluate(exported, data.val, schedule.batch_size)
     _, test_accuracy = evaluate(exported, data.test, schedule.batch_size)
-    files = export_and_check(exported, data.test.images, config.out / "models",
-                             f"searched_strength_{strength:g}")
-    return StrengthResult(
+    files = export_and_check(exported, data.test.images, config.out / "models" / f"seed_{seed}",
+                             f"strength_{strength:g}")
+    return SearchedResult(
         strength=strength, chosen_branches=chosen_branches(summary),
         test_accuracy=test_accuracy, val_accuracy=val_accuracy,
         search_val_accuracy=search_val_accuracy,
@@ -76,31 +87,55 @@ def _search_one(config: DemoConfig, data: DigitsData, warm_state: Dict[str, Any]
         onnx_max_abs_diff=files.onnx_max_abs_diff, search=history, finetune=tuned)
 
 
-def run_demo(config: DemoConfig) -> DemoResults:
-    """Run the demo with ``config`` and write its files under ``config.out``."""
-    start = time.perf_counter()
+def _train_fixed(config: DemoConfig, data: DigitsData, seed: int, kind: str) -> FixedResult:
+    """Train the network with every block of ``kind`` for a searched network's epochs."""
+    label = f"fixed {kind}"
+    torch.manual_seed(phase_seed(seed, label))
+    model = fixed_choice_cnn(kind).to(config.device)
+    training, tuned = train_fixed_choice(model, data, config.schedule,
+                                         _generator(seed, label), config.progress, label)
+    _, val_accuracy = evaluate(model, data.val, config.schedule.batch_size)
+    _, test_accuracy = evaluate(model, data.test, config.schedule.batch_size)
+    return FixedResult(kind=kind, test_accuracy=test_accuracy, val_accuracy=val_accuracy,
+                       cost=model_cost(model, data.input_shape), training=training,
+                       finetune=tuned)
+
+
+def _run_seed(config: DemoConfig, seed: int) -> SeedRun:
+    """The whole workflow with one seed (split, initial weights, data order)."""
     schedule = config.schedule
-    with reproducible(config.seed, config.device):
-        data = load_digits_data(config.seed).to(torch.device(config.device))
+    with reproducible(seed, config.device):
+        data = load_digits_data(seed).to(torch.device(config.device))
         model = supernet_cnn()
-        seed_cost = expected_supernet_cost(model, data.input_shape)
+        unsearched_cost = expected_supernet_cost(model, data.input_shape)
         net = wrap_supernet(model, data.input_shape, config.regularizer,
                             config.fast).to(config.device)
         reference_cost = float(net.get_regularization_loss().detach())
-        warmup = warm_up(net, data, schedule, _generator(config.seed, 0), config.progress)
+        warmup = warm_up(net, data, schedule, _generator(seed, "warm-up"), config.progress)
         warm_state = copy.deepcopy(net.state_dict())
-        _, seed_val_accuracy = evaluate(net, data.val, schedule.batch_size)
-        _, seed_test_accuracy = evaluate(net, data.test, schedule.batch_size)
-        seed = SeedResult(test_accuracy=seed_test_accuracy, val_accuracy=seed_val_accuracy,
-                          cost=seed_cost, regularizer_value=reference_cost, warmup=warmup)
-        rows = [_search_one(config, data, warm_state, reference_cost, strength, phase)
-                for phase, strength in enumerate(config.strengths, start=1)]
+        _, val_accuracy = evaluate(net, data.val, schedule.batch_size)
+        _, test_accuracy = evaluate(net, data.test, schedule.batch_size)
+        unsearched = UnsearchedResult(test_accuracy=test_accuracy, val_accuracy=val_accuracy,
+                                      cost=unsearched_cost, regularizer_value=reference_cost,
+                                      warmup=warmup)
+        searched = [_search_one(config, data, seed, warm_state, reference_cost, strength)
+                    for strength in config.strengths]
+        fixed = [_train_fixed(config, data, seed, kind) for kind in FIXED_KINDS]
+    return SeedRun(seed=seed, unsearched=unsearched, searched=searched, fixed=fixed)
+
+
+def run_demo(config: DemoConfig) -> DemoResults:
+    """Run the demo with ``config`` and write its files under ``config.out``."""
+    start = time.perf_counter()
+    runs = [_run_seed(config, seed) for seed in config.seeds]
+    seeds = ", ".join(str(seed) for seed in config.seeds)
+    spread = "" if len(config.seeds) == 1 else ", mean and min–max"
     plot_path = plot_pareto(
-        ParetoPoint("unsearched supernet (θ = 1/n)", seed.cost.macs, seed.test_accuracy),
-        [ParetoPoint(f"λ={r.strength:g}", r.cost.macs, r.test_accuracy) for r in rows],
-        config.out / "pareto.png",
-        title=f"PIT-SuperNet on digits: accuracy vs MACs ({config.regularizer} regularizer)")
-    results = DemoResults(options=config_to_options(config), seed=seed, rows=rows,
+        summarize(runs), config.out / "pareto.png",
+        title=f"PIT-SuperNet on digits ({config.regularizer} regularizer): test accuracy "
+              f"vs MACs\nseed{'s' if len(config.seeds) > 1 else ''} {seeds}{spread}")
+    results = DemoResults(options=config_to_options(config),
+                          machine=machine_info(config.device), runs=runs,
                           plot=plot_path.relative_to(config.out).as_posix())
     results.wall_time_s = time.perf_counter() - start
     write_results_json(results, config.out / "results.json")
@@ -111,7 +146,7 @@ def config_to_options(config: DemoConfig) -> Dict[str, Any]:
     """The options of a run, as plain JSON-friendly values."""
     s = config.schedule
     return {"device": config.device, "regularizer": config.regularizer,
-            "strengths": list(config.strengths), "seed": config.seed, "fast": config.fast,
-            "warmup_epochs": s.warmup_epochs, "search_epochs": s.search_epochs,
-            "finetune_epochs": s.finetune_epochs, "batch_size": s.batch_size,
-            "torch": torch.__version__, "threads": torch.get_num_threads()}
+            "strengths": list(config.strengths), "seeds": list(config.seeds),
+            "fast": config.fast, "warmup_epochs": s.warmup_epochs,
+            "search_epochs": s.search_epochs, "finetune_epochs": s.finetune_epochs,
+            "batch_size": s.batch_size}

@@ -1,14 +1,16 @@
-"""The final table printed to the terminal and ``results.json``."""
+"""The final tables printed to the terminal and ``results.json``."""
 import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any, List
+from typing import Any, Callable, List, Optional
 
 import torch
 
+from .machine import describe
 from .model import BLOCK_WIDTHS
 from .results import DemoResults
+from .summary import SEARCHED, ConfigSummary, Range, summarize
 
 
 def human(value: float) -> str:
@@ -19,38 +21,69 @@ def human(value: float) -> str:
     return f"{value:.0f}"
 
 
-def change(value: float, reference: float) -> str:
-    """Relative change vs ``reference`` as a signed percentage."""
-    if reference == 0:
-        return "n/a"
-    return f"{100.0 * (value - reference) / reference:+.1f}%"
+def signed_percent(value: float) -> str:
+    """A relative change in percent, signed, without the unit (0.25 → '+25.0')."""
+    return f"{100.0 * value:+.1f}"
 
 
-def format_table(results: DemoResults) -> str:
-    """One row per network: accuracy, size, MACs, change vs the seed, chosen blocks."""
-    seed = results.seed
-    header = ["model", "test acc", "params", "MACs", "params vs seed", "MACs vs seed",
-              *BLOCK_WIDTHS]
-    rows: List[List[str]] = [[
-        "unsearched supernet", f"{100 * seed.test_accuracy:.1f}%", human(seed.cost.params),
-        human(seed.cost.macs), "", "", *(["all (θ=1/n)"] * len(BLOCK_WIDTHS))]]
-    for r in results.rows:
-        rows.append([f"strength {r.strength:g}", f"{100 * r.test_accuracy:.1f}%",
-                     human(r.cost.params), human(r.cost.macs),
-                     change(r.cost.params, seed.cost.params), change(r.cost.macs, seed.cost.macs),
-                     *(r.chosen_branches[b] for b in BLOCK_WIDTHS)])
+def span(value: Range, show: Callable[[float], str], unit: str = "") -> str:
+    """'low to high' with ``show`` applied to both ends, or one value when they print alike."""
+    low, high = show(value.low), show(value.high)
+    return f"{low}{unit}" if low == high else f"{low} to {high}{unit}"
+
+
+def _aligned(header: List[str], rows: List[List[str]]) -> List[str]:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: List[str]) -> str:
         return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
 
-    out = [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
-    worst_onnx = max((r.onnx_max_abs_diff for r in results.rows), default=0.0)
-    out.append("")
-    out.append("MACs/params of the unsearched supernet weigh each branch by 1/n (SPEC §4.3); "
-               f"searched rows are the exported, fine-tuned networks.")
-    out.append(f"ONNX (onnxruntime) vs PyTorch on the test split: max abs diff "
-               f"{worst_onnx:.2g}. Wall time {results.wall_time_s:.0f} s.")
+    return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+
+
+def _cost_rows(summaries: List[ConfigSummary]) -> List[List[str]]:
+    def accuracy(value: float) -> str:
+        return f"{100 * value:.1f}"
+
+    def change(value: Optional[Range]) -> str:
+        return "" if value is None else span(value, signed_percent, "%")
+
+    return [[s.label, span(s.test_accuracy, accuracy, "%"), span(s.params, human),
+             span(s.macs, human), change(s.params_change), change(s.macs_change)]
+            for s in summaries]
+
+
+def _choice_rows(summaries: List[ConfigSummary]) -> List[List[str]]:
+    return [[s.tag,
+             *(" / ".join(chosen[block] for block in BLOCK_WIDTHS)
+               for chosen in s.chosen_branches or [])]
+            for s in summaries if s.family == SEARCHED]
+
+
+def format_table(results: DemoResults) -> str:
+    """The cost/accuracy table (ranges over seeds), the blocks chosen per seed, and notes
+    saying what each row is and where the numbers were measured."""
+    summaries = summarize(results.runs)
+    seeds = [run.seed for run in results.runs]
+    several = len(seeds) > 1
+    out = [f"Seeds {', '.join(map(str, seeds))}: each cell is the range over the seeds (one "
+           f"value when they agree)." if several else f"Seed {seeds[0]}."]
+    out += _aligned(["model", "test acc", "params", "MACs", "params vs unsearched",
+                     "MACs vs unsearched"], _cost_rows(summaries))
+    out += ["", f"Blocks chosen by the search ({' / '.join(BLOCK_WIDTHS)}):"]
+    out += _aligned(["strength", *(f"seed {seed}" for seed in seeds)], _choice_rows(summaries))
+    worst_onnx = max((r.onnx_max_abs_diff for run in results.runs for r in run.searched),
+                     default=0.0)
+    out += [
+        "",
+        "unsearched supernet: after the warm-up, its cost weighing each branch by 1/n. "
+        "strength λ: searched, exported and fine-tuned. fixed: every block of one kind, all "
+        "channels kept, trained for the same epochs (warm-up + search, then fine-tune). See "
+        "the README section 'What the demo shows'.",
+        f"ONNX (onnxruntime) vs PyTorch on the test split: max abs diff {worst_onnx:.2g}.",
+        f"Wall time {results.wall_time_s:.0f} s on {describe(results.machine)}. Other CPUs "
+        f"round differently and may choose other blocks.",
+    ]
     return "\n".join(out)
 
 
@@ -76,8 +109,9 @@ def _jsonable(value: Any) -> Any:
 
 
 def results_to_dict(results: DemoResults) -> dict:
-    """``results`` as the JSON document written to ``results.json``."""
-    return _jsonable(results)
+    """``results`` as the JSON document written to ``results.json``: the options, the
+    machine, every seed's results and the ranges over the seeds."""
+    return {**_jsonable(results), "summary": _jsonable(summarize(results.runs))}
 
 
 def write_results_json(results: DemoResults, path: Path) -> Path:

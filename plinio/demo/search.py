@@ -4,6 +4,7 @@ wrap (``PITSuperNet``) → warm up the weights (architecture frozen by giving th
 ``net_parameters()`` only) → search with ``task loss + strength × cost`` (two optimizers:
 ``net_parameters()`` and ``nas_parameters()``, softmax temperature annealed with
 ``update_softmax_options``) → ``arch_export()`` → fine-tune the exported plain network.
+The hand-picked baselines get the same weight training without the search.
 """
 import copy
 from typing import Dict, List, Mapping, Tuple
@@ -100,3 +101,21 @@ def fine_tune(model: nn.Module, data: DigitsData, schedule: Schedule,
                     progress=progress, on_epoch_end=keep_best)
     model.load_state_dict(best["state"])
     return history
+
+
+def train_fixed_choice(model: nn.Module, data: DigitsData, schedule: Schedule,
+                       generator: torch.Generator, progress: bool,
+                       label: str) -> Tuple[List[EpochResult], List[EpochResult]]:
+    """Train a hand-picked plain network with a searched network's weight budget.
+
+    A searched network's weights are trained for the warm-up plus search epochs (Adam at
+    ``net_lr``) and then fine-tuned after export; ``model`` gets the same epochs and
+    learning rates, then the same ``fine_tune``. Nothing is pruned: every channel is kept.
+    Returns the histories of the two phases.
+    """
+    optimizer = torch.optim.Adam(model.parameters(), lr=schedule.net_lr)
+    training = train(model, data, epochs=schedule.warmup_epochs + schedule.search_epochs,
+                     optimizers=[optimizer], batch_size=schedule.batch_size,
+                     generator=generator, desc=f"train    {label}", progress=progress)
+    tuned = fine_tune(model, data, schedule, generator, progress, desc=f"finetune {label}")
+    return training, tuned

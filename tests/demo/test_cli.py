@@ -9,7 +9,8 @@ import torch
 
 from plinio.demo.__main__ import main
 from plinio.demo.cli import parse_config
-from plinio.demo.config import DEFAULT_STRENGTHS_MACS, QUICK_STRENGTHS
+from plinio.demo.config import (DEFAULT_SEEDS, DEFAULT_STRENGTHS_MACS, QUICK_SEEDS,
+                                QUICK_STRENGTHS)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,6 +34,9 @@ def _assert_one_line_error(text: str, *fragments: str) -> None:
     (["--epochs", "0"], ["--epochs", "at least 1"]),
     (["--warmup-epochs", "-2"], ["negative"]),
     (["--seed", "-1"], ["--seed"]),
+    (["--seeds", "0,x"], ["--seeds", "'x' is not an integer"]),
+    (["--seeds", "1", "2,1"], ["--seeds: 1 given more than once"]),
+    (["--seeds", "4294967296"], ["too large"]),
     (["--regularizer", "flops"], ["--regularizer", "flops"]),
     (["--bogus"], ["--bogus"]),
 ])
@@ -64,20 +68,27 @@ def test_cuda_unavailable_is_a_clear_error(tmp_path, capsys):
 def test_help_exits_zero(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for option in ("--out", "--device", "--strengths", "--regularizer", "--epochs", "--seed",
-                   "--fast", "--no-fast", "--quick"):
+    for option in ("--out", "--device", "--strengths", "--regularizer", "--epochs", "--seeds",
+                   "--seed", "--fast", "--no-fast", "--quick"):
         assert option in out
+    # run times are stated with their conditions, never as a bare promise
+    text = " ".join(out.split())
+    assert "idle 2-core" in text and "busy cores" in text
 
 
 def test_defaults_and_overrides(tmp_path):
     config = parse_config(["--out", str(tmp_path)])
     assert config.strengths == DEFAULT_STRENGTHS_MACS and config.fast and config.device == "cpu"
+    assert config.seeds == DEFAULT_SEEDS and len(DEFAULT_SEEDS) > 1
     quick = parse_config(["--quick", "--out", str(tmp_path), "--epochs", "2", "--no-fast",
                           "--strengths", "0.5,2", "3", "--regularizer", "size"])
     assert quick.strengths == (0.5, 2.0, 3.0)
     assert quick.schedule.search_epochs == 2 and quick.schedule.warmup_epochs == 1
     assert not quick.fast and quick.regularizer == "size"
     assert parse_config(["--quick", "--out", str(tmp_path)]).strengths == QUICK_STRENGTHS
+    assert quick.seeds == QUICK_SEEDS
+    assert parse_config(["--seeds", "3,1", "7", "--out", str(tmp_path)]).seeds == (3, 1, 7)
+    assert parse_config(["--seed", "5", "--out", str(tmp_path)]).seeds == (5,)
 
 
 def test_bad_option_in_a_subprocess(tmp_path):

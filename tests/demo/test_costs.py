@@ -1,4 +1,5 @@
-"""Hook-based parameter/MAC counting (SPEC §4.2 rule) of plain and unsearched models."""
+"""Hook-based parameter/MAC counting (the rule of docs/behaviour.md §4.2) of plain and
+unsearched models."""
 import torch
 import torch.nn as nn
 
@@ -31,11 +32,12 @@ def test_a_layer_called_twice_counts_its_macs_twice_and_its_params_once():
     assert (cost.params, cost.macs) == (4, 2 * 4 * 9)
 
 
-def test_unsearched_supernet_cost_matches_spec_fixture_and_leaves_model_untouched():
-    model = SimpleSuperNet()  # SPEC §7's seed example
+def test_unsearched_supernet_cost_matches_the_seed_example_and_leaves_model_untouched():
+    model = SimpleSuperNet()  # the seed example of docs/behaviour.md §7
     state = {k: v.clone() for k, v in model.state_dict().items()}
     cost = expected_supernet_cost(model, (32, 64, 64))
-    # SPEC §4.3: with untouched masks the seed example costs 13344 parameters, 54657024 MACs
+    # docs/behaviour.md §4.3: with untouched masks the seed example costs 13344 parameters,
+    # 54657024 MACs
     assert cost.params == 13344
     assert cost.macs == 54657024
     after = model.state_dict()

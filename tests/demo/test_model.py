@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from plinio.demo.model import (BLOCK_WIDTHS, BRANCH_KINDS, block_kinds, branch_names,
-                               make_branch, plain_cnn, supernet_cnn)
+from plinio.demo.model import (BLOCK_WIDTHS, BRANCH_KINDS, FIXED_KINDS, block_kinds,
+                               branch_names, fixed_choice_cnn, make_branch, plain_cnn,
+                               supernet_cnn)
 from plinio.methods.pit_supernet import PITSuperNetModule
 
 
@@ -38,3 +39,15 @@ def test_bad_branch_requests_are_refused_with_the_reason():
     with pytest.raises(ValueError, match="block3"):
         plain_cnn({"block1": "conv3x3", "block2": "conv3x3"})
     assert "identity" not in block_kinds(4, 8)
+
+
+def test_fixed_choices_are_the_kinds_every_block_offers():
+    assert FIXED_KINDS == ("conv3x3", "conv5x5", "dwsep3x3")
+    for kind in FIXED_KINDS:
+        model = fixed_choice_cnn(kind)
+        for block in BLOCK_WIDTHS:
+            assert kind in branch_names(block)
+            reference = make_branch(kind, *BLOCK_WIDTHS[block])
+            assert repr(getattr(model, block)) == repr(reference)
+    with pytest.raises(ValueError, match="'identity' is not available in every block"):
+        fixed_choice_cnn("identity")
