@@ -62,7 +62,7 @@ def export_layers(gm: fx.GraphModule, export_layer: LayerExport) -> fx.GraphModu
     modules = dict(new.named_modules())
     done: Set[str] = set()
     for node in list(new.graph.nodes):
-        if node.op != "call_module" or node.target in done or node.target not in modules:
+        if node.op != "call_module" or node.target in done:
             continue
         layer = modules[node.target]
         plain = export_layer(new, node, layer)
