@@ -1,5 +1,5 @@
-"""Exact sparse execution of a PIT layer's masked channels (docs/design.md §3, issue "sparse
-execution of masked channels").
+"""Exact sparse execution of a PIT layer's masked channels (an exact fast path in the sense
+of docs/design.md §3: the same values and gradients as the dense layer).
 
 A PIT conv / linear layer computes ``y = conv(x, W', b')`` with ``W' = W ⊙ m_out ⊙ t`` and
 ``b' = b ⊙ m_out`` (``plinio.ops.pit_masked_weight``). The binarized masks are exact 0./1. in
@@ -23,20 +23,28 @@ gradients, and each has a flag:
   them is exact for every parameter. Otherwise pass True: they cost one weight-gradient
   convolution of Cout×|L| channels (a third of a dense step of the layer, at most).
 * ``grad_dead_inputs``: ``gx[:, dead] = conv_input_grad(gy[:, K], W'[K][:, dead])`` is in
-  general not 0, but it reaches only the producer of those channels, whose output there is 0
-  because its mask is 0. When every path back to that producer passes an op whose backward
-  is 0 at an input of exactly 0 (ReLU, ReLU6), the producer's weights, bias, input and mask
-  parameters receive exactly 0 from it either way, so returning zeros is exact for every
-  parameter. Otherwise pass True: ``gx`` is then computed for every input channel.
+  general not 0, but it flows only back towards the producer of those channels, whose output
+  there is 0 because its mask is 0. When every path back to that producer passes an op whose
+  backward is 0 at an input of exactly 0 (ReLU, ReLU6), everything behind that op (the
+  producer's weights, bias, input and mask parameters, and any op in between) receives
+  exactly 0 from it either way, so returning zeros is exact for every parameter. Otherwise
+  pass True: ``gx`` is then computed for every input channel (from rows K).
+
+Whether an activation's backward is 0 at an input of exactly 0 is PyTorch's formula, checked
+by experiment in the tests: ReLU and ReLU6 are (threshold_backward / hardtanh_backward give
+0 there); LeakyReLU, GELU, SiLU, ELU and Hardtanh(-1, 1) are not.
 
 Depthwise convolutions (groups = in = out): K indexes inputs and outputs, ``gx`` is exactly 0
 outside K (``W'[P] = 0``) whatever the flags, and ``gW'`` is exactly 0 on rows with a dead
 input; with ``grad_pruned_rows`` the weight gradient is computed for the rows of L.
 
-What it costs beyond the compact convolutions: one gather of the live input (which is also
-what is saved for backward, so saved bytes shrink with |L|), a zero-filled full-size output
-plus a copy of its K rows, a gather of ``gy[:, K]``, zero-filled full-size gradients plus
-copies of their computed parts. Gathers and scatters are skipped when a set is complete.
+What it costs beyond the compact convolutions, in memory traffic: the gather of the live
+input (|L|/Cin of x; it is also what is saved for backward, so saved bytes shrink with |L|),
+the scatter of the output (a zero-filled full-size tensor plus a copy of its K rows: about
+1 + |K|/Cout output-sized writes), the gather of ``gy[:, K]``, and the same zero fill and copy
+for ``gx``. Gathers and scatters are skipped when a set is complete. Plus about 30 µs of
+Python and autograd per call on CPU. For a k×k conv these are small next to the saved
+multiply-accumulates; for depthwise and 1×1 convs they are not (see :func:`sparse_pays`).
 
 Eager mode only: the index sets are data-dependent sizes (under ``torch.compile`` the dense
 convolution stays). :func:`sparse_pays` decides per layer whether this is faster than the
@@ -374,8 +382,9 @@ def sparse_masked_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     ``bias`` outside ``kept_out`` are exactly 0, and input channels outside ``live_in``
     (None: every channel) are exactly 0. ``kept_out`` / ``live_in`` are sorted unique int64
     channel indices on the input's device, computed once per step by the caller.
-    Depthwise convolutions: ``kept_out`` indexes inputs and outputs, ``grad_dead_inputs``
-    does not apply (their input gradient outside ``kept_out`` is exactly 0).
+    Linear: the channels are the last dimension of ``x``. Depthwise convolutions:
+    ``kept_out`` indexes inputs and outputs, ``grad_dead_inputs`` does not apply (their input
+    gradient outside ``kept_out`` is exactly 0). Eager autograd only (no double backward).
     """
     kernels = _kernels_for(x, weight, bias, geometry)
     cout = weight.shape[0]
