@@ -280,7 +280,8 @@ def _ancestors(node: fx.Node) -> Set[fx.Node]:
     return seen
 
 
-def _branches_of(nodes: Sequence[fx.Node], modules: Mapping[str, nn.Module]) -> Tuple[Dict[fx.Node, Branch], Tuple[int, ...]]:
+def _branches_of(nodes: Sequence[fx.Node],
+                 modules: Mapping[str, nn.Module]) -> Tuple[Dict[fx.Node, Branch], Tuple[int, ...]]:
     """Branch path of every node: a node is in branch i of a merge node (supernet combiner)
     when it feeds input i and no other input of that merge."""
     paths: Dict[fx.Node, List[Tuple[int, int]]] = {n: [] for n in nodes}

@@ -43,7 +43,8 @@ def table_rows():
     rows += [row("conv1d", k, "1", 0, ("32", "32"), i, o, tcn_seconds(k, i, o))
              for k, i, o in itertools.product((1, 3, 5), (1, 4), (1, 4, 8))]
     rows += [row("add", "", "", 0, ("8x8", "8x8"), c, c, 1e-7 * c) for c in (1, 16)]
-    rows += [row("linear", "", "", 0, ("", ""), i, o, 1e-6 * i + 1e-7 * o) for i, o in itertools.product((1, 16), (1, 10))]
+    rows += [row("linear", "", "", 0, ("", ""), i, o, 1e-6 * i + 1e-7 * o)
+             for i, o in itertools.product((1, 16), (1, 10))]
     return rows
 
 
@@ -122,7 +123,8 @@ def test_unmeasured_geometry_is_an_error_naming_the_layer(table_csv):
     spec = LatencyTableCost.from_csv(table_csv, "onnxruntime")
     strided = LayerShape("features.3", "conv2d", 8, 16, (3, 3), (2, 2), (1, 1), 1, (8, 8), (4, 4))
     with pytest.raises(ValueError, match=r"no entry for layer 'features.3' \(conv2d, kernel 3x3, stride 2x2, "
-                                         r"output 4x4\); measured conv2d geometries: .*kernel 3x3, stride 1x1, output 8x8"):
+                                         r"output 4x4\); measured conv2d geometries: .*kernel 3x3, stride 1x1, "
+                                         r"output 8x8"):
         LayerCosts([CONV, strided], {"latency": spec})
     with pytest.raises(ValueError, match=r"no entry for layer 'p' \(pool.*measured pool geometries: none"):
         LayerCosts([LayerShape("p", "pool", 8, 8, (2, 2), (2, 2))], {"latency": spec})
@@ -157,7 +159,8 @@ def test_malformed_tables_are_errors_naming_the_row(tmp_path, edit, message):
 
 
 def test_unknown_backend_and_missing_columns(table_csv, tmp_path):
-    with pytest.raises(ValueError, match=r"no rows for backend 'tflite'; the table has backends \['onnxruntime', 'torch'\]"):
+    with pytest.raises(ValueError, match=r"no rows for backend 'tflite'; the table has backends "
+                                         r"\['onnxruntime', 'torch'\]"):
         LatencyTable.from_csv(table_csv, "tflite")
     path = tmp_path / "short.csv"
     path.write_text("kind,cin,cout\nconv2d,1,1\n")

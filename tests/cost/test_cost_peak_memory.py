@@ -89,9 +89,10 @@ def test_hand_built_schedule_equals_the_traced_one():
     gm = traced(ResidualBlock(), (4, 8))
     traced_sched = schedule_from_graph(gm, {"conv1": 0, "relu": 0}, n_counts=1)
     names = ("x", "conv1", "relu", "conv2", "add", "relu_1", "output")
-    acts = (Activation("x", ChannelSum(const=4), 8, 0, (1, 4)), Activation("conv1", ChannelSum(((0, 1.0),)), 8, 1, (2,)),
-            Activation("relu", ChannelSum(((0, 1.0),)), 8, 2, (3,)), Activation("conv2", ChannelSum(const=4), 8, 3, (4,)),
-            Activation("add", ChannelSum(const=4), 8, 4, (5,)), Activation("relu_1", ChannelSum(const=4), 8, 5, (6,)))
+    masked, fixed = ChannelSum(((0, 1.0),)), ChannelSum(const=4)
+    acts = (Activation("x", fixed, 8, 0, (1, 4)), Activation("conv1", masked, 8, 1, (2,)),
+            Activation("relu", masked, 8, 2, (3,)), Activation("conv2", fixed, 8, 3, (4,)),
+            Activation("add", fixed, 8, 4, (5,)), Activation("relu_1", fixed, 8, 5, (6,)))
     hand = ActivationSchedule(steps=names, step_branches=((),) * 7, activations=acts, n_counts=1)
     assert hand == traced_sched
 

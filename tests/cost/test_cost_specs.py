@@ -51,7 +51,8 @@ def test_a_module_called_twice_counts_its_calls():
     result = costs(*costs.full_width())
     assert result["params"].tolist() == [144.0, 0.0]
     assert result["macs"].tolist() == [144.0 * 36 * 2, 0.0]
-    with pytest.raises(ValueError, match=r"module 'conv' is called on inputs of different shapes \(\(6, 6\) and \(3, 3\)\)"):
+    with pytest.raises(ValueError, match=r"module 'conv' is called on inputs of different shapes "
+                                         r"\(\(6, 6\) and \(3, 3\)\)"):
         shapes_from_graph(traced(Twice(second_size=(3, 3)), (4, 6, 6)))
 
 

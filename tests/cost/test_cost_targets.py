@@ -44,7 +44,8 @@ def test_strength_grows_while_missed_and_resumes_from_the_state_dict():
 @pytest.mark.parametrize("kwargs, message", [
     ({"targets": {"macs": -5.0}}, r"the target of 'macs' must be a positive finite number, got -5.0"),
     ({"targets": {"macs": math.nan}}, r"the target of 'macs' must be a positive finite number, got nan"),
-    ({"targets": {"lat": 1.0}, "known_costs": ("size", "macs")}, r"unknown cost name 'lat'; the costs are \['size', 'macs'\]"),
+    ({"targets": {"lat": 1.0}, "known_costs": ("size", "macs")},
+     r"unknown cost name 'lat'; the costs are \['size', 'macs'\]"),
     ({"targets": {"macs": 1.0}, "minimize": {"macs": 1.0}}, r"\['macs'\] both minimized and bounded"),
     ({"targets": {"macs": 1.0}, "growth": 0.5}, r"growth must be >= 1"),
     ({"targets": {}}, r"give targets"),
