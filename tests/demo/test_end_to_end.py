@@ -16,7 +16,17 @@ ARGS = ["--quick", "--no-progress", "--seeds", "0", "--strengths",
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
+def one_thread():
+    """The tests check results, not speed: one intra-op thread keeps the run time steady on
+    a machine shared with other jobs, where two threads can be several times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, one_thread):
     out = tmp_path_factory.mktemp("demo") / "out"
     code = main([*ARGS, "--out", str(out)])
     return code, out
