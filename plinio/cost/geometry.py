@@ -230,6 +230,9 @@ def shapes_from_graph(gm: fx.GraphModule) -> List[LayerShape]:
         out = _shape_of(node)
         first = next((a for a in node.all_input_nodes if node_shape(a) is not None), None)
         inp = _shape_of(first) if first is not None else out
+        if kind == "linear" and len(inp) != 2:
+            raise ValueError(f"shapes_from_graph: linear layer '{node.target}' is applied to a {len(inp)}-d "
+                             f"input {inp}; only (batch, features) inputs have a defined geometry")
         hparams = _module_hparams(modules[str(node.target)]) if node.op == "call_module" \
             else _functional_pool_hparams(node, len(out) - 2) if kind == "pool" else {}
         name = str(node.target) if node.op == "call_module" else node.name

@@ -56,6 +56,12 @@ def test_a_module_called_twice_counts_its_calls():
         shapes_from_graph(traced(Twice(second_size=(3, 3)), (4, 6, 6)))
 
 
+def test_a_linear_layer_on_a_sequence_is_an_error_naming_it():
+    model = nn.Sequential(nn.Conv1d(2, 4, 1), nn.Linear(8, 3))
+    with pytest.raises(ValueError, match=r"linear layer '1' is applied to a 3-d input \(1, 4, 8\)"):
+        shapes_from_graph(traced(model, (2, 8)))
+
+
 def test_toy_model_at_full_width_gives_pit_size_and_macs():
     costs = LayerCosts(toy_shapes(), {"size": "size", "macs": "macs"})
     for result in (costs(*costs.full_width()), costs.reference(*costs.full_width())):
