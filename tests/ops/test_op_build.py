@@ -1,99 +1,88 @@
 """Building and loading plinio._C: a build that cannot see the installed torch stops at
 once, and a library compiled against another torch release gives one warning line (with
-the rebuild command) and the reference kernels, not a crash."""
+the rebuild command) instead of a crash, and is not used.
+
+(`import plinio._C` as a first import: test_op_double_backward.py; the reference kernels
+taking over when the library is unusable: test_op_backend_selection.py.)"""
 import ast
-import json
+import importlib
 import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
+import pytest
 import torch
 
+from plinio import _extension
 from ops_backends import require
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Loads plinio.ops (after some set-up code) and prints the backend and plinio._C's warnings.
-_REPORT = """
-    import json, warnings
-    import torch
+
+def _load_afresh(monkeypatch: pytest.MonkeyPatch):
+    """Run the loader as on first use (its state is restored after the test): (whether
+    the library is used, the messages of its warnings)."""
+    monkeypatch.setattr(_extension, "_loaded", None)
+    monkeypatch.setattr(_extension, "_error", None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        import plinio.ops as ops
-        backend = ops.get_backend("cpu")
-        value = ops.combine([torch.ones(2)], torch.full((1,), 0.5)).tolist()
-    ours = [str(w.message) for w in caught if "plinio._C" in str(w.message)]
-    print(json.dumps({"backend": backend, "value": value, "warnings": ours}))
-    """
+        used = _extension.load()
+    return used, [str(w.message) for w in caught if "plinio._C" in str(w.message)]
 
 
-def _python(code: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+def _assert_one_line_rebuild_warning(messages, why: str) -> None:
+    assert len(messages) == 1, messages
+    assert "\n" not in messages[0]
+    assert why in messages[0] and "`pip install --no-build-isolation -e .`" in messages[0]
 
 
-def _report(setup: str) -> dict:
-    proc = _python(textwrap.dedent(setup) + textwrap.dedent(_REPORT))
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _assert_one_line_rebuild_warning(report: dict, why: str) -> None:
-    assert report["backend"] == "reference" and report["value"] == [0.5, 0.5]
-    assert len(report["warnings"]) == 1, report["warnings"]
-    message = report["warnings"][0]
-    assert "\n" not in message
-    assert why in message and "`pip install --no-build-isolation -e .`" in message
-
-
-def test_import_plinio_C_works_on_its_own():
+def test_library_records_the_torch_it_was_built_against(monkeypatch):
     require("cpp", "cpu")
-    proc = _python(textwrap.dedent("""
-        import plinio._C as ext
-        import torch
-        print(ext.cpu_isa(), ext.torch_version())
-        """))
-    assert proc.returncode == 0, proc.stderr
-    isa, version = proc.stdout.split()
-    assert isa in ("avx2", "base")
-    assert torch.__version__.startswith(version)
+    import plinio._C as ext
+
+    assert ext.torch_version() == _extension.torch_release(torch.__version__)
+    assert _extension.torch_release("2.14.0a0+git1234") == "2.14.0"
+    assert _load_afresh(monkeypatch) == (True, [])
 
 
-def test_library_of_another_torch_release_warns_once_and_falls_back():
+def test_library_of_another_torch_release_warns_once_and_is_not_used(monkeypatch):
     require("cpp", "cpu")
-    report = _report('import torch\ntorch.__version__ = "2.0.1+cpu"')
+    built = _extension.torch_release(torch.__version__)
+    monkeypatch.setattr(torch, "__version__", "2.0.1+cpu")
+    used, messages = _load_afresh(monkeypatch)
+    assert not used
     _assert_one_line_rebuild_warning(
-        report, f"compiled against torch {torch.__version__.split('+')[0]} but torch 2.0.1+cpu")
+        messages, f"compiled against torch {built} but torch 2.0.1+cpu is installed")
 
 
-def test_undefined_symbol_reads_as_another_torch():
-    """What loading a library built for another torch ABI raises (an unresolved C++
-    symbol of libtorch), simulated by an import hook."""
-    report = _report("""
-        import importlib.abc, sys
+def test_undefined_symbol_reads_as_another_torch(monkeypatch):
+    """What loading a library built for another torch ABI raises: an unresolved C++ symbol
+    of libtorch."""
+    def import_module(name, *args):
+        if name == "plinio._C":
+            raise ImportError("plinio/_C.so: undefined symbol: _ZN3c104impl3cow7deleterEPv")
+        return importlib.import_module(name, *args)
 
-        class AnotherTorchBuild(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path, target=None):
-                if name == "plinio._C":
-                    raise ImportError("plinio/_C.so: undefined symbol: _ZN3c104impl3cow7deleterEPv")
-
-        sys.meta_path.insert(0, AnotherTorchBuild())
-        """)
-    _assert_one_line_rebuild_warning(report, "compiled against another torch than the installed")
+    monkeypatch.setattr(_extension.importlib, "import_module", import_module)
+    used, messages = _load_afresh(monkeypatch)
+    assert not used
+    _assert_one_line_rebuild_warning(messages, "compiled against another torch than the installed")
 
 
 def test_build_without_visible_torch_stops_with_one_line():
     """pip's default build isolation hides the installed torch: setup.py says at once to
     build without it."""
-    proc = _python(textwrap.dedent("""
+    code = textwrap.dedent("""
         import sys
         sys.modules["torch"] = None              # as inside an isolated build environment
         sys.argv = ["setup.py", "--version"]
         exec(compile(open("setup.py").read(), "setup.py", "exec"))
-        """))
+        """)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ),
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
