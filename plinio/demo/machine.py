@@ -36,5 +36,6 @@ def machine_info(device: str) -> Dict[str, Union[str, int]]:
 
 def describe(info: Dict[str, Union[str, int]]) -> str:
     """One line: 'AMD EPYC, 2 threads, torch 2.13.0' (and the GPU when there is one)."""
-    text = f"{info['cpu']}, {info['threads']} threads, torch {info['torch']}"
+    threads = info["threads"]
+    text = f"{info['cpu']}, {threads} thread{'' if threads == 1 else 's'}, torch {info['torch']}"
     return f"{info['gpu']} + {text}" if "gpu" in info else text

@@ -71,7 +71,7 @@ def draw_pareto(points: Sequence[ConfigSummary], title: str) -> Figure:
     axes.set_title(title, fontsize=10)
     axes.grid(True, which="both", alpha=0.3)
     axes.margins(x=0.1, y=0.2)
-    axes.legend(loc="best", fontsize=8)
+    figure.legend(loc="outside lower center", ncols=2, fontsize=8)
     return figure
 
 

@@ -76,7 +76,8 @@ def test_plot_shows_every_family_labelled_with_ranges(tmp_path):
     figure = draw_pareto(points, "title")
     (axes,) = figure.axes
     assert "MACs" in axes.get_xlabel() and "accuracy" in axes.get_ylabel()
-    legend = [t.get_text() for t in axes.get_legend().get_texts()]
+    (legend,) = figure.legends
+    legend = [t.get_text() for t in legend.get_texts()]
     assert any("unsearched" in t for t in legend)
     assert any(t.startswith("searched") for t in legend)
     assert any(t.startswith("fixed choice") for t in legend)
