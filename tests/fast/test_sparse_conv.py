@@ -118,7 +118,8 @@ def run(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
         ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """Output and gradients of Σ cot·forward(x) w.r.t. x and ``inputs`` (a seeded cotangent)."""
     y = forward(x)
-    cot = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=y.dtype)
+    cot = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed),
+                      dtype=y.dtype).to(y.device)
     names = ["x"] + list(inputs)
     grads = torch.autograd.grad(y, [x] + list(inputs.values()), cot)
     return y, dict(zip(names, grads))
@@ -463,3 +464,31 @@ def test_the_benchmark_prints_one_row_per_pruned_fraction(capsys):
             if line.startswith("| dscnn | linear")]
     assert [row.split("|")[3].strip() for row in rows] == ["0%", "25%", "50%", "75%"]
     assert all(row.rstrip(" |").endswith("D / D") for row in rows)  # tiny: dense
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_values_and_gradients_without_a_host_sync(kind):
+    """On CUDA the op matches the dense layer and never waits for the device: the index sets
+    are built once per step on the host, so nothing in the op needs a device value."""
+    layer, x = _layer_and_input(kind, kept=(0, 2, 3), live=(1, 2, 4, 5))
+    w, b, kept = (t.detach() for t in layer.masked())
+    live = torch.tensor([1, 2, 4, 5])
+    device = torch.device("cuda")
+    x, w, b = (t.to(device).requires_grad_() for t in (x.detach(), w, b))
+    kept, live = kept.to(device), live.to(device)
+    y_dense, g_dense = run(lambda t: F.linear(t, w, b) if layer.geometry is None else
+                           reference_conv(t, w, b, layer.geometry), x, {"w": w, "b": b})
+    cot = torch.randn(y_dense.shape, generator=torch.Generator().manual_seed(7),
+                      dtype=y_dense.dtype).to(device)  # run()'s cotangent
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        y = sparse_masked_conv(x, w, b, layer.geometry, kept, live, grad_pruned_rows=True,
+                               grad_dead_inputs=True)
+        grads = torch.autograd.grad(y, [x, w, b], cot)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    _assert_close(y, y_dense, "output")
+    for got, name in zip(grads, ("x", "w", "b")):
+        _assert_close(got, g_dense[name], f"gradient of {name}")
