@@ -5,8 +5,9 @@ masked conv, forward + backward, on the layer geometries of the benchmark worklo
                                       [--clock wall|cpu]
 
 For every layer and pruned fraction p (0, 25, 50, 75 % of the output channels and of the
-live input channels; depthwise layers: of their channels), each round times, in a shuffled
-order, one forward + backward (``torch.autograd.grad`` w.r.t. x, W', b') of
+live input channels; depthwise layers: of their channels, which are also their live inputs,
+as when the conv shares its producer's mask), each round times, in a shuffled order, one
+forward + backward (``torch.autograd.grad`` w.r.t. x, W', b') of
 - the dense masked layer (``reference_conv`` / ``F.linear``: what the fast path runs today),
 - ``sparse_masked_conv`` with grad_pruned_rows=False (a ReLU follows the layer),
 - ``sparse_masked_conv`` with grad_pruned_rows=True (no ReLU follows),
@@ -123,6 +124,7 @@ class Case:
 
 
 def make_case(layer: Layer, pruned: float, batch: int, seed: int) -> Case:
+    """Random kept / live sets, an input that is 0 on the dead channels, a masked weight."""
     gen = torch.Generator().manual_seed(seed)
     geometry = geometry_of(layer)
     weight = layer.module.weight.detach().clone()
@@ -159,7 +161,7 @@ def make_case(layer: Layer, pruned: float, batch: int, seed: int) -> Case:
 
     def sparse(rows: bool) -> Callable[[], torch.Tensor]:
         return lambda: sparse_masked_conv(x, weight, bias, geometry, kept,
-                                          None if depthwise else live, grad_pruned_rows=rows,
+                                          live, grad_pruned_rows=rows,
                                           grad_dead_inputs=False)
 
     positions = 1
