@@ -24,7 +24,7 @@ def test_seed_example_runs_verbatim_and_gives_spec_costs():
          namespace)
     net = namespace["pitsn_net"]
     exported = namespace["exported_model"]
-    # SPEC §4.3: the unsearched seed example, before any training step
+    # docs/behaviour.md §4.3: the unsearched seed example, before any training step
     assert float(net.get_size().detach()) == 13344
     assert float(net.get_macs().detach()) == 54657024
     assert isinstance(exported, nn.Module)

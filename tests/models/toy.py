@@ -1,4 +1,4 @@
-"""The SPEC §4.1 toy model (size 1460, MACs 9980 for input (3, 15))."""
+"""The docs/behaviour.md §4.1 toy model (size 1460, MACs 9980 for input (3, 15))."""
 import torch
 import torch.nn as nn
 

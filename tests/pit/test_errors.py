@@ -1,4 +1,4 @@
-"""Exclusions and the bad-input errors of SPEC §8 that concern PIT: clear message, model untouched."""
+"""Exclusions and the bad-input errors of docs/behaviour.md §8 that concern PIT: clear message, model untouched."""
 import copy
 
 import pytest

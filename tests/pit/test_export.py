@@ -1,4 +1,4 @@
-"""Export (SPEC §6): pruned shapes, kept weights, numerical equivalence, BN re-insertion."""
+"""Export (docs/behaviour.md §6): pruned shapes, kept weights, numerical equivalence, BN re-insertion."""
 import copy
 import warnings
 

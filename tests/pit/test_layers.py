@@ -1,4 +1,4 @@
-"""Standalone PIT layers (SPEC §2.1.1): constructor contract, forward, costs, *_opt."""
+"""Standalone PIT layers (docs/behaviour.md §2.1.1): constructor contract, forward, costs, *_opt."""
 import pytest
 import torch
 import torch.nn as nn

@@ -1,4 +1,4 @@
-"""Mask math of the maskers and the binarizer (SPEC §5.1)."""
+"""Mask math of the maskers and the binarizer (docs/behaviour.md §5.1)."""
 import pytest
 import torch
 import torch.nn as nn

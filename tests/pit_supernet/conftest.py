@@ -23,7 +23,7 @@ _CACHE: Dict[str, PITSuperNet] = {}
 
 @pytest.fixture
 def seed_search() -> PITSuperNet:
-    """A fresh PITSuperNet of the SPEC §7 seed example (regularizer 'macs')."""
+    """A fresh PITSuperNet of the docs/behaviour.md §7 seed example (regularizer 'macs')."""
     if "seed" not in _CACHE:
         torch.manual_seed(0)
         _CACHE["seed"] = PITSuperNet(SimpleSuperNet(), input_shape=(32, 64, 64),

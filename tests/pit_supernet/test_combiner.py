@@ -1,4 +1,4 @@
-"""PITSuperNetCombiner: θ sampling rules (SPEC §3.1), state (§3.2), compile friendliness."""
+"""PITSuperNetCombiner: θ sampling rules (docs/behaviour.md §3.1), state (§3.2), compile friendliness."""
 import pytest
 import torch
 import torch.nn.functional as F

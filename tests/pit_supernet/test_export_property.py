@@ -1,5 +1,5 @@
 """Property: on random supernets with random α and masks, the hard-mode eval search model and
-its export (add_bn=False) compute the same function (SPEC §6)."""
+its export (add_bn=False) compute the same function (docs/behaviour.md §6)."""
 import warnings
 
 import torch

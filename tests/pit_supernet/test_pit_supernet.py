@@ -1,4 +1,4 @@
-"""PITSuperNet wrapper on the SPEC §7 seed example and small supernets (SPEC §2, §3, §4)."""
+"""PITSuperNet wrapper on the docs/behaviour.md §7 seed example and small supernets (docs/behaviour.md §2, §3, §4)."""
 import copy
 import warnings
 

@@ -1,4 +1,4 @@
-"""The SPEC §7 seed example runs unchanged as a user script (short search, then export)."""
+"""The docs/behaviour.md §7 seed example runs unchanged as a user script (short search, then export)."""
 import os
 import pathlib
 import re

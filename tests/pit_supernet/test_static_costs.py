@@ -1,4 +1,4 @@
-"""Static branch costs measured at conversion (SPEC §4.2)."""
+"""Static branch costs measured at conversion (docs/behaviour.md §4.2)."""
 import torch
 import torch.nn as nn
 

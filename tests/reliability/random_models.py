@@ -1,7 +1,7 @@
 """Random sequential / residual CNNs with supernets, and an independent cost oracle.
 
 A model is described by plain data (``ModelSpec``), so that hypothesis can generate and
-shrink it and so that the expected costs (SPEC §4) can be recomputed layer by layer from the
+shrink it and so that the expected costs (docs/behaviour.md §4) can be recomputed layer by layer from the
 description and the mask parameters, without using the library's cost code.
 """
 from dataclasses import dataclass
@@ -138,7 +138,7 @@ def block_out_channels(block: BlockSpec, cin: int) -> int:
 
 
 def theta_alpha(layer: nn.Module) -> torch.Tensor:
-    """θ_α of a layer's channel masker from its raw parameter (SPEC §5.1): |α| with the
+    """θ_α of a layer's channel masker from its raw parameter (docs/behaviour.md §5.1): |α| with the
     last entry forced to 1; all ones for a frozen masker."""
     masker = layer.out_features_masker
     alpha = masker.alpha.detach()
@@ -150,7 +150,7 @@ def theta_alpha(layer: nn.Module) -> torch.Tensor:
 
 
 def k_eff(layer: nn.Module) -> torch.Tensor:
-    """Continuous effective kernel size of a PITConv1d (SPEC §5.1), from β and γ."""
+    """Continuous effective kernel size of a PITConv1d (docs/behaviour.md §5.1), from β and γ."""
     beta = layer.timestep_masker.beta.detach()
     gamma = layer.dilation_masker.gamma.detach()
     taps, levels = beta.shape[0], gamma.shape[0]
@@ -177,7 +177,7 @@ def _valuation(n: int) -> int:
 
 
 class CostOracle:
-    """Expected ``get_size()`` / ``get_macs()`` of a converted ``RandomNet`` (SPEC §4).
+    """Expected ``get_size()`` / ``get_macs()`` of a converted ``RandomNet`` (docs/behaviour.md §4).
 
     Walks the spec, tracks which channel-mask group each tensor carries, reads the raw mask
     parameters of the converted layers (found by their qualified names) and sums the

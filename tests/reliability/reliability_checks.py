@@ -48,7 +48,7 @@ def randomize_architecture(search: nn.Module, seed: int = 0) -> None:
 def assert_export_matches(search: nn.Module, shape: Tuple[int, ...],
                           dtype: torch.dtype = torch.float32, rtol: float = 1e-4,
                           seed: int = 0) -> None:
-    """Correct behaviour (SPEC §6): with a random architecture, in eval mode with hard
+    """Correct behaviour (docs/behaviour.md §6): with a random architecture, in eval mode with hard
     selection, the exported network computes the search model's function, holds no plinio
     class, and exporting leaves the search model as it was."""
     randomize_architecture(search, seed)

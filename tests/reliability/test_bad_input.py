@@ -1,4 +1,4 @@
-"""Bad input (SPEC §8 and issue 7, item 3): either correct behaviour, or an exception whose
+"""Bad input (docs/behaviour.md §8 and issue 7, item 3): either correct behaviour, or an exception whose
 message names the module / node and says what to change; the user's model is never
 modified. Supernet-specific cases live in test_bad_supernet_input.py."""
 import re

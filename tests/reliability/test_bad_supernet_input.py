@@ -1,4 +1,4 @@
-"""Bad input around supernets (SPEC §3 and §8, issue 7 item 3): correct behaviour, or an
+"""Bad input around supernets (docs/behaviour.md §3 and §8, issue 7 item 3): correct behaviour, or an
 exception naming the supernet / branch / node and what to change; the user's model is never
 modified."""
 from typing import Iterator, Sequence

@@ -1,4 +1,4 @@
-"""The SPEC §7 seed example as a user writes it, with a short search on random data."""
+"""The docs/behaviour.md §7 seed example as a user writes it, with a short search on random data."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
