@@ -67,9 +67,9 @@ def test_causal_padding_is_rewritten():
     exported = pit.arch_export(add_bn=False)
     new = exported.get_submodule("blocks.1.conv0")
     assert new.kernel_size == (2,) and new.dilation == (4,)
-    pad = exported.get_submodule("blocks.1.conv0_exported_pad")
-    assert isinstance(pad, nn.ConstantPad1d) and pad.padding == ((2 - 1) * 4, 0)
-    assert "pad0" not in dict(exported.named_modules()).get("blocks.1", nn.Module())._modules
+    pad = exported.get_submodule("blocks.1.pad0")   # the user's padding keeps its name and type
+    assert type(pad) is nn.ConstantPad1d and pad.padding == ((2 - 1) * 4, 0) and new.padding == (0,)
+    assert "conv0_exported_pad" not in exported.get_submodule("blocks.1")._modules
     _assert_equivalent(pit, exported, x)
 
 
