@@ -51,6 +51,10 @@ class LayerShape:
     ``in_channels`` / ``out_channels`` are the full widths (for a ``linear`` layer after a
     flatten: the flattened features); ``in_spatial`` / ``out_spatial`` are the spatial sizes
     of one call (empty for ``linear``); ``calls`` is how many times the network runs it.
+    ``out_positions`` is the number of output positions summed over every call (the MACs
+    factor of a convolution): left at 0 it is ``prod(out_spatial) · calls``; a layer called
+    on inputs of different sizes gives the true sum (its ``out_spatial`` is then the first
+    call's, and specs that need one per-call size refuse it).
     ``kind`` is one of ``BUILTIN_KINDS`` or a user-defined string (then every spec used on it
     must define it, e.g. through ``PerKindCost``).
     """
@@ -66,6 +70,7 @@ class LayerShape:
     in_spatial: Tuple[int, ...] = ()
     out_spatial: Tuple[int, ...] = ()
     calls: int = 1
+    out_positions: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, str) or not self.kind:
@@ -79,6 +84,16 @@ class LayerShape:
         if self.kind in WEIGHTED_KINDS and self.in_channels % self.groups:
             raise ValueError(f"LayerShape '{self.name}': groups={self.groups} does not divide "
                              f"in_channels={self.in_channels}")
+        if not isinstance(self.out_positions, int) or isinstance(self.out_positions, bool) or self.out_positions < 0:
+            raise ValueError(f"LayerShape '{self.name}': out_positions must be a non-negative int (0: "
+                             f"prod(out_spatial) · calls), got {self.out_positions!r}")
+        if self.out_positions == 0:
+            object.__setattr__(self, "out_positions", math.prod(self.out_spatial) * self.calls)
+
+    @property
+    def uniform_calls(self) -> bool:
+        """Whether every call has the output size ``out_spatial`` (a per-call cost is defined)."""
+        return self.out_positions == math.prod(self.out_spatial) * self.calls
 
     @property
     def kernel_volume(self) -> int:
@@ -89,11 +104,6 @@ class LayerShape:
     def depthwise(self) -> bool:
         """A grouped convolution with one input and one output channel per group."""
         return self.groups > 1 and self.groups == self.in_channels == self.out_channels
-
-    @property
-    def out_positions(self) -> int:
-        """Output positions summed over every call (the MACs factor of a convolution)."""
-        return math.prod(self.out_spatial) * self.calls
 
 
 def _column(values: List[int], dtype: torch.dtype, device: Optional[torch.device]) -> Tensor:
@@ -214,6 +224,24 @@ def _functional_pool_hparams(node: fx.Node, ndim: int) -> Dict[str, Any]:
     return {"kernel_size": _as_tuple(kernel, ndim), "stride": _as_tuple(stride if stride else kernel, ndim)}
 
 
+def node_layer_shape(node: fx.Node, kind: str, name: str, module: Optional[nn.Module] = None,
+                     **hparams: Any) -> LayerShape:
+    """The shape of one call of a costed node (``calls`` = 1): channels and spatial sizes from
+    its recorded input and output shapes, kernel / stride / dilation / groups from ``module``
+    (a plain torch layer), from a functional pooling's arguments, or given as ``hparams``."""
+    out = _shape_of(node)
+    first = next((a for a in node.all_input_nodes if node_shape(a) is not None), None)
+    inp = _shape_of(first) if first is not None else out
+    if kind == "linear" and len(inp) != 2:
+        raise ValueError(f"shapes_from_graph: linear layer '{name}' is applied to a {len(inp)}-d "
+                         f"input {inp}; only (batch, features) inputs have a defined geometry")
+    if not hparams:
+        hparams = _module_hparams(module) if module is not None \
+            else _functional_pool_hparams(node, len(out) - 2) if kind == "pool" else {}
+    return LayerShape(name=name, kind=kind, in_channels=inp[1], out_channels=out[1],
+                      in_spatial=inp[2:], out_spatial=out[2:], **hparams)
+
+
 def shapes_from_graph(gm: fx.GraphModule) -> List[LayerShape]:
     """Layer shapes of every costed node of a shape-propagated fx graph, in execution order.
 
@@ -227,17 +255,9 @@ def shapes_from_graph(gm: fx.GraphModule) -> List[LayerShape]:
         kind = node_kind(node, modules)
         if kind is None:
             continue
-        out = _shape_of(node)
-        first = next((a for a in node.all_input_nodes if node_shape(a) is not None), None)
-        inp = _shape_of(first) if first is not None else out
-        if kind == "linear" and len(inp) != 2:
-            raise ValueError(f"shapes_from_graph: linear layer '{node.target}' is applied to a {len(inp)}-d "
-                             f"input {inp}; only (batch, features) inputs have a defined geometry")
-        hparams = _module_hparams(modules[str(node.target)]) if node.op == "call_module" \
-            else _functional_pool_hparams(node, len(out) - 2) if kind == "pool" else {}
-        name = str(node.target) if node.op == "call_module" else node.name
-        shape = LayerShape(name=name, kind=kind, in_channels=inp[1], out_channels=out[1],
-                           in_spatial=inp[2:], out_spatial=out[2:], **hparams)
+        module = modules[str(node.target)] if node.op == "call_module" else None
+        name = str(node.target) if module is not None else node.name
+        shape = node_layer_shape(node, kind, name, module)
         previous = found.get(name)
         if previous is None:
             found[name] = shape
@@ -247,5 +267,5 @@ def shapes_from_graph(gm: fx.GraphModule) -> List[LayerShape]:
                              f"shapes ({previous.in_spatial} and {shape.in_spatial}); its per-call "
                              f"cost is not defined: use a separate module per call")
         else:
-            found[name] = replace(previous, calls=previous.calls + 1)
+            found[name] = replace(previous, calls=previous.calls + 1, out_positions=0)
     return list(found.values())

@@ -200,6 +200,9 @@ class LatencyTable:
         key = TableKey.of(shape)
         grid = self.grids.get(key)
         where = f"{self.source} ({self.backend})"
+        if not shape.uniform_calls:
+            raise ValueError(f"{where}: layer '{shape.name}' is called on inputs of different sizes; a "
+                             f"table holds per-call latencies of one size: use a separate module per call")
         if grid is None:
             same_kind = sorted(str(k) for k in self.grids if k.kind == shape.kind)
             raise ValueError(f"{where} has no entry for layer '{shape.name}' ({key}); measured "

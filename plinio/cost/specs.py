@@ -170,11 +170,15 @@ class LayerCosts(nn.Module):
     vectors in the order of ``shapes`` and returns ``{spec name: per-layer costs}``; a
     network cost is their (θ-weighted, for supernet branches) sum. Specs are bound at
     construction: a layer a spec cannot cost is an error then, naming it.
+    ``check_finite=False`` leaves the NaN/Inf check of every step to the caller (e.g. a
+    wrapper's built-in costs, whose check names the architectural parameter that diverged).
     """
 
-    def __init__(self, shapes: Sequence[LayerShape], specs: Mapping[str, Union[str, CostSpec, CostFn]]) -> None:
+    def __init__(self, shapes: Sequence[LayerShape], specs: Mapping[str, Union[str, CostSpec, CostFn]],
+                 check_finite: bool = True) -> None:
         super().__init__()
         self.shapes: Tuple[LayerShape, ...] = tuple(shapes)
+        self.check_finite = check_finite
         names = [s.name for s in self.shapes]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -239,7 +243,7 @@ class LayerCosts(nn.Module):
     def _check_finite(self, name: str, costs: Tensor, counts: Tuple[Tensor, Tensor, Tensor]) -> None:
         """NaN/Inf costs name the layer; checked on CPU in eager mode only (elsewhere the
         check would synchronise every step)."""
-        if costs.device.type != "cpu" or torch.compiler.is_compiling():
+        if not self.check_finite or costs.device.type != "cpu" or torch.compiler.is_compiling():
             return
         if bool(torch.isfinite(costs).all()):
             return

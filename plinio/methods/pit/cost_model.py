@@ -1,5 +1,5 @@
-"""Size and MACs of a list of PIT layers, as per-layer vectors (docs/behaviour.md §4.1,
-docs/internals.md §3).
+"""Effective counts of PIT layers and their size / MACs, as per-layer vectors
+(docs/behaviour.md §4.1, docs/internals.md §3).
 
 Every static factor (which masker feeds each layer's input and output, flatten factors,
 kernel sizes, groups, output positions, call counts) is turned into tensors once, at
@@ -8,37 +8,67 @@ construction. The fast path then evaluates all layers with a handful of tensor o
     θ  = |cat(α of every masker)| with keep-alive entries set to 1
     n  = per-masker Σθ (one index_add)           Cin = A_in · n + c_in    Cout = A_out · n + c_out
     k  = per-layer Σ over taps of (θ_β / terms)(θ_γ / terms) + k_const
-    size = Cin · Cout · k / groups            macs = size · macs_scale
 
-with no Python loop over layers and no host-device synchronisation. The reference path is
-PLiNIO's structure: a Python loop calling each layer's ``get_size()`` / ``get_macs()``.
+and the costs are those of the built-in specs of ``plinio.cost`` on these counts
+(size = Cin · Cout · k / groups, macs = size · output positions), with no Python loop over
+layers and no host-device synchronisation. The reference path is PLiNIO's structure: a
+Python loop over the layers (``get_size()`` / ``get_macs()``, or each layer's own counts).
 """
 from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
+from plinio.cost.geometry import LayerShape
+from plinio.cost.specs import MACS, PARAMS, LayerCosts
 from plinio.methods.pit.nn.batchnorm_common import PITBatchNormBase
 from plinio.methods.pit.nn.binarizer import PITBinarizer
 from plinio.methods.pit.nn.conv1d import PITConv1d
+from plinio.methods.pit.nn.conv2d import PITConv2d
 from plinio.methods.pit.nn.features_masker import PITFeaturesMasker
 from plinio.methods.pit.nn.module import PITModule, PITWeightedModule
 from plinio.ops import reference_path_forced
+
+Counts = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""(in_channels, out_channels, kernel_taps) vectors, one entry per layer."""
 
 
 def _block_diag(blocks: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.block_diag(*blocks) if blocks else torch.zeros(0, 0)
 
 
+def pit_layer_shape(name: str, layer: PITModule, in_spatial: Tuple[int, ...] = (),
+                    out_spatial: Tuple[int, ...] = ()) -> LayerShape:
+    """The ``plinio.cost`` shape of a PIT layer at full width (spatial sizes as given: the
+    layer alone does not know them all; its output positions and calls are its own)."""
+    calc_size = layer.input_features_calculator.size
+    if isinstance(layer, PITBatchNormBase):
+        return LayerShape(name, "batchnorm", calc_size, calc_size, in_spatial=in_spatial,
+                          out_spatial=out_spatial, calls=layer.calls, out_positions=layer.out_positions)
+    if not isinstance(layer, PITWeightedModule):
+        raise TypeError(f"cost model: unsupported layer type {type(layer).__name__} ('{name}')")
+    out = layer.out_features_masker.out_channels
+    if isinstance(layer, (PITConv1d, PITConv2d)):
+        kind = "conv1d" if isinstance(layer, PITConv1d) else "conv2d"
+        return LayerShape(name, kind, calc_size, out, tuple(layer.kernel_size), tuple(layer.stride),
+                          tuple(layer.dilation), layer.groups, in_spatial, out_spatial, layer.calls,
+                          layer.out_positions)
+    return LayerShape(name, "linear", calc_size, out, calls=layer.calls, out_positions=layer.out_positions)
+
+
 class PITCostModel(nn.Module):
-    """Per-layer size / MACs of PIT layers; ``layer_costs(binarized)`` -> (size[l], macs[l])."""
+    """Per-layer counts and size / MACs of PIT layers: ``masker_counts(binarized)``,
+    ``layer_counts(binarized)`` and ``layer_costs(binarized)`` -> (size[l], macs[l])."""
 
     def __init__(self, layers: Dict[str, PITModule], fast: bool = True) -> None:
         super().__init__()
         self.layer_names: List[str] = list(layers)
         self._layers: Tuple[PITModule, ...] = tuple(layers.values())
         self.fast = fast
+        self.shapes: Tuple[LayerShape, ...] = tuple(pit_layer_shape(n, layer) for n, layer in layers.items())
         self._build_static()
+        self.builtins = LayerCosts(self.shapes, {"size": PARAMS, "macs": MACS}, check_finite=False).to(
+            self.c_in.device) if self._layers else None
 
     # ---- static tables ---------------------------------------------------------------------
     def _build_static(self) -> None:
@@ -54,9 +84,8 @@ class PITCostModel(nn.Module):
                 thresholds[id(m)] = thr
             return index[id(m)]
 
-        n_layers = len(layers)
         rows_in: List[Dict[int, float]] = []
-        c_in, c_out, k_const, size_div, macs_scale = [], [], [], [], []
+        c_in, k_const = [], []
         out_idx: List[int] = []
         for layer in layers:
             terms, const = layer.input_features_calculator.linear_terms()
@@ -68,28 +97,23 @@ class PITCostModel(nn.Module):
             c_in.append(const)
             if isinstance(layer, PITWeightedModule):
                 out_idx.append(masker_index(layer.out_features_masker, layer.binarization_threshold))
-                c_out.append(0.0)
                 k_const.append(0.0 if isinstance(layer, PITConv1d) else float(layer.kernel_volume(False)))
-                size_div.append(float(layer.groups_divisor))
-                macs_scale.append(float(layer.out_positions))
-            elif isinstance(layer, PITBatchNormBase):
+            else:  # BatchNorm: as many output channels as input channels
                 out_idx.append(-1)
-                c_out.append(2.0)          # size = 2 · Cin
                 k_const.append(1.0)
-                size_div.append(1.0)
-                macs_scale.append(0.5 * layer.calls)   # macs = Cin per call
-            else:
-                raise TypeError(f"cost model: unsupported layer type {type(layer).__name__}")
-        m_count = len(maskers)
-        a_in = torch.zeros(n_layers, m_count)
-        a_out = torch.zeros(n_layers, m_count)
+        a_in = torch.zeros(len(layers), len(maskers))
+        a_out = torch.zeros(len(layers), len(maskers))
         for i, row in enumerate(rows_in):
             for j, coef in row.items():
                 a_in[i, j] = coef
             if out_idx[i] >= 0:
                 a_out[i, out_idx[i]] = 1.0
+            else:
+                a_out[i] = a_in[i]
+        c_out = [0.0 if j >= 0 else c for j, c in zip(out_idx, c_in)]
         sizes = [m.out_channels for m in maskers]
         self._maskers: Tuple[PITFeaturesMasker, ...] = tuple(maskers)
+        self._masker_thresholds = tuple(thresholds[id(m)] for m in maskers)
         dev = self._device_of(layers)
         reg = self._register
         reg("a_in", a_in, dev)
@@ -97,12 +121,10 @@ class PITCostModel(nn.Module):
         reg("c_in", torch.tensor(c_in), dev)
         reg("c_out", torch.tensor(c_out), dev)
         reg("k_const", torch.tensor(k_const), dev)
-        reg("size_div", torch.tensor(size_div), dev)
-        reg("macs_scale", torch.tensor(macs_scale), dev)
-        reg("seg", torch.repeat_interleave(torch.arange(m_count), torch.tensor(sizes, dtype=torch.long)), dev)
+        reg("seg", torch.repeat_interleave(torch.arange(len(maskers)), torch.tensor(sizes, dtype=torch.long)), dev)
         keep = torch.cat([m._keep_alive for m in maskers]).cpu() if maskers else torch.zeros(0, dtype=torch.bool)
         reg("keep", keep, dev)
-        reg("thr", torch.repeat_interleave(torch.tensor([thresholds[id(m)] for m in maskers]),
+        reg("thr", torch.repeat_interleave(torch.tensor(self._masker_thresholds),
                                            torch.tensor(sizes, dtype=torch.long)), dev)
         self._build_time_tables(dev)
 
@@ -139,34 +161,58 @@ class PITCostModel(nn.Module):
                 return p.device
         return torch.device("cpu")
 
-    # ---- evaluation ------------------------------------------------------------------------
-    def layer_costs(self, binarized: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(size[l], macs[l]) float32 vectors, differentiable w.r.t. the mask parameters."""
-        if self.fast and not reference_path_forced():
-            return self._fast_costs(binarized)
-        return self._reference_costs(binarized)
+    @property
+    def maskers(self) -> Tuple[PITFeaturesMasker, ...]:
+        """The channel maskers the layers read, in the order of ``masker_counts``."""
+        return self._maskers
 
-    def _reference_costs(self, binarized: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-        if not self._layers:
-            return self.c_in.float(), self.c_in.float()
-        if binarized:
-            sizes = [layer.get_size_binarized() for layer in self._layers]
-            macs = [layer.get_macs_binarized() for layer in self._layers]
-        else:
-            sizes = [layer.get_size() for layer in self._layers]
-            macs = [layer.get_macs() for layer in self._layers]
-        return torch.stack(sizes).float(), torch.stack(macs).float()
+    def _use_fast(self) -> bool:
+        return self.fast and not reference_path_forced()
 
-    def _fast_costs(self, binarized: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-        if self._maskers:
-            alpha = torch.cat([m.fast_param() for m in self._maskers])
-            theta = torch.where(self.keep, torch.ones_like(alpha), alpha.abs())
+    # ---- counts ----------------------------------------------------------------------------
+    def masker_counts(self, binarized: bool = False) -> torch.Tensor:
+        """Effective channels of every masker (Σθ, or the number kept when ``binarized``)."""
+        if not self._use_fast():
+            if not self._maskers:
+                return self.c_in.new_zeros(0)
+            thetas = [m.theta for m in self._maskers]
             if binarized:
-                theta = PITBinarizer.apply(theta, self.thr)
-            counts = torch.zeros(len(self._maskers), dtype=theta.dtype, device=theta.device).index_add(
-                0, self.seg, theta)
-            cin = self.a_in.to(theta.dtype) @ counts + self.c_in
-            cout = self.a_out.to(theta.dtype) @ counts + self.c_out
+                thetas = [PITBinarizer.apply(t, thr) for t, thr in zip(thetas, self._masker_thresholds)]
+            return torch.stack([t.sum() for t in thetas])
+        if not self._maskers:
+            return self.c_in.new_zeros(0)
+        alpha = torch.cat([m.fast_param() for m in self._maskers])
+        theta = torch.where(self.keep, torch.ones_like(alpha), alpha.abs())
+        if binarized:
+            theta = PITBinarizer.apply(theta, self.thr)
+        return torch.zeros(len(self._maskers), dtype=theta.dtype, device=theta.device).index_add(0, self.seg, theta)
+
+    def layer_counts(self, binarized: bool = False) -> Counts:
+        """(Cin, Cout, kernel taps) of every layer, differentiable w.r.t. the mask parameters."""
+        if self._use_fast():
+            return self._fast_counts(binarized)
+        return self._reference_counts(binarized)
+
+    def _reference_counts(self, binarized: bool) -> Counts:
+        if not self._layers:
+            return self.c_in, self.c_out, self.k_const
+        cin, cout, taps = [], [], []
+        for layer in self._layers:
+            calc = layer.input_features_calculator
+            cin.append(calc.features_binarized if binarized else calc.features)
+            if isinstance(layer, PITWeightedModule):
+                cout.append(layer.features_mask.sum() if binarized else layer.out_features_eff)
+            else:
+                cout.append(cin[-1])
+            taps.append(torch.as_tensor(layer.kernel_volume(binarized) if isinstance(layer, PITWeightedModule)
+                                        else 1, dtype=cin[-1].dtype, device=cin[-1].device))
+        return torch.stack(cin), torch.stack(cout), torch.stack(taps)
+
+    def _fast_counts(self, binarized: bool) -> Counts:
+        counts = self.masker_counts(binarized)
+        if self._maskers:
+            cin = self.a_in.to(counts.dtype) @ counts + self.c_in
+            cout = self.a_out.to(counts.dtype) @ counts + self.c_out
         else:
             cin, cout = self.c_in, self.c_out
         k = self.k_const
@@ -182,6 +228,28 @@ class PITCostModel(nn.Module):
             else:
                 taps = (theta_b / self.beta_terms) * (theta_g / self.gamma_terms)
             k = self.k_seg.to(taps.dtype) @ taps + k
-        size = cin * cout * k / self.size_div
-        macs = size * self.macs_scale
-        return size.float(), macs.float()
+        return cin, cout, k
+
+    # ---- built-in costs --------------------------------------------------------------------
+    def layer_costs(self, binarized: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(size[l], macs[l]) float32 vectors, differentiable w.r.t. the mask parameters."""
+        if self._use_fast():
+            return self._fast_costs(binarized)
+        return self._reference_costs(binarized)
+
+    def _reference_costs(self, binarized: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        if not self._layers:
+            return self.c_in.float(), self.c_in.float()
+        if binarized:
+            sizes = [layer.get_size_binarized() for layer in self._layers]
+            macs = [layer.get_macs_binarized() for layer in self._layers]
+        else:
+            sizes = [layer.get_size() for layer in self._layers]
+            macs = [layer.get_macs() for layer in self._layers]
+        return torch.stack(sizes).float(), torch.stack(macs).float()
+
+    def _fast_costs(self, binarized: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self.builtins is None:
+            return self.c_in.float(), self.c_in.float()
+        costs = self.builtins(*self._fast_counts(binarized))
+        return costs["size"].float(), costs["macs"].float()
