@@ -127,17 +127,22 @@ class _Planner:
 
 
 def _masker_for_groups(analysis: ChannelAnalysis, modules: Dict[str, nn.Module]) -> Dict[int, PITFeaturesMasker]:
-    """One channel masker per group root: a user-placed layer's masker when it fits, else new."""
+    """One channel masker per group root: a user-placed layer's masker when it fits, else new.
+
+    A user-placed frozen masker always fits (the user asked for every channel of that layer,
+    so its whole group keeps them); a trainable one fits a group that may be pruned.
+    """
     maskers: Dict[int, PITFeaturesMasker] = {}
     for info in analysis.layers.values():
         if info.output_group is None:
             continue
         root = info.output_group
-        frozen = analysis.groups.is_frozen(root)
         module = modules[info.name]
-        if root not in maskers and isinstance(module, PITWeightedModule):
+        if isinstance(module, PITWeightedModule):
             existing = module.out_features_masker
-            if existing.frozen == frozen:
+            if existing.frozen and not getattr(maskers.get(root), "frozen", False):
+                maskers[root] = existing
+            elif root not in maskers and not analysis.groups.is_frozen(root):
                 maskers[root] = existing
     for root in analysis.groups.roots():
         if root not in maskers:

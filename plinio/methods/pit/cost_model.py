@@ -142,11 +142,11 @@ class PITCostModel(nn.Module):
         dm = [d for _, d in self._time_maskers]
         reg = self._register
         reg("k_seg", k_seg, dev)
-        reg("beta_prefix", _block_diag([t._prefix.cpu() for t in tm]), dev)
-        reg("beta_terms", torch.cat([t.terms.cpu() for t in tm]) if tm else torch.zeros(0), dev)
+        reg("beta_prefix", _block_diag([t.tap_matrix(k).cpu() for t, k in zip(tm, ks)]), dev)
+        reg("beta_terms", torch.cat([t.tap_terms(k).cpu() for t, k in zip(tm, ks)]) if tm else torch.zeros(0), dev)
         reg("beta_last", torch.cat([t._last.cpu() for t in tm]) if tm else torch.zeros(0, dtype=torch.bool), dev)
-        reg("gamma_taps", _block_diag([d._taps.cpu() for d in dm]), dev)
-        reg("gamma_terms", torch.cat([d.terms.cpu() for d in dm]) if dm else torch.zeros(0), dev)
+        reg("gamma_taps", _block_diag([d.tap_matrix(k).cpu() for d, k in zip(dm, ks)]), dev)
+        reg("gamma_terms", torch.cat([d.tap_terms(k).cpu() for d, k in zip(dm, ks)]) if dm else torch.zeros(0), dev)
         reg("gamma_last", torch.cat([d._last.cpu() for d in dm]) if dm else torch.zeros(0, dtype=torch.bool), dev)
         reg("tap_thr", torch.cat([torch.full((conv.rf,), conv.binarization_threshold) for _, conv in convs])
             if convs else torch.zeros(0), dev)

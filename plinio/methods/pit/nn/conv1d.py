@@ -30,8 +30,7 @@ class PITConv1d(ConvHyperParams, PITWeightedModule):
                                   ("dilation_masker", dilation_masker, PITDilationMasker)):
             if not isinstance(masker, cls):
                 raise TypeError(f"PITConv1d: {name} must be a {cls.__name__}, got {type(masker).__name__}")
-            if masker.rf != k:
-                raise ValueError(f"PITConv1d: {name} has rf={masker.rf} but the kernel has {k} taps")
+            masker.check_kernel("PITConv1d", name, k)
         self.timestep_masker = timestep_masker
         self.dilation_masker = dilation_masker
         self.out_length = int(out_length)
@@ -64,20 +63,20 @@ class PITConv1d(ConvHyperParams, PITWeightedModule):
     def time_mask(self) -> torch.Tensor:
         """Binarized mask over the kernel taps: bin(θ_β) ⊙ bin(θ_γ)."""
         thr = self.binarization_threshold
-        return PITBinarizer.apply(self.timestep_masker.theta, thr) * \
-            PITBinarizer.apply(self.dilation_masker.theta, thr)
+        return PITBinarizer.apply(self.timestep_masker.tap_theta(self.rf), thr) * \
+            PITBinarizer.apply(self.dilation_masker.tap_theta(self.rf), thr)
 
     def time_mask_or_none(self) -> Optional[torch.Tensor]:
         return self.time_mask
 
     def fused_time_params(self) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-        return self.timestep_masker.fused_param(), self.dilation_masker.fused_param()
+        return self.timestep_masker.fused_param_for(self.rf), self.dilation_masker.fused_param_for(self.rf)
 
     @property
     def k_eff(self) -> torch.Tensor:
         """Continuous kernel size: Σ_i mean-of-terms(θ_β[i]) · mean-of-terms(θ_γ[i])."""
-        tm, dm = self.timestep_masker, self.dilation_masker
-        return ((tm.theta / tm.terms) * (dm.theta / dm.terms)).sum()
+        tm, dm, k = self.timestep_masker, self.dilation_masker, self.rf
+        return ((tm.tap_theta(k) / tm.tap_terms(k)) * (dm.tap_theta(k) / dm.tap_terms(k))).sum()
 
     def kernel_volume(self, binarized: bool) -> Any:
         return self.time_mask.sum() if binarized else self.k_eff
@@ -91,7 +90,7 @@ class PITConv1d(ConvHyperParams, PITWeightedModule):
     def dilation_opt(self) -> Tuple[int]:
         """Dilation of the kept taps: 2^m times the original dilation."""
         thr = self.binarization_threshold
-        keep = (self.dilation_masker.theta.detach() > thr).tolist()
+        keep = (self.dilation_masker.tap_theta(self.rf).detach() > thr).tolist()
         k = self.rf
         distances = [k - 1 - j for j in range(k) if keep[j] and j != k - 1]
         step = min(distances) if distances else 1

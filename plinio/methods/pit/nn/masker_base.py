@@ -9,10 +9,22 @@ gradient for every parameter that requires one) keeps working, ``requires_grad``
 toggled, and switching needs no recompilation. Frozen maskers hold a buffer of ones instead
 of a parameter.
 """
+import operator
 from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn as nn
+
+
+def positive_int(owner: str, name: str, value: Any) -> int:
+    """``value`` as an int (any integer type but bool, e.g. a numpy integer), or ValueError."""
+    try:
+        number = operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or isinstance(value, bool) or number < 1:
+        raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
+    return number
 
 
 class PITMaskerBase(nn.Module):
@@ -23,8 +35,7 @@ class PITMaskerBase(nn.Module):
 
     def __init__(self, size: int, trainable: bool) -> None:
         super().__init__()
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise ValueError(f"{type(self).__name__}: size must be a positive int, got {size!r}")
+        size = positive_int(type(self).__name__, "size", size)
         ones = torch.ones(size, dtype=torch.float32)
         if self.frozen:
             self.register_buffer(self.param_name, ones)
@@ -86,3 +97,61 @@ class PITMaskerBase(nn.Module):
 
     def extra_repr(self) -> str:
         return f"size={self.size}, trainable={self._trainable}"
+
+
+class PITTapMaskerBase(PITMaskerBase):
+    """Shared part of the receptive-field and dilation maskers: a mask over the ``rf`` taps of
+    a Conv1d kernel (index ``rf - 1`` is the newest tap).
+
+    θ[j] = Σ_p M[j, p] · p̂_p with p̂ = |parameter| and its last entry forced to 1, for a 0/1
+    matrix M of shape (rf, size) that each masker defines. A masker of rf 1 is accepted on a
+    kernel of any size, as in PLiNIO: that dimension is not searched (one entry, forced to 1,
+    so every tap is kept; the parameter gets a zero gradient).
+    """
+
+    def __init__(self, rf: Any, trainable: bool) -> None:
+        rf = positive_int(type(self).__name__, "rf", rf)
+        super().__init__(self.entries(rf), trainable)
+        self.rf = rf
+        last = torch.zeros(self.size, dtype=torch.bool)
+        last[-1] = True
+        self.register_buffer("_last", last, persistent=False)
+
+    @staticmethod
+    def entries(taps: int) -> int:
+        """Number of parameter entries of a masker that searches ``taps`` taps."""
+        raise NotImplementedError
+
+    def check_kernel(self, owner: str, name: str, taps: int) -> None:
+        """ValueError unless the masker fits a kernel of ``taps`` taps (rf = taps, or rf = 1)."""
+        if self.rf not in (taps, 1):
+            raise ValueError(f"{owner}: {name} has rf={self.rf} but the kernel has {taps} taps; give it "
+                             f"rf={taps} to search that dimension, or rf=1 to keep it fixed")
+
+    def param_hat(self) -> torch.Tensor:
+        """p̂ = |parameter| with the last entry forced to 1."""
+        p = self.param_for_use()
+        return torch.where(self._last, torch.ones_like(p), p.abs())
+
+    def tap_matrix(self, taps: int) -> torch.Tensor:
+        """M for a kernel of ``taps`` taps: (taps, size); all ones when not searched."""
+        if taps == self.rf:
+            return self._tap_matrix
+        return self._tap_matrix.new_ones(taps, self.size)
+
+    def tap_terms(self, taps: int) -> torch.Tensor:
+        """Number of p̂ terms summed in each tap's θ (for the continuous k_eff)."""
+        return self.tap_matrix(taps).sum(1)
+
+    def tap_theta(self, taps: int) -> torch.Tensor:
+        """θ over the ``taps`` taps of the layer's kernel (the masker's own θ when rf = taps)."""
+        theta = self.theta
+        return theta if taps == self.rf else theta.expand(taps)
+
+    def fused_param_for(self, taps: int) -> Optional[torch.Tensor]:
+        """Argument for ``plinio.ops.pit_masked_weight`` on a kernel of ``taps`` taps: None when
+        frozen; when not searched, the ``entries(taps)`` ones the op expects, connected to the
+        parameter with a zero gradient (as the reference path gives it)."""
+        if self.frozen or taps == self.rf:
+            return self.fused_param()
+        return torch.where(self._last, 1.0, self.fast_param()).repeat(self.entries(taps))
