@@ -75,15 +75,23 @@ class CostTargets(nn.Module):
             values.append(value)
         if not values:
             return self.target.new_zeros(0)
-        return torch.stack(values)
+        dtype = values[0].dtype
+        for value in values[1:]:
+            dtype = torch.promote_types(dtype, value.dtype)
+        return torch.stack([v.to(dtype) for v in values])
 
     def forward(self, costs: Mapping[str, Tensor]) -> Tensor:
-        """The loss term: minimized costs over their scale plus the weighted excesses."""
-        bounded = self._stacked(costs, self.target_names)
-        minimized = self._stacked(costs, self.minimize_names)
-        dtype = torch.promote_types(bounded.dtype, minimized.dtype)
-        excess = torch.relu(bounded.to(dtype) / self.target.to(dtype) - 1)
-        return (self.strength.to(dtype) * excess).sum() + (minimized.to(dtype) / self.scale.to(dtype)).sum()
+        """The loss term: minimized costs over their scale plus the weighted excesses, in the
+        costs' dtype."""
+        terms = []
+        if self.target_names:
+            bounded = self._stacked(costs, self.target_names)
+            excess = torch.relu(bounded / self.target.to(bounded.dtype) - 1)
+            terms.append((self.strength.to(bounded.dtype) * excess).sum())
+        if self.minimize_names:
+            minimized = self._stacked(costs, self.minimize_names)
+            terms.append((minimized / self.scale.to(minimized.dtype)).sum())
+        return terms[0] if len(terms) == 1 else terms[0] + terms[1]
 
     @torch.no_grad()
     def update(self, costs: Mapping[str, Tensor]) -> None:

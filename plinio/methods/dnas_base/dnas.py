@@ -6,9 +6,12 @@ import torch
 import torch.nn as nn
 
 from plinio.checkpoint import validate_state_dict
+from plinio.cost.specs import CostArg
 from plinio.fast import fast_graph
+from plinio.methods.dnas_base.cost_selection import CostSelection, RegularizerNames
+from plinio.methods.dnas_base.switches import checked_switch
 from plinio.ops import reference_path_forced
-from plinio.safety import check_nas_parameters
+from plinio.safety import check_nas_parameters, debug_checks_enabled
 
 if TYPE_CHECKING:
     from plinio.methods.pit.conversion import PITConversion
@@ -17,14 +20,17 @@ if TYPE_CHECKING:
 class DNAS(nn.Module):
     """Wraps the converted model (``self.seed``) and exposes the search interface.
 
-    Subclasses implement ``get_size``, ``get_macs``, ``arch_export``, ``arch_summary`` and
-    ``_nas_parameter_ids`` (which parameters are architectural), and call ``_adopt`` with
-    their conversion before the first ``fast`` assignment.
+    Subclasses implement ``get_size``, ``get_macs``, ``_evaluate_cost``, ``arch_export``,
+    ``arch_summary`` and ``_nas_parameter_ids`` (which parameters are architectural), call
+    ``_adopt`` with their conversion before the first ``fast`` assignment, and
+    ``_cost_selection.bind(self.get_cost)`` once their costs can be evaluated.
     """
 
-    def __init__(self, regularizer: str) -> None:
+    def __init__(self, regularizer: Optional[str] = "size", cost: Optional[CostArg] = None,
+                 targets: Optional[Dict[str, float]] = None) -> None:
         super().__init__()
-        self._regularizer = self._check_regularizer(regularizer)
+        self._cost_selection = CostSelection(type(self).__name__, regularizer, cost, targets)
+        self.cost_targets = self._cost_selection.targets
         self._fast = False
         self._fast_runner: Optional[Tuple[Any]] = None
 
@@ -61,7 +67,7 @@ class DNAS(nn.Module):
 
     @fast.setter
     def fast(self, value: bool) -> None:
-        self._fast = bool(value) and not reference_path_forced()
+        self._fast = checked_switch(type(self).__name__, "fast", value) and not reference_path_forced()
         self._cost_model.fast = self._fast
         for _, layer in self._pit_layers:
             if hasattr(layer, "use_fused_ops"):  # the layers with a fused mask path
@@ -84,25 +90,17 @@ class DNAS(nn.Module):
                 "unoptimized": dict(getattr(runner, "plinio_unoptimized", {})),
                 "absorbed_paddings": tuple(getattr(runner, "plinio_absorbed_paddings", ()))}
 
-    @staticmethod
-    def supported_regularizers() -> Tuple[str, ...]:
-        """Names accepted by ``regularizer``."""
-        return ("size", "macs")
-
-    def _check_regularizer(self, value: Any) -> str:
-        if value not in self.supported_regularizers():
-            raise ValueError(f"{type(self).__name__}: unknown regularizer {value!r}; allowed values are "
-                             f"{self.supported_regularizers()}")
-        return value
+    supported_regularizers = RegularizerNames()
 
     @property
-    def regularizer(self) -> str:
-        """Which cost ``get_regularization_loss`` returns: 'size' or 'macs'."""
-        return self._regularizer
+    def regularizer(self) -> Optional[str]:
+        """Which cost ``get_regularization_loss`` returns: 'size', 'macs' or a cost given with
+        ``cost=``; with ``targets``, the cost minimized besides them (None: none)."""
+        return self._cost_selection.regularizer
 
     @regularizer.setter
-    def regularizer(self, value: str) -> None:
-        self._regularizer = self._check_regularizer(value)
+    def regularizer(self, value: Optional[str]) -> None:
+        self._cost_selection.set_regularizer(value, self.get_cost)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Runs the converted model (through the fast graph when enabled)."""
@@ -117,11 +115,31 @@ class DNAS(nn.Module):
         """Differentiable MACs (0-dim float32)."""
         raise NotImplementedError
 
+    def get_cost(self, name: str, binarized: bool = False) -> torch.Tensor:
+        """The cost ``name`` ('size' / 'params', 'macs', or one given with ``cost=``), a
+        differentiable 0-dim tensor. ``binarized``: of the network ``arch_export()`` gives
+        (binarized masks, the argmax branch of each supernet; straight-through gradients)."""
+        return self._evaluate_cost(self._cost_selection.check_name(name), bool(binarized))
+
+    def _evaluate_cost(self, name: str, binarized: bool) -> torch.Tensor:
+        raise NotImplementedError
+
     def get_regularization_loss(self) -> torch.Tensor:
-        """``get_size()`` or ``get_macs()`` according to ``regularizer``. With debug checks on
-        (``plinio.safety``), NaN/Inf in an architectural parameter raises FloatingPointError."""
+        """The cost named by ``regularizer`` (``get_size()`` / ``get_macs()`` for the
+        built-ins), or with ``targets`` the target loss (README "Costs and budgets"). With
+        debug checks on (``plinio.safety``), NaN/Inf in an architectural parameter raises
+        FloatingPointError."""
         check_nas_parameters(self, "get_regularization_loss", always=False)
-        return self.get_size() if self._regularizer == "size" else self.get_macs()
+        return self._cost_selection.loss(self.get_cost)
+
+    def update_targets(self) -> None:
+        """Grow the strength of every target the exported network still misses; call it once
+        per epoch (no host synchronisation). The strengths are in ``state_dict()``."""
+        self._cost_selection.update(self.get_cost)
+
+    def targets_met(self) -> Dict[str, bool]:
+        """Whether the network ``arch_export()`` gives meets each target (synchronises)."""
+        return self._cost_selection.met(self.get_cost)
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         """As ``nn.Module.load_state_dict``, but a strict load of another architecture's state
@@ -159,13 +177,18 @@ class DNAS(nn.Module):
             yield p
 
     def checked_cost(self, cost: torch.Tensor, where: str) -> torch.Tensor:
-        """``cost``, or ``FloatingPointError`` naming the architectural parameter that made it
-        NaN/Inf. Checked for CPU costs only: on an accelerator the check would synchronise
-        every step (turn on ``plinio.safety`` debug checks there)."""
-        if cost.device.type != "cpu" or torch.compiler.is_compiling():
+        """``cost``, or ``FloatingPointError`` naming the architectural parameter that holds a
+        NaN/Inf (or saying that the cost is not finite although they are).
+
+        The parameters are checked themselves, not only through the cost: in hard mode, before
+        the first forward or with binarized masks a diverged parameter leaves the cost finite.
+        This runs on every call for CPU models (one small reduction); on an accelerator it
+        would synchronise the device every step, so there it runs only with ``plinio.safety``
+        debug checks on. Never while ``torch.compile`` traces."""
+        if torch.compiler.is_compiling() or (cost.device.type != "cpu" and not debug_checks_enabled()):
             return cost
+        check_nas_parameters(self, where)
         if not bool(torch.isfinite(cost).all()):
-            check_nas_parameters(self, where)
             raise FloatingPointError(f"{type(self).__name__}.{where}: the cost is {cost.tolist()} although every "
                                      f"architectural parameter is finite; check the layers' weights and shapes")
         return cost

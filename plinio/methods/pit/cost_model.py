@@ -166,13 +166,15 @@ class PITCostModel(nn.Module):
         """The channel maskers the layers read, in the order of ``masker_counts``."""
         return self._maskers
 
-    def _use_fast(self) -> bool:
+    @property
+    def fast_path(self) -> bool:
+        """Whether the vectorized path is in use (``fast`` and no forced reference backend)."""
         return self.fast and not reference_path_forced()
 
     # ---- counts ----------------------------------------------------------------------------
     def masker_counts(self, binarized: bool = False) -> torch.Tensor:
         """Effective channels of every masker (Σθ, or the number kept when ``binarized``)."""
-        if not self._use_fast():
+        if not self.fast_path:
             if not self._maskers:
                 return self.c_in.new_zeros(0)
             thetas = [m.theta for m in self._maskers]
@@ -189,7 +191,7 @@ class PITCostModel(nn.Module):
 
     def layer_counts(self, binarized: bool = False) -> Counts:
         """(Cin, Cout, kernel taps) of every layer, differentiable w.r.t. the mask parameters."""
-        if self._use_fast():
+        if self.fast_path:
             return self._fast_counts(binarized)
         return self._reference_counts(binarized)
 
@@ -233,7 +235,7 @@ class PITCostModel(nn.Module):
     # ---- built-in costs --------------------------------------------------------------------
     def layer_costs(self, binarized: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
         """(size[l], macs[l]) float32 vectors, differentiable w.r.t. the mask parameters."""
-        if self._use_fast():
+        if self.fast_path:
             return self._fast_costs(binarized)
         return self._reference_costs(binarized)
 

@@ -4,32 +4,49 @@ from typing import Any, Dict, Iterable, Optional, Sequence, Set
 import torch
 import torch.nn as nn
 
+from plinio.cost.specs import CostArg
 from plinio.methods.dnas_base import DNAS
+from plinio.methods.dnas_base.switches import checked_switch
+from plinio.methods.dnas_base.cost_selection import builtin_metric, evaluated
 from plinio.methods.pit.conversion import convert
 from plinio.methods.pit.export import export_graph
 from plinio.methods.pit.nn.conv1d import PITConv1d
 from plinio.methods.pit.nn.masker_base import PITMaskerBase
 from plinio.methods.pit.nn.module import PITWeightedModule
+from plinio.methods.pit.network_costs import NetworkCosts
 from plinio.safety import check_nas_parameters
 
 
 class PIT(DNAS):
     """Pruning In Time: searches channels, receptive field and dilation of every convertible
-    layer of ``model`` (which is deep-copied, never modified)."""
+    layer of ``model`` (which is deep-copied, never modified).
 
-    def __init__(self, model: nn.Module, input_shape: Optional[Sequence[int]] = None, regularizer: str = "size",
-                 autoconvert_layers: bool = True, exclude_names: Iterable[str] = (),
-                 exclude_types: Iterable[type] = (), train_features: bool = True, train_rf: bool = True,
-                 train_dilation: bool = True, *, input_example: Any = None, fast: bool = True) -> None:
-        super().__init__(regularizer)
+    ``cost``, ``targets`` and ``regularizer=None`` (the default: 'size', or the one cost given
+    with ``cost=``): README "Costs and budgets".
+    """
+
+    def __init__(self, model: nn.Module, input_shape: Optional[Sequence[int]] = None,
+                 regularizer: Optional[str] = None, autoconvert_layers: bool = True,
+                 exclude_names: Iterable[str] = (), exclude_types: Iterable[type] = (),
+                 train_features: bool = True, train_rf: bool = True, train_dilation: bool = True, *,
+                 input_example: Any = None, fast: bool = True, cost: Optional[CostArg] = None,
+                 targets: Optional[Dict[str, float]] = None) -> None:
+        super().__init__(regularizer, cost, targets)
         input_shape = self._input_shape_or_none(input_shape, input_example)
-        self._adopt(convert(model, input_shape, input_example=input_example,
-                            autoconvert_layers=autoconvert_layers, exclude_names=exclude_names,
-                            exclude_types=exclude_types))
+        conversion = convert(model, input_shape, input_example=input_example,
+                             autoconvert_layers=autoconvert_layers, exclude_names=exclude_names,
+                             exclude_types=exclude_types)
+        self._adopt(conversion)
+        self._network_costs = NetworkCosts(conversion.gm, conversion.analysis, conversion.layers,
+                                           self._cost_model, self._cost_selection.network_specs)
+        if self._network_costs.peak_names and self._network_costs.merge_targets:
+            raise ValueError(f"PIT: peak memory of a model with supernets ({list(self._network_costs.merge_targets)}) "
+                             f"depends on their branch choice; search it with PITSuperNet")
         self.fast = fast
         self.train_features = train_features
         self.train_rf = train_rf
         self.train_dilation = train_dilation
+        self._cost_selection.bind(self.get_cost)
 
     # ---- switches ----------------------------------------------------------------------------
     def _layers_of(self, cls: type) -> Iterable[Any]:
@@ -48,7 +65,7 @@ class PIT(DNAS):
 
     @train_features.setter
     def train_features(self, value: bool) -> None:
-        self._train_features = bool(value)
+        self._train_features = checked_switch("PIT", "train_features", value)
         for layer in self._layers_of(PITWeightedModule):
             layer.train_features = value
 
@@ -59,7 +76,7 @@ class PIT(DNAS):
 
     @train_rf.setter
     def train_rf(self, value: bool) -> None:
-        self._train_rf = bool(value)
+        self._train_rf = checked_switch("PIT", "train_rf", value)
         for layer in self._layers_of(PITConv1d):
             layer.train_rf = value
 
@@ -70,7 +87,7 @@ class PIT(DNAS):
 
     @train_dilation.setter
     def train_dilation(self, value: bool) -> None:
-        self._train_dilation = bool(value)
+        self._train_dilation = checked_switch("PIT", "train_dilation", value)
         for layer in self._layers_of(PITConv1d):
             layer.train_dilation = value
 
@@ -93,6 +110,15 @@ class PIT(DNAS):
     def get_macs_binarized(self) -> torch.Tensor:
         """Σ layer MACs with the binarized masks (straight-through gradient)."""
         return self._cost(1, True, "get_macs_binarized")
+
+    def _evaluate_cost(self, name: str, binarized: bool) -> torch.Tensor:
+        metric = builtin_metric(self._cost_selection.specs[name])
+        if metric is not None:
+            return self._cost(0 if metric == "size" else 1, binarized, f"get_cost('{name}')")
+        network = self._network_costs
+        if name in network.peak_names:
+            return evaluated(self, f"get_cost('{name}')", lambda: network.peak(name, binarized))
+        return evaluated(self, f"get_cost('{name}')", lambda: network.per_row(binarized)[name].sum())
 
     def _nas_parameter_ids(self) -> Set[int]:
         return {id(p) for m in self.seed.modules() if isinstance(m, PITMaskerBase)

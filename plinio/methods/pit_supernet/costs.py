@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from plinio.cost.plain_counts import direct_param_count, forward_macs
+from plinio.methods.pit.network_costs import NetworkCosts
 
 from .nn.combiner import PITSuperNetCombiner
 
@@ -123,18 +124,24 @@ class SuperNetCosts(nn.Module):
     """Run-time supernet costs (docs/behaviour.md §4.3) and ICV (§3.3), fast and reference formulations.
 
     ``layer_costs`` is the PIT cost model's ``layer_costs`` (per-layer size and MACs vectors
-    in the order of ``layer_names``). All index tensors and the static residuals
-    (static cost − PIT cost at conversion, per branch) are non-persistent buffers, so they
-    follow ``.to(device)`` without entering the ``state_dict``.
+    in the order of ``layer_names``); size and MACs add the static residuals (static cost −
+    PIT cost at conversion, per branch). Every other cost comes from ``network``: a
+    per-layer spec weighs each row by the θ of the branch it lies in (no residual), peak
+    memory reads θ in the graph order of the combiners (``merge_order``: for each merge node
+    of ``network``, the index of its supernet in ``supernet_names``). All index tensors and
+    residuals are non-persistent buffers, so they follow ``.to(device)`` without entering the
+    ``state_dict``.
     """
 
     def __init__(self, supernet_names: Sequence[str], combiners: Sequence[PITSuperNetCombiner],
                  static: Dict[str, BranchStaticCosts], layer_names: Sequence[str],
-                 layer_costs: Callable[[bool], Tuple[torch.Tensor, torch.Tensor]]) -> None:
+                 layer_costs: Callable[[bool], Tuple[torch.Tensor, torch.Tensor]],
+                 network: NetworkCosts, merge_order: Sequence[int]) -> None:
         super().__init__()
         self.supernet_names = list(supernet_names)
-        # plain list: the combiners are owned (and registered) by the converted model
+        # plain lists: the combiners and the network costs are owned by the wrapper
         self._combiners = list(combiners)
+        self._network = (network,)
         self._layer_costs = layer_costs
         self.layer_names = list(layer_names)
         n_branches = [c.n_branches for c in combiners]
@@ -152,9 +159,16 @@ class SuperNetCosts(nn.Module):
         self.register_buffer("var_denominator",
                              torch.tensor([max(n - 1, 1) for n in n_branches],
                                           dtype=torch.float32), persistent=False)
+        offsets = [sum(n_branches[:s]) for s in range(len(n_branches))]
+        self.register_buffer("graph_theta_index", torch.tensor(
+            [offsets[s] + i for s in merge_order for i in range(n_branches[s])], dtype=torch.long),
+            persistent=False)
         layer_branch = layer_branch_index(layer_names, supernet_names, n_branches)
         self.layer_branch_list = layer_branch
         self.register_buffer("layer_branch", torch.tensor(layer_branch, dtype=torch.long),
+                             persistent=False)
+        self.row_branch_list = layer_branch_index(network.owners, supernet_names, n_branches)
+        self.register_buffer("row_branch", torch.tensor(self.row_branch_list, dtype=torch.long),
                              persistent=False)
         with torch.no_grad():
             size0, macs0 = layer_costs(False)
@@ -183,36 +197,75 @@ class SuperNetCosts(nn.Module):
         return batched_theta(self._combiners, self.segment, self.position, self.inv_n,
                              self.max_n)
 
-    # ---------------------------------------------------------------- costs
-    def cost(self, metric: str, fast: bool = True, binarized: bool = False) -> torch.Tensor:
-        """Network ``metric`` ('size' or 'macs') per docs/behaviour.md §4.3, a 0-dim float32 tensor."""
-        if metric not in ("size", "macs"):
-            raise ValueError(f"SuperNetCosts: unknown metric {metric!r}; use 'size' or 'macs'")
-        sizes, macs = self._layer_costs(binarized)
-        per_layer = sizes if metric == "size" else macs
-        residual = self.residual_size if metric == "size" else self.residual_macs
-        if fast:
-            return self._fast_cost(per_layer, residual)
-        return self._reference_cost(per_layer, residual)
+    def exported_theta(self, theta: torch.Tensor) -> torch.Tensor:
+        """One-hot of the branch export keeps (argmax α) in each supernet, with the gradient
+        of ``theta`` (straight-through)."""
+        if not self._combiners:
+            return theta
+        alpha = torch.cat([c.alpha for c in self._combiners]).detach()
+        padded = alpha.new_full((len(self._combiners), self.max_n), float("-inf"))
+        padded = padded.index_put((self.segment, self.position), alpha)
+        winner = torch.argmax(padded, dim=1)[self.segment]
+        return (self.position == winner).to(theta.dtype) + (theta - theta.detach())
 
-    def _fast_cost(self, per_layer: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        theta = self.theta_all().to(per_layer.dtype) if self._combiners else residual[:0]
-        weights = torch.cat([theta, theta.new_ones(1)])[self.layer_branch]
+    def _looped_thetas(self, binarized: bool) -> List[torch.Tensor]:
+        thetas = []
+        for combiner in self._combiners:
+            theta = combiner.theta_alpha
+            if binarized:
+                one_hot = torch.zeros_like(theta)
+                one_hot[combiner.best_layer_index()] = 1.0
+                theta = one_hot + (theta - theta.detach())
+            thetas.append(theta)
+        return thetas
+
+    # ---------------------------------------------------------------- costs
+    def cost(self, name: str, fast: bool = True, binarized: bool = False) -> torch.Tensor:
+        """Network cost ``name``, a 0-dim tensor: 'size' or 'macs' per docs/behaviour.md §4.3
+        (float32), or a cost of the network costs. ``binarized``: binarized masks and the
+        argmax branches (the exported network)."""
+        network = self._network[0]
+        if fast:
+            theta = self.theta_all()
+            theta = self.exported_theta(theta) if binarized else theta
+        else:
+            looped = self._looped_thetas(binarized)
+            theta = torch.cat(looped) if looped else self.inv_n
+        if name in network.peak_names:
+            graph_theta = theta[self.graph_theta_index] if self._combiners else None
+            return network.peak(name, binarized, graph_theta)
+        if name in ("size", "macs"):
+            sizes, macs = self._layer_costs(binarized)
+            per_layer = sizes if name == "size" else macs
+            residual = self.residual_size if name == "size" else self.residual_macs
+            branch, branch_list = self.layer_branch, self.layer_branch_list
+        else:
+            per_layer = network.per_row(binarized)[name]
+            residual = torch.zeros_like(self.residual_size)
+            branch, branch_list = self.row_branch, self.row_branch_list
+        if fast:
+            return self._fast_cost(per_layer, residual, theta, branch)
+        return self._reference_cost(per_layer, residual, looped, branch_list)
+
+    def _fast_cost(self, per_layer: torch.Tensor, residual: torch.Tensor, theta: torch.Tensor,
+                   branch: torch.Tensor) -> torch.Tensor:
+        theta = theta.to(per_layer.dtype) if self._combiners else residual[:0]
+        weights = torch.cat([theta, theta.new_ones(1)])[branch]
         total = torch.dot(theta, residual.to(theta.dtype)) + torch.dot(weights, per_layer)
         return total.to(torch.float32)
 
-    def _reference_cost(self, per_layer: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    def _reference_cost(self, per_layer: torch.Tensor, residual: torch.Tensor,
+                        thetas: Sequence[torch.Tensor], branch_list: Sequence[int]) -> torch.Tensor:
         total = per_layer.new_zeros(())
         outside = len(residual)
-        for l_idx, flat in enumerate(self.layer_branch_list):
+        for l_idx, flat in enumerate(branch_list):
             if flat == outside:
                 total = total + per_layer[l_idx]
         flat = 0
-        for sn_name, combiner in zip(self.supernet_names, self._combiners):
-            theta = combiner.theta_alpha
+        for theta, combiner in zip(thetas, self._combiners):
             for i in range(combiner.n_branches):
                 branch_cost = residual[flat]
-                for l_idx, owner in enumerate(self.layer_branch_list):
+                for l_idx, owner in enumerate(branch_list):
                     if owner == flat:
                         branch_cost = branch_cost + per_layer[l_idx]
                 total = total + theta[i] * branch_cost

@@ -7,13 +7,17 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from plinio.cost.specs import CostArg
 from plinio.graph.export import check_plain
 from plinio.graph.tracing import make_example, model_device_dtype
 from plinio.methods.dnas_base import DNAS
+from plinio.methods.dnas_base.switches import checked_switch
+from plinio.methods.dnas_base.cost_selection import builtin_metric, evaluated
 from plinio.methods.pit.conversion import convert
 from plinio.methods.pit.export import export_graph
 from plinio.methods.pit.nn.masker_base import PITMaskerBase
 from plinio.methods.pit.nn.module import PITModule
+from plinio.methods.pit.network_costs import NetworkCosts
 from plinio.safety import check_nas_parameters
 
 from .costs import BranchStaticCosts, SuperNetCosts, branch_prefix
@@ -30,13 +34,17 @@ class PITSuperNet(DNAS):
     """Searches which branch of every ``PITSuperNetModule`` to keep and, with
     ``autoconvert_layers=True``, prunes channels / receptive field / dilation of every
     PIT-able layer inside and outside the branches. ``model`` is deep-copied, never modified.
+
+    ``cost``, ``targets`` and ``regularizer=None`` (the default: 'size', or the one cost given
+    with ``cost=``): README "Costs and budgets".
     """
 
     def __init__(self, model: nn.Module, input_shape: Optional[Sequence[int]] = None,
-                 regularizer: str = "size", autoconvert_layers: bool = True,
+                 regularizer: Optional[str] = None, autoconvert_layers: bool = True,
                  exclude_names: Iterable[str] = (), exclude_types: Iterable[type] = (), *,
-                 input_example: Any = None, fast: bool = True) -> None:
-        super().__init__(regularizer)
+                 input_example: Any = None, fast: bool = True, cost: Optional[CostArg] = None,
+                 targets: Optional[Dict[str, float]] = None) -> None:
+        super().__init__(regularizer, cost, targets)
         if not isinstance(model, nn.Module):
             raise TypeError(f"PITSuperNet: model must be a torch.nn.Module, got "
                             f"{type(model).__name__}")
@@ -52,19 +60,23 @@ class PITSuperNet(DNAS):
         device, dtype = model_device_dtype(model)
         example = make_example(input_shape, input_example, device, dtype)
         static = self._measure_static_costs(model, example)
-        self._adopt(convert(model, None, input_example=example,
-                            autoconvert_layers=autoconvert_layers, exclude_names=exclude_names,
-                            exclude_types=exclude_types))
+        conversion = convert(model, None, input_example=example, autoconvert_layers=autoconvert_layers,
+                             exclude_names=exclude_names, exclude_types=exclude_types)
+        self._adopt(conversion)
         self.supernet_names: Tuple[str, ...] = tuple(user_supernets)
         combiner_names = [_combiner_name(n) for n in self.supernet_names]
         combiner_nodes(self.seed, combiner_names)  # each supernet is called exactly once
         self._combiners: Tuple[PITSuperNetCombiner, ...] = tuple(
             self.seed.get_submodule(n) for n in combiner_names)
         reset_combiners(self._combiners)
+        self._network_costs = NetworkCosts(conversion.gm, conversion.analysis, conversion.layers,
+                                           self._cost_model, self._cost_selection.network_specs)
+        merge_order = [combiner_names.index(t) for t in self._network_costs.merge_targets]
         self._sn_costs = SuperNetCosts(self.supernet_names, self._combiners, static,
                                        self._cost_model.layer_names,
-                                       self._cost_model.layer_costs)
+                                       self._cost_model.layer_costs, self._network_costs, merge_order)
         self.fast = fast
+        self._cost_selection.bind(self.get_cost)
 
     @staticmethod
     def _measure_static_costs(model: nn.Module, example: Tuple[torch.Tensor, ...]
@@ -82,6 +94,8 @@ class PITSuperNet(DNAS):
     def update_softmax_options(self, temperature: Optional[float] = None,
                                hard: Optional[bool] = None) -> None:
         """Set the softmax temperature and/or the hard-selection flag of every supernet."""
+        if hard is not None:
+            hard = checked_switch("PITSuperNet.update_softmax_options", "hard", hard)
         if temperature is not None:
             value = float(temperature)
             if not value > 0.0 or value == float("inf"):
@@ -104,6 +118,7 @@ class PITSuperNet(DNAS):
 
     @train_selection.setter
     def train_selection(self, value: bool) -> None:
+        value = checked_switch("PITSuperNet", "train_selection", value)
         for combiner in self._combiners:
             combiner.train_selection = value
 
@@ -120,9 +135,13 @@ class PITSuperNet(DNAS):
         """Σ θ-weighted branch MACs + PIT layers outside supernets (docs/behaviour.md §4.3)."""
         return self.checked_cost(self._sn_costs.cost("macs", fast=self._fast), "get_macs")
 
+    def _evaluate_cost(self, name: str, binarized: bool) -> torch.Tensor:
+        metric = builtin_metric(self._cost_selection.specs[name]) or name
+        return evaluated(self, f"get_cost('{name}')", lambda: self._sn_costs.cost(metric, self._fast, binarized))
+
     def get_total_icv(self, eps: float = 1e-3) -> torch.Tensor:
         """Σ over supernets of mean(θ)² / (var(θ) + eps) with the unbiased variance (docs/behaviour.md §3.3)."""
-        return self._sn_costs.total_icv(eps, fast=self._fast)
+        return self.checked_cost(self._sn_costs.total_icv(eps, fast=self._fast), "get_total_icv")
 
     def _nas_parameter_ids(self) -> Set[int]:
         ids = {id(p) for m in self.seed.modules() if isinstance(m, PITMaskerBase)
