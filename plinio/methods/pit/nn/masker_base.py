@@ -15,6 +15,8 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.nn as nn
 
+from plinio.methods.dnas_base.switches import checked_switch
+
 
 def positive_int(owner: str, name: str, value: Any) -> int:
     """``value`` as an int (any integer type but bool, e.g. a numpy integer), or ValueError."""
@@ -36,6 +38,7 @@ class PITMaskerBase(nn.Module):
     def __init__(self, size: int, trainable: bool) -> None:
         super().__init__()
         size = positive_int(type(self).__name__, "size", size)
+        trainable = checked_switch(type(self).__name__, "trainable", trainable)
         ones = torch.ones(size, dtype=torch.float32)
         if self.frozen:
             self.register_buffer(self.param_name, ones)
@@ -62,7 +65,7 @@ class PITMaskerBase(nn.Module):
 
     @trainable.setter
     def trainable(self, value: bool) -> None:
-        value = bool(value) and not self.frozen
+        value = checked_switch(type(self).__name__, "trainable", value) and not self.frozen
         self._trainable = value
         self.trainable_flag.fill_(value)
 

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from plinio import ops
+from plinio.methods.dnas_base.switches import checked_switch
 
 
 class PITSuperNetCombiner(nn.Module):
@@ -30,18 +31,19 @@ class PITSuperNetCombiner(nn.Module):
             raise ValueError(
                 f"PITSuperNetCombiner needs at least one branch, got n_branches={n_branches!r}")
         self.n_branches = n_branches
-        self.gumbel_softmax = bool(gumbel_softmax)
+        self.gumbel_softmax = checked_switch("PITSuperNetCombiner", "gumbel_softmax", gumbel_softmax)
+        hard_softmax = checked_switch("PITSuperNetCombiner", "hard_softmax", hard_softmax)
         # fused plinio.ops.combine unless the reference backend is forced
         self.use_fused_ops = not ops.reference_path_forced()
         self.alpha = nn.Parameter(torch.full((n_branches,), 1.0 / n_branches))
         self.register_buffer("temperature", torch.tensor(1.0, dtype=torch.float32))
-        self.register_buffer("hard", torch.tensor(bool(hard_softmax)))
+        self.register_buffer("hard", torch.tensor(hard_softmax))
         self.register_buffer("gumbel_noise", torch.zeros(n_branches))
         self.register_buffer("has_forwarded", torch.tensor(False))
         self.register_buffer("selection_trainable", torch.tensor(True))
         # Python mirrors of the two switches, read by the eager fast path without a
         # device synchronisation; refreshed whenever the buffers are loaded
-        self._hard = bool(hard_softmax)
+        self._hard = hard_softmax
         self._selection_trainable = True
 
     # ------------------------------------------------------------------ θ
@@ -101,7 +103,7 @@ class PITSuperNetCombiner(nn.Module):
 
     @train_selection.setter
     def train_selection(self, value: bool) -> None:
-        self._selection_trainable = bool(value)
+        self._selection_trainable = checked_switch("PITSuperNetCombiner", "train_selection", value)
         self.selection_trainable.fill_(self._selection_trainable)
 
     @property
@@ -125,6 +127,8 @@ class PITSuperNetCombiner(nn.Module):
     def update_softmax_options(self, temperature: Optional[float] = None,
                                hard: Optional[bool] = None) -> None:
         """Change temperature and/or hard flag in place (no recompilation under compile)."""
+        if hard is not None:
+            hard = checked_switch("PITSuperNetCombiner", "hard", hard)
         if temperature is not None:
             value = float(temperature)
             if not value > 0.0 or value == float("inf"):
@@ -132,8 +136,8 @@ class PITSuperNetCombiner(nn.Module):
                     f"softmax temperature must be a finite positive number, got {temperature!r}")
             self.temperature.fill_(value)
         if hard is not None:
-            self._hard = bool(hard)
-            self.hard.fill_(self._hard)
+            self._hard = hard
+            self.hard.fill_(hard)
 
     def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str,
                               local_metadata: Dict[str, Any], strict: bool,
