@@ -6,7 +6,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from plinio.graph.tracing import make_example, model_device_dtype, propagate_shapes, trace
+from plinio.graph.tracing import make_example, model_device_dtype, propagate_shapes, run_with_batch_hint, trace
 
 
 def prepare_graph(model: nn.Module, input_shape: Optional[Sequence[int]], input_example: Any
@@ -17,7 +17,8 @@ def prepare_graph(model: nn.Module, input_shape: Optional[Sequence[int]], input_
     device, dtype = model_device_dtype(model)
     example = make_example(input_shape, input_example, device, dtype)
     gm = trace(copy.deepcopy(model))
-    propagate_shapes(gm, example)
+    run_with_batch_hint(lambda inputs: propagate_shapes(gm, inputs), example,
+                        input_shape if input_example is None else None)
     return gm, example
 
 

@@ -1,11 +1,21 @@
-"""torch.fx tracing with plinio's leaf rules, and shape propagation with an example input."""
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+"""torch.fx tracing with plinio's leaf rules, and shape propagation with an example input.
+
+A model that cannot be traced or run is the user's error, not plinio's: the ValueErrors
+raised here carry everything that helps (the module or node, the failing line of the user's
+forward, the first line of the original message) and are raised ``from None``, so the user
+reads one message instead of a chain of tracer and interpreter internals.
+"""
+import os
+import traceback
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+_LIBRARY_DIRS = (os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+T = TypeVar("T")
 
 
 def is_plinio_leaf(module: nn.Module) -> bool:
@@ -46,6 +56,17 @@ class PlinioTracer(fx.Tracer):
             self.plinio_stack.pop()
 
 
+def user_code_line(err: BaseException) -> Optional[str]:
+    """'file:line: code' of the innermost frame of ``err``'s traceback outside torch and
+    plinio (the line of the user's forward that failed), or None."""
+    for frame in reversed(traceback.extract_tb(err.__traceback__)):
+        filename = os.path.abspath(frame.filename)
+        if not frame.filename.startswith("<") and not filename.startswith(_LIBRARY_DIRS):
+            code = f": {frame.line.strip()}" if frame.line else ""
+            return f"{frame.filename}:{frame.lineno}{code}"
+    return None
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
     """Symbolically trace ``model``; data-dependent control flow becomes a clear ValueError."""
     tracer = PlinioTracer()
@@ -53,11 +74,13 @@ def trace(model: nn.Module) -> fx.GraphModule:
         graph = tracer.trace(model)
     except Exception as err:  # fx raises TraceError, TypeError, ... depending on the construct
         where = tracer.failed_in or type(model).__name__
+        line = user_code_line(err)
+        at = f" at {line}" if line else ""
         hint = ("data-dependent control flow (if/while on tensor values) is not supported: rewrite the "
                 "forward without Python control flow on tensor values") if isinstance(err, fx.proxy.TraceError) \
             else "the forward must be symbolically traceable by torch.fx"
-        raise ValueError(f"cannot trace the model with torch.fx inside module '{where}' "
-                         f"({type(err).__name__}: {err}); {hint}") from err
+        raise ValueError(f"cannot trace the model with torch.fx inside module '{where}'{at} "
+                         f"({type(err).__name__}: {err}); {hint}") from None
     name = model.__class__.__name__
     return fx.GraphModule(tracer.root, graph, name)
 
@@ -87,6 +110,26 @@ def make_example(input_shape: Optional[Sequence[int]], input_example: Any,
     if len(input_shape) == 0 or any(s <= 0 for s in input_shape):
         raise ValueError(f"input_shape must hold positive sizes, got {tuple(input_shape)}")
     return (torch.rand((1,) + tuple(input_shape), device=device, dtype=dtype),)
+
+
+def run_with_batch_hint(run: Callable[[Tuple[torch.Tensor, ...]], T], example: Tuple[torch.Tensor, ...],
+                        input_shape: Optional[Sequence[int]]) -> T:
+    """``run(example)``. When it raises a ValueError for an ``input_shape`` that includes the
+    batch dimension (the shape without its first entry runs), that is said instead."""
+    try:
+        return run(example)
+    except ValueError:
+        if input_shape is None or len(input_shape) < 2:
+            raise
+        shorter = tuple(input_shape)[1:]
+        try:
+            run(make_example(shorter, None, example[0].device, example[0].dtype))
+        except Exception:  # any failure: the shorter shape does not explain it
+            shorter = None
+        if shorter is None:
+            raise
+    raise ValueError(f"input_shape must not include the batch dimension; got {tuple(input_shape)}, "
+                     f"did you mean {shorter}?") from None
 
 
 class _ShapeError(Exception):
@@ -125,7 +168,7 @@ def propagate_shapes(gm: fx.GraphModule, example: Tuple[torch.Tensor, ...]) -> N
         message = str(err).splitlines()[0] if str(err) else ""
         raise ValueError(f"the model cannot run on an input of shape {shapes} (batch included): {failure.where} "
                          f"failed with {type(err).__name__}: {message}. Check input_shape / input_example.") \
-            from err
+            from None
     finally:
         for m, flag in flags:
             m.training = flag

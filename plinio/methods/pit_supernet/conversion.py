@@ -22,6 +22,10 @@ class BranchShapeError(ValueError):
     """Branches of one supernet produce outputs of different shapes."""
 
 
+class _BranchTypeError(TypeError):
+    """A branch of a supernet returned something else than one tensor."""
+
+
 def find_supernets(model: nn.Module) -> Dict[str, PITSuperNetModule]:
     """Every ``PITSuperNetModule`` of ``model`` by qualified name, in definition order."""
     found: Dict[str, PITSuperNetModule] = {}
@@ -42,7 +46,7 @@ def _shape_check_hook(sn_name: str) -> Callable[[nn.Module, Tuple[Any, ...]], No
         outputs = args[0]
         for idx, out in enumerate(outputs):
             if not isinstance(out, torch.Tensor):
-                raise TypeError(
+                raise _BranchTypeError(
                     f"PITSuperNet: branch {idx} of supernet '{sn_name}' returned a "
                     f"{type(out).__name__}; every branch must return one tensor")
         reference = tuple(outputs[0].shape)
@@ -80,17 +84,19 @@ def probe_supernets(model: nn.Module, supernets: Mapping[str, PITSuperNetModule]
     branches = {name: list(sn.sn_input_layers) for name, sn in supernets.items()}
     try:
         return measure_branch_static_costs(model, branches, run_model)
-    except (BranchShapeError, TypeError):
-        raise
+    except (BranchShapeError, _BranchTypeError) as err:
+        # raised by the hook deep inside the model's forward: the message says it all
+        error: Exception = type(err)(str(err))
     except RuntimeError as err:
         where = f" in module '{running[-1]}'" if running else ""
-        raise ValueError(
+        error = ValueError(
             f"PITSuperNet: the model ({type(model).__name__}) cannot run on the given input "
-            f"shape/example{where}: {err}. Check input_shape (one sample, without the batch "
-            "dimension) or pass input_example=") from err
+            f"shape/example{where}: {str(err).splitlines()[0] if str(err) else type(err).__name__}. "
+            "Check input_shape (one sample, without the batch dimension) or pass input_example=")
     finally:
         for handle in handles:
             handle.remove()
+    raise error from None
 
 
 def reset_combiners(combiners: Sequence[PITSuperNetCombiner]) -> None:

@@ -9,10 +9,10 @@ import torch.nn as nn
 
 from plinio.cost.specs import CostArg
 from plinio.graph.export import check_plain
-from plinio.graph.tracing import make_example, model_device_dtype
+from plinio.graph.tracing import make_example, model_device_dtype, run_with_batch_hint
 from plinio.methods.dnas_base import DNAS
-from plinio.methods.dnas_base.switches import checked_switch
 from plinio.methods.dnas_base.cost_selection import builtin_metric, evaluated
+from plinio.methods.dnas_base.switches import checked_switch
 from plinio.methods.pit.conversion import convert
 from plinio.methods.pit.export import export_graph
 from plinio.methods.pit.nn.masker_base import PITMaskerBase
@@ -59,7 +59,8 @@ class PITSuperNet(DNAS):
             for name, sn in user_supernets.items()}
         device, dtype = model_device_dtype(model)
         example = make_example(input_shape, input_example, device, dtype)
-        static = self._measure_static_costs(model, example)
+        static = run_with_batch_hint(lambda inputs: self._measure_static_costs(model, inputs), example,
+                                     input_shape if input_example is None else None)
         conversion = convert(model, None, input_example=example, autoconvert_layers=autoconvert_layers,
                              exclude_names=exclude_names, exclude_types=exclude_types)
         self._adopt(conversion)

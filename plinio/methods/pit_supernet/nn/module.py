@@ -24,10 +24,10 @@ class PITSuperNetModule(nn.Module):
                 f"(e.g. a list), got a single {type(input_layers).__name__}; wrap it in a list")
         try:
             layers = list(input_layers)
-        except TypeError as err:
+        except TypeError:
             raise TypeError(
                 "PITSuperNetModule: input_layers must be an iterable of nn.Module branches, "
-                f"got {type(input_layers).__name__}") from err
+                f"got {type(input_layers).__name__}") from None
         if len(layers) < 1:
             raise ValueError(
                 "PITSuperNetModule: input_layers is empty; a supernet needs at least one "
