@@ -19,8 +19,10 @@ from .extras import missing_demo_package
 PROG = "plinio-demo"
 QUICK_SCHEDULE = Schedule(warmup_epochs=1, search_epochs=1, finetune_epochs=1)
 # measured on the README's machine; the README section "What the demo shows" has the details
-DEFAULT_TIMING = "about 1 min on an idle 2-core x86 CPU, several times longer on busy cores"
-QUICK_TIMING = "about 15 s on an idle 2-core x86 CPU, several times longer on busy cores"
+DEFAULT_TIMING = ("about 75 s of CPU time on one thread of a 2-core AMD EPYC VM; on cores "
+                  "busy with other jobs the wall time is several times longer, and "
+                  "OMP_NUM_THREADS=1 is faster there than two threads")
+QUICK_TIMING = "about 12 s of CPU time on one thread of the same VM"
 T = TypeVar("T")
 
 
@@ -108,8 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where to train (default: %(default)s)")
     parser.add_argument("--regularizer", default="macs", choices=("macs", "size"),
                         help="cost to reduce: MACs or number of parameters (default: macs)")
-    parser.add_argument("--strengths", type=_strength_list,
-                        nargs="+", metavar="S",
+    parser.add_argument("--strengths", type=_strength_list, nargs="+", metavar="S",
                         help="regularization strengths, space or comma separated; the cost "
                              "is normalized by the unsearched network's, so 1.0 means 'the "
                              "whole cost is worth one nat of loss' (default: "
@@ -122,8 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--finetune-epochs", type=_non_negative_int, metavar="N",
                         help=f"fine-tune epochs per exported network "
                              f"(default: {Schedule.finetune_epochs})")
-    parser.add_argument("--seeds", "--seed", type=_seed_list,
-                        nargs="+", metavar="N",
+    parser.add_argument("--seeds", "--seed", type=_seed_list, nargs="+", metavar="N",
                         help="seeds of the split, the initial weights and the data order, "
                              "space or comma separated; the whole run is repeated per seed "
                              "and the table reports ranges over them. A run on the CPU is "

@@ -73,7 +73,8 @@ def test_help_exits_zero(capsys):
         assert option in out
     # run times are stated with their conditions, never as a bare promise
     text = " ".join(out.split())
-    assert "idle 2-core" in text and "busy cores" in text
+    assert "CPU time on one thread of a 2-core AMD EPYC VM" in text
+    assert "OMP_NUM_THREADS=1" in text
 
 
 def test_defaults_and_overrides(tmp_path):
