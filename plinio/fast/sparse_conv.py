@@ -455,18 +455,19 @@ def sparse_pays(work: LayerWork, kept: int, live: int, grad_pruned_rows: bool,
 
     Derived from ``bench/bench_sparse_conv.py --threads 1 --clock cpu`` (forward + backward,
     batch 32, the layers of the benchmark workloads at 0/25/50/75 % pruned, median of 11
-    interleaved per-round ratios to the dense layer; AMD EPYC 2-core VM, torch 2.13 CPU). On
+    interleaved per-round ratios to the dense layer, ranges over two runs; AMD EPYC 2-core
+    VM, torch 2.13 CPU). On
     that shared machine the 2-thread wall-clock runs were dominated by other jobs (the dense
     time of one layer varied 10× between rounds), so the thresholds below are 1-thread ones:
 
     * depthwise: never. The conv is memory-bound and the gathers and scatters move as many
       bytes as it does: 0.94–1.37 of the dense time even at 75 % pruned.
     * Linear and 1×1 convs: at most 15 % of the work left and at least 16 kept outputs and
-      live inputs (75 % pruned of 64 to 256 channels: 0.60–0.75 of dense; of 8 to 32
-      channels, where 2 to 8 are left: 0.89–1.19; 50 % pruned: 0.89–1.64).
-    * other convs: at most 40 % of the work left (50 % pruned: 0.32–1.06, 75 %: 0.14–0.86),
+      live inputs (75 % pruned of 64 to 256 channels: 0.60–0.81 of dense; of 8 to 32
+      channels, where 2 to 8 are left: 0.76–1.21; 50 % pruned: 0.89–1.64).
+    * other convs: at most 40 % of the work left (50 % pruned: 0.32–1.06, 75 %: 0.14–0.91),
       or at most 70 % left with at least 32 kept outputs and live inputs (25 % pruned of
-      64–128 channels: 0.63–0.89; of 16 or 32 channels, where 12 or 24 are left: 1.06–1.40:
+      64–128 channels: 0.63–0.99; of 16 or 32 channels, where 12 or 24 are left: 1.04–1.53:
       a compact conv whose channel count is not a multiple of 16 runs at about half the
       speed per multiply-accumulate).
     * never when the dense layer does fewer than MIN_DENSE_MACS multiply-accumulates.
