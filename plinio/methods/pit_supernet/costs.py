@@ -222,8 +222,8 @@ class SuperNetCosts(nn.Module):
     # ---------------------------------------------------------------- costs
     def cost(self, name: str, fast: bool = True, binarized: bool = False) -> torch.Tensor:
         """Network cost ``name``, a 0-dim tensor: 'size' or 'macs' per docs/behaviour.md §4.3
-        (float32), or a cost of the network costs. ``binarized``: binarized masks and the
-        argmax branches (the exported network)."""
+        (float32), or a cost of the network costs (in the dtype of the mask parameters).
+        ``binarized``: binarized masks and the argmax branches (the exported network)."""
         network = self._network[0]
         if fast:
             theta = self.theta_all()
@@ -243,16 +243,15 @@ class SuperNetCosts(nn.Module):
             per_layer = network.per_row(binarized)[name]
             residual = torch.zeros_like(self.residual_size)
             branch, branch_list = self.row_branch, self.row_branch_list
-        if fast:
-            return self._fast_cost(per_layer, residual, theta, branch)
-        return self._reference_cost(per_layer, residual, looped, branch_list)
+        total = self._fast_cost(per_layer, residual, theta, branch) if fast \
+            else self._reference_cost(per_layer, residual, looped, branch_list)
+        return total.to(torch.float32) if name in ("size", "macs") else total
 
     def _fast_cost(self, per_layer: torch.Tensor, residual: torch.Tensor, theta: torch.Tensor,
                    branch: torch.Tensor) -> torch.Tensor:
         theta = theta.to(per_layer.dtype) if self._combiners else residual[:0]
         weights = torch.cat([theta, theta.new_ones(1)])[branch]
-        total = torch.dot(theta, residual.to(theta.dtype)) + torch.dot(weights, per_layer)
-        return total.to(torch.float32)
+        return torch.dot(theta, residual.to(theta.dtype)) + torch.dot(weights, per_layer)
 
     def _reference_cost(self, per_layer: torch.Tensor, residual: torch.Tensor,
                         thetas: Sequence[torch.Tensor], branch_list: Sequence[int]) -> torch.Tensor:
@@ -270,7 +269,7 @@ class SuperNetCosts(nn.Module):
                         branch_cost = branch_cost + per_layer[l_idx]
                 total = total + theta[i] * branch_cost
                 flat += 1
-        return total.to(torch.float32)
+        return total
 
     # ---------------------------------------------------------------- ICV
     def total_icv(self, eps: float = 1e-3, fast: bool = True) -> torch.Tensor:
