@@ -456,9 +456,9 @@ def sparse_pays(work: LayerWork, kept: int, live: int, grad_pruned_rows: bool,
     Derived from ``bench/bench_sparse_conv.py --threads 1 --clock cpu`` (forward + backward,
     batch 32, the layers of the benchmark workloads at 0/25/50/75 % pruned, median of 11
     interleaved per-round ratios to the dense layer, ranges over two runs; AMD EPYC 2-core
-    VM, torch 2.13 CPU). On
-    that shared machine the 2-thread wall-clock runs were dominated by other jobs (the dense
-    time of one layer varied 10× between rounds), so the thresholds below are 1-thread ones:
+    VM, torch 2.13 CPU). On that shared machine the 2-thread wall-clock runs were dominated
+    by other jobs (the dense time of one layer varied 10× between rounds), so the thresholds
+    below are 1-thread ones:
 
     * depthwise: never. The conv is memory-bound and the gathers and scatters move as many
       bytes as it does: 0.94–1.37 of the dense time even at 75 % pruned.
