@@ -139,11 +139,8 @@ def get_rng_state() -> Dict[str, Any]:
 
 
 def _rng_error(piece: str, problem: str) -> CheckpointError:
-    return CheckpointError(
-        f"the 'rng' entry is malformed: the {piece} generator state {problem}; nothing was "
-        f"loaded (load_checkpoint(..., restore_rng=False) resumes without the saved "
-        f"generator states)"
-    )
+    return CheckpointError(f"the 'rng' entry is malformed: the {piece} generator state "
+                           f"{problem}")
 
 
 def _is_int(value: Any) -> bool:
@@ -165,9 +162,9 @@ def _checked_generator_tensor(value: Any, piece: str, device: str) -> torch.Tens
 def _checked_numpy_state(value: Any) -> Tuple[str, Any, int, int, float]:
     """numpy's legacy global generator state as ``np.random.set_state`` takes it.
 
-    numpy accepts some invalid states silently (a position past the key, 64-bit words
-    truncated to 32), so the fields are checked one by one before a scratch generator
-    takes the tuple.
+    numpy accepts some invalid states silently (a position past the key), and the int64
+    keys of the file would wrap when cast to uint32, so the fields are checked one by one
+    before a scratch generator takes the tuple.
     """
     piece = "numpy"
     if not isinstance(value, dict):
@@ -635,7 +632,8 @@ def load_checkpoint(
         try:
             rng = _check_rng_state(payload["rng"])
         except CheckpointError as exc:
-            raise CheckpointError(f"{source}: {exc}") from None
+            raise CheckpointError(f"{source}: {exc}; nothing was loaded (restore_rng=False "
+                                  f"resumes without the saved generator states)") from None
 
     target.load_state_dict(payload["model"], strict=True)
     for opt, saved in zip(opt_list, payload["optimizers"]):
