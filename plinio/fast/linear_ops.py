@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .autocast import autocast_off
 from .padded_conv import pad_spec, zero_padded_conv
 
 Ints = Tuple[int, ...]
@@ -205,7 +206,7 @@ def conv_matches_geometry(module: nn.Module, geometry: ConvGeometry) -> bool:
     generator = torch.Generator().manual_seed(0)  # never touches the global RNG
     probe = torch.randn([1, geometry.in_channels] + size, generator=generator,
                         dtype=torch.float64).to(device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
+    with torch.no_grad(), autocast_off(probe.device):  # compare in the layer's own precision
         try:
             got = module(probe)
         except Exception:  # the layer cannot even run on the probe: do not merge it

@@ -5,12 +5,14 @@ so masks and BN folding are included; chains: the composed weight; Identity: a D
 placed at its tap offsets inside the merged kernel. Everything is built from differentiable
 tensor ops every step, so gradients reach every weight, bias, mask parameter and θ exactly.
 """
+import functools
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .autocast import autocast_off
 from .linear_ops import (ConvGeometry, compose, compose_weights, layer_weight_and_bias,
                          reference_conv)
 from .merge_plan import MemberPlacement, MergePlan
@@ -38,10 +40,10 @@ def chain_weight_and_bias(layers: Sequence[ChainLayer]
     return current[0], current[1]
 
 
-def _dirac(geometry: ConvGeometry, like: torch.Tensor) -> torch.Tensor:
+def _dirac(geometry: ConvGeometry, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Identity as a (grouped) 1×1 convolution kernel: W[o, o mod (C/G)] = 1."""
     per_group = geometry.in_channels // geometry.groups
-    eye = torch.eye(per_group, dtype=like.dtype, device=like.device).repeat(geometry.groups, 1)
+    eye = torch.eye(per_group, dtype=dtype, device=like.device).repeat(geometry.groups, 1)
     return eye.reshape((geometry.out_channels, per_group) + (1,) * geometry.ndim)
 
 
@@ -75,33 +77,42 @@ class MergedConv:
         self.plan = plan
         self.geometry = plan.geometry
         self.chains = tuple(tuple(c) for c in chains)  # aligned with plan.members
+        self.has_identity = any(all(geometry is None for _, geometry in chain) for chain in self.chains)
 
     def kernel_and_bias(self, theta: torch.Tensor, like: torch.Tensor
                         ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Merged kernel Σ θ_i·place(W_i) and bias Σ θ_i·b_i for the plan's members
-        (``like``: a tensor of the dtype and device of the input)."""
+        """Merged kernel Σ θ_i·place(W_i) and bias Σ θ_i·b_i for the plan's members, in the
+        weights' dtype (``like``: a tensor of the dtype and device of the input, the dtype of
+        an all-Identity kernel)."""
+        members = [(member, chain_weight_and_bias(chain)) for member, chain in zip(self.plan.members, self.chains)]
+        weights = [weight for _, (weight, _) in members if weight is not None]
+        dtype = functools.reduce(torch.promote_types, (w.dtype for w in weights)) if weights else like.dtype
         placed: List[torch.Tensor] = []
         thetas: List[torch.Tensor] = []
         biases: List[torch.Tensor] = []
         bias_thetas: List[torch.Tensor] = []
-        for member, chain in zip(self.plan.members, self.chains):
+        for member, (weight, bias) in members:
             t = theta[member.branch:member.branch + 1]
-            weight, bias = chain_weight_and_bias(chain)
-            if weight is None:
-                weight = _dirac(member.geometry, like)
+            weight = _dirac(member.geometry, like, dtype) if weight is None else weight.to(dtype)
             placed.append(place_kernel(weight, member, self.geometry))
             thetas.append(t)
             if bias is not None:
-                biases.append(bias)
+                biases.append(bias.to(dtype))
                 bias_thetas.append(t)
-        theta_m = torch.cat(thetas).to(placed[0].dtype)
-        kernel = torch.tensordot(theta_m, torch.stack(placed), dims=1)
+        kernel = torch.tensordot(torch.cat(thetas).to(dtype), torch.stack(placed), dims=1)
         merged_bias = None
         if biases:
-            merged_bias = torch.tensordot(torch.cat(bias_thetas).to(biases[0].dtype),
-                                          torch.stack(biases), dims=1)
+            merged_bias = torch.tensordot(torch.cat(bias_thetas).to(dtype), torch.stack(biases), dims=1)
         return kernel, merged_bias
 
     def __call__(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        kernel, bias = self.kernel_and_bias(theta, x)
-        return reference_conv(x, kernel, bias, self.geometry)
+        """The merged branches' Σ θ_i·branch_i(x). Under autocast the kernel is built in the
+        weights' precision and the convolution casts it (each branch's own convolution would
+        cast its weight); the result has the dtype the branches' sum would have (an Identity
+        member passes ``x`` on in its own dtype)."""
+        with autocast_off(x.device):
+            kernel, bias = self.kernel_and_bias(theta, x)
+        out = reference_conv(x, kernel, bias, self.geometry)
+        if self.has_identity:
+            out = out.to(torch.promote_types(out.dtype, x.dtype))
+        return out

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from .autocast import cast_for_conv
+
 Ints = Tuple[int, ...]
 
 
@@ -78,4 +80,6 @@ def zero_padded_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     if not torch.is_grad_enabled() or not any(
             t is not None and t.requires_grad for t in (x, weight, bias)):
         return _conv(F.pad(x, spec), weight, bias, stride, dilation, groups)
+    # autocast does not see into the Function: its inputs are cast as the conv would cast them
+    x, weight, bias = cast_for_conv((x, weight, bias), x.device)
     return _ZeroPaddedConv.apply(x, weight, bias, spec, stride, dilation, groups)

@@ -47,6 +47,20 @@ def weighted_sum(outputs: Sequence[torch.Tensor], theta: torch.Tensor,
     return combine(list(outputs), theta, relu)
 
 
+def _accumulate(total: Optional[torch.Tensor], part: Optional[torch.Tensor]) -> torch.Tensor:
+    """``total + part`` (either may be None: nothing yet), in place into whichever fresh sum
+    already has the result's dtype (the two differ under autocast, e.g. a bfloat16
+    convolution and a float32 Identity)."""
+    if total is None or part is None:
+        return part if total is None else total
+    dtype = torch.promote_types(total.dtype, part.dtype)
+    if total.dtype == dtype:
+        return total.add_(part)
+    if part.dtype == dtype:
+        return part.add_(total)
+    return total + part
+
+
 def _take(theta: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
     """θ restricted to ``indices`` (slices only: no index tensor, no host-device copy)."""
     if list(indices) == list(range(indices[0], indices[0] + len(indices))):
@@ -112,11 +126,11 @@ class FastSuperNet(nn.Module):
             scale = theta[i].to(weight.dtype)
             y = reference_conv(inputs[i], weight * scale, None if bias is None else bias * scale,
                                geometry)
-            out = y if out is None else out.add_(y)  # fresh conv outputs, not saved: in place
+            out = _accumulate(out, y)  # fresh conv outputs, not saved: in place
         if self._combined:
             mixed = weighted_sum([inputs[i] for i in self._combined],
                                  _take(theta, self._combined), self._combined_relu)
-            out = mixed if out is None else mixed.add_(out)
+            out = _accumulate(mixed, out)  # combine's backward does not need its output
         return out
 
     def _mix(self, x: torch.Tensor, theta: torch.Tensor,
@@ -126,7 +140,7 @@ class FastSuperNet(nn.Module):
         if rest:
             mixed = weighted_sum(rest, _take(theta, self.separate))
             # in place into the fresh sum (combine's backward does not need its output)
-            out = mixed if out is None else mixed.add_(out)
+            out = _accumulate(mixed, out)
         return out
 
     def _alpha_needs_outputs(self, theta: torch.Tensor) -> bool:

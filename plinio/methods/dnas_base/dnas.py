@@ -1,6 +1,6 @@
 """DNAS base class shared by PIT and PIT-SuperNet (docs/behaviour.md §2, common part)."""
 import warnings
-from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Any, ContextManager, Dict, Iterator, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.nn as nn
@@ -8,6 +8,7 @@ import torch.nn as nn
 from plinio.checkpoint import validate_state_dict
 from plinio.cost.specs import CostArg
 from plinio.fast import fast_graph
+from plinio.fast.autocast import autocast_off
 from plinio.methods.dnas_base.cost_selection import CostSelection, RegularizerNames
 from plinio.methods.dnas_base.switches import checked_switch
 from plinio.ops import reference_path_forced
@@ -119,10 +120,18 @@ class DNAS(nn.Module):
         """The cost ``name`` ('size' / 'params', 'macs', or one given with ``cost=``), a
         differentiable 0-dim tensor. ``binarized``: of the network ``arch_export()`` gives
         (binarized masks, the argmax branch of each supernet; straight-through gradients)."""
-        return self._evaluate_cost(self._cost_selection.check_name(name), bool(binarized))
+        with self.cost_precision():
+            return self._evaluate_cost(self._cost_selection.check_name(name), bool(binarized))
 
     def _evaluate_cost(self, name: str, binarized: bool) -> torch.Tensor:
         raise NotImplementedError
+
+    def cost_precision(self) -> ContextManager:
+        """The context costs are computed in: autocast off on the model's device, since costs
+        are float32 by contract (under autocast a matrix product of the cost model would run
+        in bfloat16 and round a MAC count to about three significant digits)."""
+        param = next(self.parameters(), None)
+        return autocast_off(param.device if param is not None else torch.device("cpu"))
 
     def get_regularization_loss(self) -> torch.Tensor:
         """The cost named by ``regularizer`` (``get_size()`` / ``get_macs()`` for the

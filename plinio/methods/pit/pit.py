@@ -93,7 +93,9 @@ class PIT(DNAS):
 
     # ---- costs -------------------------------------------------------------------------------
     def _cost(self, index: int, binarized: bool, where: str) -> torch.Tensor:
-        return self.checked_cost(self._cost_model.layer_costs(binarized)[index].sum(), where)
+        with self.cost_precision():
+            costs = self._cost_model.layer_costs(binarized)
+        return self.checked_cost(costs[index].sum(), where)
 
     def get_size(self) -> torch.Tensor:
         """Σ layer sizes with the continuous masks (docs/behaviour.md §4.1)."""

@@ -130,11 +130,13 @@ class PITSuperNet(DNAS):
 
     def get_size(self) -> torch.Tensor:
         """Σ θ-weighted branch sizes + PIT layers outside supernets (docs/behaviour.md §4.3)."""
-        return self.checked_cost(self._sn_costs.cost("size", fast=self._fast), "get_size")
+        with self.cost_precision():
+            return self.checked_cost(self._sn_costs.cost("size", fast=self._fast), "get_size")
 
     def get_macs(self) -> torch.Tensor:
         """Σ θ-weighted branch MACs + PIT layers outside supernets (docs/behaviour.md §4.3)."""
-        return self.checked_cost(self._sn_costs.cost("macs", fast=self._fast), "get_macs")
+        with self.cost_precision():
+            return self.checked_cost(self._sn_costs.cost("macs", fast=self._fast), "get_macs")
 
     def _evaluate_cost(self, name: str, binarized: bool) -> torch.Tensor:
         metric = builtin_metric(self._cost_selection.specs[name]) or name
@@ -142,7 +144,8 @@ class PITSuperNet(DNAS):
 
     def get_total_icv(self, eps: float = 1e-3) -> torch.Tensor:
         """Σ over supernets of mean(θ)² / (var(θ) + eps) with the unbiased variance (docs/behaviour.md §3.3)."""
-        return self.checked_cost(self._sn_costs.total_icv(eps, fast=self._fast), "get_total_icv")
+        with self.cost_precision():
+            return self.checked_cost(self._sn_costs.total_icv(eps, fast=self._fast), "get_total_icv")
 
     def _nas_parameter_ids(self) -> Set[int]:
         ids = {id(p) for m in self.seed.modules() if isinstance(m, PITMaskerBase)

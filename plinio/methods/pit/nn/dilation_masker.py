@@ -29,8 +29,10 @@ class PITDilationMasker(PITTapMaskerBase):
 
     @property
     def theta(self) -> torch.Tensor:
-        """Continuous per-tap dilation mask θ_γ (length K)."""
-        return self._tap_matrix @ self.param_hat()
+        """Continuous per-tap dilation mask θ_γ (length K), in the parameter's dtype (a sum of
+        products, not a matrix product, which autocast would compute in lower precision and
+        so flip masks that the fused kernels keep)."""
+        return (self._tap_matrix * self.param_hat()).sum(1)
 
     def forward(self) -> torch.Tensor:
         return self.theta
