@@ -4,7 +4,7 @@
     python -m bench.latency_table --model tcn --channels step:8 --repeats 30 --threads 1
 
 Every layer geometry the model can take is timed: each conv1d / conv2d / linear / add /
-relu / pool node of the traced model (for a supernet: every branch), with its channels on a
+relu / pool / pad node of the traced model (for a supernet: every branch), with its channels on a
 grid from 1 to the layer's full width and, for conv1d, its kernel taps from 1 to the full
 kernel. Layers sharing a geometry are measured once, up to the widest. Each point is one
 layer on a batch-1 input with random weights, timed ``--repeats`` times after ``--warmup``
@@ -16,7 +16,9 @@ the table.
 
 Grids: ``geometric`` (default) is {1, 2, 4, ...} plus the full width; ``step:N`` is
 {1, N, 2N, ...} plus the full width (finer, slower). One intra-op thread by default (an MCU
-runs one core; timings on a shared machine are steadier).
+runs one core; timings on a shared machine are steadier). ``--overhead`` adds one
+``overhead`` row per backend: an identity layer's call, which every single-layer timing
+includes and a network pays once (``LatencyTableCost`` corrects for it).
 """
 import argparse
 import csv
@@ -42,10 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.models import workloads  # noqa: E402
 from plinio.cost.geometry import LayerShape, shapes_from_graph  # noqa: E402
-from plinio.cost.latency import CONV_KINDS, CSV_COLUMNS, TableKey, format_dims  # noqa: E402
+from plinio.cost.latency import CONV_KINDS, CSV_COLUMNS, OVERHEAD_KIND, TableKey, format_dims  # noqa: E402
 from plinio.graph.tracing import propagate_shapes, trace  # noqa: E402
 
-MEASURED_KINDS = ("conv1d", "conv2d", "linear", "add", "relu", "pool")
+MEASURED_KINDS = ("conv1d", "conv2d", "linear", "add", "relu", "pool", "pad")
 BACKENDS = ("torch", "onnxruntime")
 
 
@@ -71,8 +73,17 @@ class Point:
     cout: int
 
 
-def _conv_input(out: Tuple[int, ...], kernel: Tuple[int, ...], stride: Tuple[int, ...]) -> Tuple[int, ...]:
-    return tuple((o - 1) * s + k for o, k, s in zip(out, kernel, stride))
+def _conv_input(key: TableKey, kernel: Tuple[int, ...]) -> Tuple[int, ...]:
+    dilation = key.dilation or (1,) * len(kernel)
+    return tuple((o - 1) * s + (k - 1) * d + 1 for o, k, s, d in zip(key.out_spatial, kernel, key.stride, dilation))
+
+
+def _pads(p: Point) -> List[int]:
+    """A pad node's padding: all of it before each dimension (a causal pad), last dim first."""
+    pads: List[int] = []
+    for i, o in reversed(list(zip(p.in_spatial, p.key.out_spatial))):
+        pads += [o - i, 0]
+    return pads
 
 
 def points_of(shapes: Iterable[LayerShape], grid: str) -> List[Point]:
@@ -89,10 +100,14 @@ def points_of(shapes: Iterable[LayerShape], grid: str) -> List[Point]:
         cins = channel_grid(max(s.in_channels for s in group), grid)
         couts = [None] if key.one_channel_axis else channel_grid(max(s.out_channels for s in group), grid)
         for kernel, cin, cout in itertools.product(kernels, cins, couts):
-            in_spatial = _conv_input(key.out_spatial, kernel, key.stride) if key.kind in CONV_KINDS \
-                else first.in_spatial
+            in_spatial = _conv_input(key, kernel) if key.kind in CONV_KINDS else first.in_spatial
             points.append(Point(key, kernel, in_spatial, cin, cin if cout is None else cout))
     return points
+
+
+def overhead_point() -> Point:
+    """The identity layer whose call time is a backend's per-call overhead."""
+    return Point(TableKey.make(OVERHEAD_KIND, (), (), False, (), ()), (), (), 1, 1)
 
 
 # ---- the layers, in PyTorch and in ONNX -------------------------------------------------------
@@ -101,9 +116,12 @@ def torch_layer(p: Point) -> Tuple[Callable[..., torch.Tensor], Tuple[torch.Tens
     """The layer as a PyTorch callable and its batch-1 inputs."""
     x = torch.randn((1, p.cin) + p.in_spatial)
     kind = p.key.kind
+    if kind == OVERHEAD_KIND:
+        return nn.Identity(), (x,)
     if kind in CONV_KINDS:
         conv = (nn.Conv1d if kind == "conv1d" else nn.Conv2d)(
-            p.cin, p.cout, p.kernel, p.key.stride, groups=p.cin if p.key.depthwise else 1).eval()
+            p.cin, p.cout, p.kernel, p.key.stride, dilation=p.key.dilation or 1,
+            groups=p.cin if p.key.depthwise else 1).eval()
         return conv, (x,)
     if kind == "linear":
         return nn.Linear(p.cin, p.cout).eval(), (x,)
@@ -114,6 +132,9 @@ def torch_layer(p: Point) -> Tuple[Callable[..., torch.Tensor], Tuple[torch.Tens
     if kind == "pool":
         pool = F.max_pool1d if len(p.in_spatial) == 1 else F.max_pool2d
         return (lambda t: pool(t, p.key.kernel, p.key.stride)), (x,)
+    if kind == "pad":
+        pads = _pads(p)
+        return (lambda t: F.pad(t, pads)), (x,)
     raise ValueError(f"latency table: cannot measure kind {kind!r}; measured kinds: {MEASURED_KINDS}")
 
 
@@ -127,12 +148,15 @@ def onnx_layer(p: Point) -> Tuple[bytes, Dict[str, np.ndarray]]:
     inputs = {"x": x}
     init: List[onnx.TensorProto] = []
     kind = p.key.kind
-    if kind in CONV_KINDS:
+    if kind == OVERHEAD_KIND:
+        node = helper.make_node("Identity", ["x"], ["y"])
+    elif kind in CONV_KINDS:
         groups = p.cin if p.key.depthwise else 1
         w = rng.standard_normal((p.cout, p.cin // groups) + p.kernel).astype(np.float32)
         init = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(p.cout, np.float32), "b")]
         node = helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=list(p.kernel),
-                                strides=list(p.key.stride), group=groups)
+                                strides=list(p.key.stride), group=groups,
+                                dilations=list(p.key.dilation or (1,) * len(p.kernel)))
     elif kind == "linear":
         w = rng.standard_normal((p.cout, p.cin)).astype(np.float32)
         init = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(p.cout, np.float32), "b")]
@@ -145,6 +169,11 @@ def onnx_layer(p: Point) -> Tuple[bytes, Dict[str, np.ndarray]]:
     elif kind == "pool":
         node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=list(p.key.kernel),
                                 strides=list(p.key.stride))
+    elif kind == "pad":
+        before = [o - i for i, o in zip(p.in_spatial, p.key.out_spatial)]
+        pads = np.array([0, 0] + before + [0, 0] + [0] * len(before), dtype=np.int64)
+        init = [numpy_helper.from_array(pads, "pads")]
+        node = helper.make_node("Pad", ["x", "pads"], ["y"])
     else:
         raise ValueError(f"latency table: cannot measure kind {kind!r}; measured kinds: {MEASURED_KINDS}")
     graph = helper.make_graph(
@@ -156,26 +185,32 @@ def onnx_layer(p: Point) -> Tuple[bytes, Dict[str, np.ndarray]]:
     return model.SerializeToString(), inputs
 
 
-def time_calls(call: Callable[[], object], warmup: int, repeats: int) -> Tuple[float, float]:
-    """(median, interquartile range) in seconds of ``repeats`` timed calls."""
+def time_calls(call: Callable[[], object], warmup: int, repeats: int, rounds: int = 1) -> Tuple[float, float]:
+    """(median, interquartile range) in seconds of ``repeats`` timed calls; with several
+    ``rounds``, those of the round with the lowest median (on a shared machine, the round
+    least disturbed by other processes)."""
     for _ in range(warmup):
         call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    return statistics.median(times), q[2] - q[0]
+    best: Optional[Tuple[float, float]] = None
+    for _ in range(rounds):
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+        result = (statistics.median(times), q[2] - q[0])
+        best = result if best is None or result[0] < best[0] else best
+    return best
 
 
-def _measure_torch(p: Point, warmup: int, repeats: int) -> Tuple[float, float]:
+def _measure_torch(p: Point, warmup: int, repeats: int, rounds: int) -> Tuple[float, float]:
     fn, args = torch_layer(p)
     with torch.inference_mode():
-        return time_calls(lambda: fn(*args), warmup, repeats)
+        return time_calls(lambda: fn(*args), warmup, repeats, rounds)
 
 
-def _measure_onnxruntime(p: Point, warmup: int, repeats: int, threads: int) -> Tuple[float, float]:
+def _measure_onnxruntime(p: Point, warmup: int, repeats: int, threads: int, rounds: int) -> Tuple[float, float]:
     import onnxruntime as ort
 
     model, inputs = onnx_layer(p)
@@ -184,12 +219,12 @@ def _measure_onnxruntime(p: Point, warmup: int, repeats: int, threads: int) -> T
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    return time_calls(lambda: session.run(None, inputs), warmup, repeats)
+    return time_calls(lambda: session.run(None, inputs), warmup, repeats, rounds)
 
 
 def measure(points: Sequence[Point], backends: Sequence[str], warmup: int, repeats: int,
-            threads: int, progress: Optional[Callable[[str], None]] = None) -> List[Dict[str, object]]:
-    """One CSV row per point and backend."""
+            threads: int, progress: Optional[Callable[[str], None]] = None, rounds: int = 1) -> List[Dict[str, object]]:
+    """One CSV row per point and backend (``rounds``: see ``time_calls``)."""
     unknown = sorted(set(backends) - set(BACKENDS))
     if unknown:
         raise ValueError(f"latency table: unknown backends {unknown}; choose from {BACKENDS}")
@@ -199,9 +234,10 @@ def measure(points: Sequence[Point], backends: Sequence[str], warmup: int, repea
     try:
         for i, p in enumerate(points):
             for backend in backends:
-                median, iqr = (_measure_torch(p, warmup, repeats) if backend == "torch"
-                               else _measure_onnxruntime(p, warmup, repeats, threads))
+                median, iqr = (_measure_torch(p, warmup, repeats, rounds) if backend == "torch"
+                               else _measure_onnxruntime(p, warmup, repeats, threads, rounds))
                 rows.append({"kind": p.key.kind, "kernel": format_dims(p.kernel), "stride": format_dims(p.key.stride),
+                             "dilation": format_dims(p.key.dilation),
                              "depthwise": int(p.key.depthwise), "in_spatial": format_dims(p.in_spatial),
                              "out_spatial": format_dims(p.key.out_spatial), "cin": p.cin, "cout": p.cout,
                              "backend": backend, "threads": threads, "median_s": f"{median:.6e}",
@@ -255,16 +291,19 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=1, help="keep the round of repeats with the lowest median")
+    parser.add_argument("--overhead", action="store_true", help="also measure each backend's per-call overhead")
     args = parser.parse_args(argv)
     backends = [b for b in args.backends.split(",") if b]
     kinds = set(args.kinds.split(","))
     workload = workloads()[args.model]
     shapes = [s for s in model_shapes(workload.factory(), workload.input_shape) if s.kind in kinds]
-    points = points_of(shapes, args.channels)
+    points = points_of(shapes, args.channels) + ([overhead_point()] if args.overhead else [])
     print(f"{args.model}: {len(shapes)} layers, {len({p.key for p in points})} geometries, "
           f"{len(points)} points x {len(backends)} backends", flush=True)
     start = time.perf_counter()
-    rows = measure(points, backends, args.warmup, args.repeats, args.threads, lambda m: print(m, flush=True))
+    rows = measure(points, backends, args.warmup, args.repeats, args.threads, lambda m: print(m, flush=True),
+                   args.rounds)
     out = args.out or Path(f"latency_{args.model}.csv")
     write_csv(out, rows, header_lines(argv, backends))
     print(f"wrote {len(rows)} rows to {out} in {time.perf_counter() - start:.0f} s")

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from bench.latency_table import MEASURED_KINDS, channel_grid, header_lines, main, measure, model_shapes, \
-    points_of, write_csv
+    overhead_point, points_of, write_csv
 from plinio.cost.latency import LatencyTableCost
 from plinio.cost.specs import LayerCosts
 
@@ -80,3 +80,39 @@ def test_command_line_writes_a_table(tmp_path, capsys):
     assert "tcn: 1 layers, 1 geometries, 28 points x 1 backends" in capsys.readouterr().out
     assert len(rows) == 28 and {r["kind"] for r in rows} == {"linear"}
     LatencyTableCost.from_csv(out, "torch")
+
+
+class CausalBlock(nn.Module):
+    """causal pad -> dilated conv1d -> relu: the pad and the dilation are part of the geometry."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pad = nn.ConstantPad1d((4, 0), 0.0)
+        self.conv = nn.Conv1d(2, 4, 3, dilation=2)
+
+    def forward(self, x):
+        return torch.relu(self.conv(self.pad(x)))
+
+
+def test_pads_dilations_and_the_per_call_overhead_are_measured(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    shapes = [s for s in model_shapes(CausalBlock(), (2, 16)) if s.kind in MEASURED_KINDS]
+    assert [(s.kind, s.in_spatial, s.out_spatial) for s in shapes] == \
+        [("pad", (16,), (20,)), ("conv1d", (20,), (16,)), ("relu", (16,), (16,))]
+    points = points_of(shapes, "geometric")
+    conv_inputs = {p.kernel: p.in_spatial for p in points if p.key.kind == "conv1d"}
+    assert conv_inputs == {(1,): (16,), (2,): (18,), (3,): (20,)}    # unpadded, dilation 2
+    backends = ("torch", "onnxruntime")
+    rows = measure(points + [overhead_point()], backends, warmup=1, repeats=2, threads=1)
+    assert {r["dilation"] for r in rows if r["kind"] == "conv1d"} == {"2"}
+    path = tmp_path / "latency.csv"
+    write_csv(path, rows, header_lines(["--model", "test"], backends))
+    for backend in backends:
+        spec = LatencyTableCost.from_csv(path, backend)
+        overhead = next(float(r["median_s"]) for r in rows if r["kind"] == "overhead" and r["backend"] == backend)
+        assert spec.network_constant() == overhead
+        raw = LatencyTableCost.from_csv(path, backend, per_call_overhead=False)
+        costs = LayerCosts(shapes, {"corrected": spec, "raw": raw})
+        result = costs(*costs.full_width(torch.float64))
+        assert result["corrected"].tolist() == pytest.approx([r - overhead for r in result["raw"].tolist()])

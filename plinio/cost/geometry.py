@@ -31,7 +31,7 @@ from plinio.graph.tracing import node_shape
 WEIGHTED_KINDS = ("conv1d", "conv2d", "linear")
 """Layers with a weight whose size depends on the input and output channels."""
 
-FUNCTIONAL_KINDS = ("add", "mul", "relu", "activation", "pool")
+FUNCTIONAL_KINDS = ("add", "mul", "relu", "activation", "pool", "pad")
 """Parameter-free ops that keep the channel count (output channels = input channels)."""
 
 BUILTIN_KINDS = WEIGHTED_KINDS + ("batchnorm",) + FUNCTIONAL_KINDS
@@ -164,6 +164,7 @@ _MODULE_KINDS: Tuple[Tuple[type, str], ...] = (
     (nn.Sigmoid, "activation"), (nn.Tanh, "activation"), (nn.GELU, "activation"),
     (nn.SiLU, "activation"), (nn.LeakyReLU, "activation"),
     (nn.MaxPool1d, "pool"), (nn.MaxPool2d, "pool"), (nn.AvgPool1d, "pool"), (nn.AvgPool2d, "pool"),
+    (nn.ConstantPad1d, "pad"), (nn.ConstantPad2d, "pad"), (nn.ZeroPad1d, "pad"), (nn.ZeroPad2d, "pad"),
 )
 _FUNCTION_KINDS: Dict[Any, str] = {
     operator.add: "add", torch.add: "add", operator.iadd: "add",
@@ -171,6 +172,7 @@ _FUNCTION_KINDS: Dict[Any, str] = {
     F.relu: "relu", torch.relu: "relu", F.relu6: "activation", F.hardswish: "activation",
     torch.sigmoid: "activation", torch.tanh: "activation", F.gelu: "activation", F.silu: "activation",
     F.max_pool1d: "pool", F.max_pool2d: "pool", F.avg_pool1d: "pool", F.avg_pool2d: "pool",
+    F.pad: "pad",
 }
 _METHOD_KINDS = {"add": "add", "mul": "mul", "relu": "relu", "sigmoid": "activation", "tanh": "activation"}
 

@@ -7,6 +7,7 @@ with one row per measured geometry and backend (``CSV_COLUMNS``):
 kind          layer kind (``conv1d``, ``conv2d``, ``linear``, ``add``, ``relu``, ...)
 kernel        kernel size, ``x``-joined (``3x3``; ``5`` for conv1d; empty without kernel)
 stride        stride, ``x``-joined (empty without)
+dilation      dilation of a convolution, ``x``-joined (empty or missing column: 1)
 depthwise     1 for a depthwise convolution (groups = cin = cout), else 0
 in_spatial    input spatial size of one call, ``x``-joined (``32x32``; empty for linear)
 out_spatial   output spatial size of one call
@@ -18,14 +19,18 @@ iqr_s         interquartile range of the timed runs, in seconds
 repeats       number of timed runs
 ============  ==========================================================================
 
-Lines starting with ``#`` are comments (machine, versions, date, command).
+Lines starting with ``#`` are comments (machine, versions, date, command). Rows of kind
+``overhead`` (cin = cout = 1, no kernel or sizes) hold a backend's per-call overhead: the
+time of one call of an identity layer, which every single-layer timing includes once but a
+network pays once per inference (a runtime call), not once per layer.
 
 A layer's measured sub-table is the one with its kind, kernel, stride, depthwise flag and
 spatial sizes (``TableKey``). Convolutions are timed without padding, on the input size
 that gives the layer's output size, so their key holds the output size only; for
 ``conv1d`` the kernel taps are an interpolation axis instead of part of the key (PIT
-searches them), and the dilation is not part of the key (a dilated kernel is taken to cost
-what the same number of undilated taps costs). Within a sub-table the points must form a
+searches them); a dilation other than 1 is part of the key (eager PyTorch runs dilated
+convolutions on a slower path: a TCN's dilated layers cost up to 3x their undilated
+equivalent). Within a sub-table the points must form a
 full grid over (taps,) cin and cout; the cost is the multilinear interpolation of the
 median time on that grid at the effective counts, times the number of calls: piecewise
 linear, hence differentiable in the counts. Channel-preserving kinds and depthwise
@@ -35,6 +40,10 @@ Every layer is checked when the spec is bound: a geometry that was not measured,
 channel / taps range the grid does not cover from 1 to the layer's full size, is an error
 naming the layer. Counts above the full size (a mask value |α| > 1) extrapolate linearly
 from the last grid cell.
+
+With the per-call overhead correction (the default when the table has an ``overhead``
+row) a network's latency is Σ over layer calls of (time − overhead), plus the overhead once
+(``CostSpec.network_constant``).
 """
 import csv
 import math
@@ -50,8 +59,9 @@ from plinio.cost.geometry import WEIGHTED_KINDS, LayerGeometry, LayerShape
 from plinio.cost.specs import CostFn, CostSpec
 
 CONV_KINDS = ("conv1d", "conv2d")
+OVERHEAD_KIND = "overhead"
 
-CSV_COLUMNS = ("kind", "kernel", "stride", "depthwise", "in_spatial", "out_spatial", "cin", "cout",
+CSV_COLUMNS = ("kind", "kernel", "stride", "dilation", "depthwise", "in_spatial", "out_spatial", "cin", "cout",
                "backend", "threads", "median_s", "iqr_s", "repeats")
 _REQUIRED = ("kind", "kernel", "stride", "depthwise", "in_spatial", "out_spatial", "cin", "cout",
              "backend", "median_s")
@@ -85,20 +95,24 @@ class TableKey:
     depthwise: bool
     in_spatial: Tuple[int, ...]
     out_spatial: Tuple[int, ...]
+    dilation: Tuple[int, ...] = ()
 
     @classmethod
     def make(cls, kind: str, kernel: Tuple[int, ...], stride: Tuple[int, ...], depthwise: bool,
-             in_spatial: Tuple[int, ...], out_spatial: Tuple[int, ...]) -> "TableKey":
-        """The key of a geometry: conv1d drops the kernel (its taps are interpolated), and
-        convolutions drop the input size (timed unpadded, the output size decides it)."""
-        return cls(kind, () if kind == "conv1d" else kernel, stride, depthwise,
-                   () if kind in CONV_KINDS else in_spatial, out_spatial)
+             in_spatial: Tuple[int, ...], out_spatial: Tuple[int, ...],
+             dilation: Tuple[int, ...] = ()) -> "TableKey":
+        """The key of a geometry: conv1d drops the kernel (its taps are interpolated),
+        convolutions drop the input size (timed unpadded, the output size decides it), and
+        only convolutions keep a dilation, when it is not 1."""
+        conv = kind in CONV_KINDS
+        return cls(kind, () if kind == "conv1d" else kernel, stride, depthwise, () if conv else in_spatial,
+                   out_spatial, dilation if conv and any(d != 1 for d in dilation) else ())
 
     @classmethod
     def of(cls, shape: LayerShape) -> "TableKey":
         """The key of a layer."""
         return cls.make(shape.kind, shape.kernel_size, shape.stride, shape.depthwise, shape.in_spatial,
-                        shape.out_spatial)
+                        shape.out_spatial, shape.dilation)
 
     @property
     def one_channel_axis(self) -> bool:
@@ -111,6 +125,8 @@ class TableKey:
             parts.append(f"kernel {format_dims(self.kernel)}")
         if self.stride:
             parts.append(f"stride {format_dims(self.stride)}")
+        if self.dilation:
+            parts.append(f"dilation {format_dims(self.dilation)}")
         if self.depthwise:
             parts.append("depthwise")
         if self.in_spatial:
@@ -172,7 +188,8 @@ class LatencyTable:
             key = TableKey.make(kind, kernel, _parse_dims(row["stride"], f"{where}, stride"),
                                 row["depthwise"].strip() in ("1", "true", "True"),
                                 _parse_dims(row["in_spatial"], f"{where}, in_spatial"),
-                                _parse_dims(row["out_spatial"], f"{where}, out_spatial"))
+                                _parse_dims(row["out_spatial"], f"{where}, out_spatial"),
+                                _parse_dims(row.get("dilation") or "", f"{where}, dilation"))
             try:
                 cin, cout, seconds = int(row["cin"]), int(row["cout"]), float(row["median_s"])
             except ValueError:
@@ -193,6 +210,12 @@ class LatencyTable:
             raise ValueError(f"{source}: no rows for backend {backend!r}; the table has backends "
                              f"{sorted(backends)}")
         return cls({key: _full_grid(key, p, source) for key, p in points.items()}, backend, source)
+
+    @property
+    def overhead_s(self) -> float:
+        """The backend's per-call overhead (an ``overhead`` row), 0 when not measured."""
+        grid = self.grids.get(TableKey.make(OVERHEAD_KIND, (), (), False, (), ()))
+        return 0.0 if grid is None else float(grid.seconds.reshape(-1)[0])
 
     def grid_for(self, shape: LayerShape) -> MeasuredGrid:
         """The sub-table of a layer; an error naming it if the table does not cover every
@@ -236,10 +259,12 @@ def _full_grid(key: TableKey, points: Dict[Point, float], source: str) -> Measur
 
 
 class _BoundLatency(nn.Module):
-    """Latency of a fixed batch of layers: their grids packed into one buffer."""
+    """Latency of a fixed batch of layers: their grids packed into one buffer, less the
+    per-call ``overhead`` (seconds) at every call."""
 
-    def __init__(self, grids: Sequence[MeasuredGrid]) -> None:
+    def __init__(self, grids: Sequence[MeasuredGrid], overhead: float = 0.0) -> None:
         super().__init__()
+        self.overhead = overhead
         axes: List[List[Tuple[float, ...]]] = [[], [], []]
         flats, offsets, offset = [], [], 0
         for grid in grids:
@@ -284,26 +309,31 @@ class _BoundLatency(nn.Module):
                     weight = (ft if dt else 1 - ft) * (fi if di else 1 - fi) * (fo if do else 1 - fo)
                     flat = self.offset + ((it + dt) * self.len_cin + ii + di) * self.len_cout + io + do
                     total = total + weight * seconds[flat]
-        return total * g.calls.to(total.dtype)
+        return (total - self.overhead) * g.calls.to(total.dtype)
 
 
 class LatencyTableCost(CostSpec):
-    """The ``latency_table`` cost: seconds per inference from a measured table."""
+    """The ``latency_table`` cost: seconds per inference from a measured table, with the
+    per-call overhead correction when ``per_call_overhead`` and the table measured it."""
 
     name = "latency_table"
 
-    def __init__(self, table: LatencyTable) -> None:
+    def __init__(self, table: LatencyTable, per_call_overhead: bool = True) -> None:
         if not isinstance(table, LatencyTable):
             raise TypeError(f"LatencyTableCost: expected a LatencyTable, got {type(table).__name__}")
         self.table = table
+        self.overhead = table.overhead_s if per_call_overhead else 0.0
 
     @classmethod
-    def from_csv(cls, path: Union[str, Path], backend: str) -> "LatencyTableCost":
+    def from_csv(cls, path: Union[str, Path], backend: str, per_call_overhead: bool = True) -> "LatencyTableCost":
         """The spec of a CSV written by ``bench/latency_table.py``, for one backend."""
-        return cls(LatencyTable.from_csv(path, backend))
+        return cls(LatencyTable.from_csv(path, backend), per_call_overhead)
 
     def bind(self, shapes: Tuple[LayerShape, ...]) -> CostFn:
-        return _BoundLatency([self.table.grid_for(s) for s in shapes])
+        return _BoundLatency([self.table.grid_for(s) for s in shapes], self.overhead)
+
+    def network_constant(self) -> float:
+        return self.overhead
 
     def __call__(self, geometry: LayerGeometry) -> Tensor:
         return self.bind(geometry.shapes).to(geometry.in_channels.device)(geometry)

@@ -50,6 +50,11 @@ class CostSpec(ABC):
     def __call__(self, geometry: LayerGeometry) -> Tensor:
         """Cost of every layer of the batch."""
 
+    def network_constant(self) -> float:
+        """A cost paid once per inference whatever the layers (added to their sum; e.g. a
+        runtime's per-call overhead). 0 by default."""
+        return 0.0
+
 
 class FunctionCost(CostSpec):
     """A user callable ``fn(geometry) -> Tensor`` as a spec, applying to every kind."""
@@ -172,6 +177,7 @@ class LayerCosts(nn.Module):
     construction: a layer a spec cannot cost is an error then, naming it.
     ``check_finite=False`` leaves the NaN/Inf check of every step to the caller (e.g. a
     wrapper's built-in costs, whose check names the architectural parameter that diverged).
+    ``constants[name]`` is the spec's ``network_constant()``, to add to the network's sum.
     """
 
     def __init__(self, shapes: Sequence[LayerShape], specs: Mapping[str, Union[str, CostSpec, CostFn]],
@@ -190,6 +196,7 @@ class LayerCosts(nn.Module):
             if not isinstance(name, str) or not name:
                 raise TypeError(f"LayerCosts: cost names must be non-empty strings, got {name!r}")
             self.specs[name] = as_cost_spec(spec, name)
+        self.constants: Dict[str, float] = {name: float(spec.network_constant()) for name, spec in self.specs.items()}
         self.kinds: Tuple[str, ...] = tuple(dict.fromkeys(s.kind for s in self.shapes))
         batches = [tuple(i for i, s in enumerate(self.shapes) if s.kind == k) for k in self.kinds]
         self._batch_shapes = [tuple(self.shapes[i] for i in b) for b in batches]

@@ -28,8 +28,8 @@ def tcn_seconds(taps, cin, cout):
     return 2e-6 + 1e-7 * taps * cin * cout
 
 
-def row(kind, kernel, stride, depthwise, spatial, cin, cout, seconds, backend="onnxruntime"):
-    return {"kind": kind, "kernel": kernel, "stride": stride, "depthwise": depthwise,
+def row(kind, kernel, stride, depthwise, spatial, cin, cout, seconds, backend="onnxruntime", dilation=""):
+    return {"kind": kind, "kernel": kernel, "stride": stride, "dilation": dilation, "depthwise": depthwise,
             "in_spatial": spatial[0], "out_spatial": spatial[1], "cin": cin, "cout": cout,
             "backend": backend, "threads": 1, "median_s": seconds, "iqr_s": 0.0, "repeats": 5}
 
@@ -40,7 +40,7 @@ def table_rows():
     rows += [row("conv2d", "3x3", "1x1", 0, ("8x8", "8x8"), i, o, 2 * conv_seconds(i, o), backend="torch")
              for i, o in itertools.product((1, 4, 8), (1, 8, 16))]
     rows += [row("conv2d", "3x3", "1x1", 1, ("8x8", "8x8"), c, c, 1e-6 * c * c) for c in (1, 2, 4, 8, 16)]
-    rows += [row("conv1d", k, "1", 0, ("32", "32"), i, o, tcn_seconds(k, i, o))
+    rows += [row("conv1d", k, "1", 0, ("32", "32"), i, o, tcn_seconds(k, i, o), dilation="2")
              for k, i, o in itertools.product((1, 3, 5), (1, 4), (1, 4, 8))]
     rows += [row("add", "", "", 0, ("8x8", "8x8"), c, c, 1e-7 * c) for c in (1, 16)]
     rows += [row("linear", "", "", 0, ("", ""), i, o, 1e-6 * i + 1e-7 * o)
@@ -135,7 +135,7 @@ def test_channel_and_taps_ranges_the_grid_misses_are_errors(table_csv):
     wide = LayerShape("wide", "conv2d", 32, 16, (3, 3), (1, 1), (1, 1), 1, (8, 8), (8, 8))
     with pytest.raises(ValueError, match=r"layer 'wide' .* can take cin from 1 to 32, but the table measured cin 1..8"):
         LayerCosts([wide], {"latency": spec})
-    long_kernel = LayerShape("tcn9", "conv1d", 4, 8, (9,), (1,), (1,), 1, (32,), (32,))
+    long_kernel = LayerShape("tcn9", "conv1d", 4, 8, (9,), (1,), (2,), 1, (32,), (32,))
     with pytest.raises(ValueError, match=r"layer 'tcn9' .* can take kernel taps from 1 to 9, but the table measured "
                                          r"kernel taps 1..5"):
         LayerCosts([long_kernel], {"latency": spec})

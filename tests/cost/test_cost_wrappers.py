@@ -190,6 +190,7 @@ def test_tcn_effective_taps_and_functional_ops():
         "conv1d": lambda g: 1e-3 * g.in_channels * g.out_channels * g.kernel_taps * g.out_positions,
         "relu": lambda g: 1e-4 * g.in_channels * g.out_positions,
         "add": lambda g: 1e-4 * g.in_channels * g.out_positions,
+        "pad": lambda g: 1e-4 * g.in_channels * g.out_positions,
     }, name="lat")
     search = PIT(TCN(), input_shape=(2, 16), cost={"lat": lat, "peak_memory": PeakMemoryCost()}, regularizer="lat")
     set_alpha(search, "conv1", [0.5, 0.25, 0.75, 1.0])                  # n = 2.5, shared by conv1 and conv2
@@ -199,7 +200,8 @@ def test_tcn_effective_taps_and_functional_ops():
     # conv1: θβ = (0.4, 1.0, 2.0) over (1, 2, 3) terms, θγ all 1 -> k1 = 0.4 + 0.5 + 2/3
     # conv2: θγ = (1.3, 0.3, 1.3) over (2, 1, 2) terms, θβ all 1 -> k2 = 0.65 + 0.3 + 0.65
     k1, k2 = 0.4 + 0.5 + 2 / 3, 1.6
-    expected = 1e-3 * 16 * (2 * n * k1 + n * n * k2 + n * 2) + 1e-4 * 16 * (n + n)
+    # relu and add: n channels, 16 positions; pad1: 2 channels, 18 positions; pad2: n channels, 20
+    expected = 1e-3 * 16 * (2 * n * k1 + n * n * k2 + n * 2) + 1e-4 * (16 * (n + n) + 2 * 18 + 20 * n)
     assert search.get_cost("lat").item() == pytest.approx(expected, rel=1e-6)
     # elements (16 per channel, pads 18 and 20): the conv2 step holds relu 16n, pad2 20n, conv2 16n
     peak = search.get_cost("peak_memory")
@@ -235,7 +237,7 @@ def bilinear(cin, cout):
     return 1e-6 + 2e-7 * cin * cout
 
 
-def plain_cnn_table(drop_kind: str = "") -> LatencyTable:
+def plain_cnn_table(drop_kind: str = "", overhead: float = 0.0) -> LatencyTable:
     def row(kind, kernel, stride, spatial, cin, cout, seconds):
         return {"kind": kind, "kernel": kernel, "stride": stride, "depthwise": "0", "in_spatial": spatial[0],
                 "out_spatial": spatial[1], "cin": str(cin), "cout": str(cout), "backend": "onnxruntime",
@@ -246,6 +248,7 @@ def plain_cnn_table(drop_kind: str = "") -> LatencyTable:
     rows += [row("relu", "", "", ("6x6", "6x6"), c, c, 1e-7 * c) for c in (1, 4)]
     rows += [row("pool", "2x2", "2x2", ("6x6", "3x3"), c, c, 3e-7 * c) for c in (1, 4)]
     rows += [row("linear", "", "", ("", ""), i, o, bilinear(i, o)) for i, o in itertools.product((1, 72), (1, 5))]
+    rows += [row("overhead", "", "", ("", ""), 1, 1, overhead)] if overhead else []
     rows = [r for r in rows if r["kind"] != drop_kind]
     return LatencyTable.from_rows(enumerate(rows, start=2), "onnxruntime", "fixture table")
 
@@ -259,6 +262,10 @@ def test_latency_table_cost():
     # the table times are bilinear / linear in the channels, so the interpolation is exact
     expected = bilinear(1, n1) + 1e-7 * n1 + 3e-7 * n1 + bilinear(n1, n2) + bilinear(9 * n2, 5)
     assert search.get_regularization_loss().item() == pytest.approx(expected, rel=1e-6)
+    # with a per-call overhead row: each of the 5 layer calls less it, the network pays it once
+    corrected = PIT(PlainCNN(), input_shape=(1, 6, 6), cost=LatencyTableCost(plain_cnn_table(overhead=2e-7)))
+    corrected.load_state_dict(search.state_dict())
+    assert corrected.get_regularization_loss().item() == pytest.approx(expected - 4 * 2e-7, rel=1e-6)
 
 
 # ---- fast == reference, finite differences, compile ------------------------------------------------

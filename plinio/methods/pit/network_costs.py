@@ -101,8 +101,9 @@ class NetworkCosts(nn.Module):
 
     ``shapes`` / ``owners`` describe the rows (``owners``: the module each row belongs to,
     which tells a supernet which branch it lies in); ``per_row(binarized)`` gives
-    ``{cost name: per-row costs}``; ``peak(name, binarized, theta)`` one peak-memory cost,
-    with ``theta`` the concatenated θ of the supernets in ``merge_targets`` order.
+    ``{cost name: per-row costs}``, whose sum ``constant(name)`` completes; ``peak(name,
+    binarized, theta)`` one peak-memory cost, with ``theta`` the concatenated θ of the
+    supernets in ``merge_targets`` order.
     """
 
     def __init__(self, gm: fx.GraphModule, analysis: ChannelAnalysis, layers: Mapping[str, PITModule],
@@ -221,6 +222,10 @@ class NetworkCosts(nn.Module):
         if self.cost_model.fast_path:
             return self.layer_costs(*counts)
         return self.layer_costs.reference(*counts)
+
+    def constant(self, name: str) -> float:
+        """What the per-layer spec ``name`` costs once per inference besides its rows."""
+        return self.layer_costs.constants[name]
 
     def peak(self, name: str, binarized: bool = False, theta: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Peak activation bytes of the peak-memory cost ``name``."""

@@ -120,7 +120,8 @@ class PIT(DNAS):
         network = self._network_costs
         if name in network.peak_names:
             return evaluated(self, f"get_cost('{name}')", lambda: network.peak(name, binarized))
-        return evaluated(self, f"get_cost('{name}')", lambda: network.per_row(binarized)[name].sum())
+        return evaluated(self, f"get_cost('{name}')",
+                         lambda: network.per_row(binarized)[name].sum() + network.constant(name))
 
     def _nas_parameter_ids(self) -> Set[int]:
         return {id(p) for m in self.seed.modules() if isinstance(m, PITMaskerBase)

@@ -245,7 +245,7 @@ class SuperNetCosts(nn.Module):
             branch, branch_list = self.row_branch, self.row_branch_list
         total = self._fast_cost(per_layer, residual, theta, branch) if fast \
             else self._reference_cost(per_layer, residual, looped, branch_list)
-        return total.to(torch.float32) if name in ("size", "macs") else total
+        return total.to(torch.float32) if name in ("size", "macs") else total + network.constant(name)
 
     def _fast_cost(self, per_layer: torch.Tensor, residual: torch.Tensor, theta: torch.Tensor,
                    branch: torch.Tensor) -> torch.Tensor:
