@@ -56,7 +56,6 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 from .linear_ops import ConvGeometry
 from .padded_conv import pad_spec
@@ -285,8 +284,14 @@ class _SparseMaskedConv(torch.autograd.Function):
         return y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+        if torch.is_grad_enabled():
+            raise RuntimeError(f"{_NAME}: double backward (create_graph=True) is not supported by sparse "
+                               "execution; switch it off for such steps (the wrappers' `sparse = False`)")
+        return _SparseMaskedConv._gradients(ctx, grad)
+
+    @staticmethod
+    def _gradients(ctx: Any, grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
         x_saved, w_for_grad_in = ctx.saved_tensors
         plan: _Plan = ctx.plan
         k = plan.kernels
@@ -371,7 +376,7 @@ def _kernels_for(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
 
 
 def sparse_masked_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                       geometry: Optional[ConvGeometry], kept_out: torch.Tensor,
+                       geometry: Optional[ConvGeometry], kept_out: Optional[torch.Tensor],
                        live_in: Optional[torch.Tensor] = None, *, grad_pruned_rows: bool,
                        grad_dead_inputs: bool) -> torch.Tensor:
     """``conv(x, weight, bias)`` (``F.linear`` when ``geometry`` is None) computed on the
@@ -380,18 +385,20 @@ def sparse_masked_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
 
     Contract (not checked, it would cost a pass over the data): rows of ``weight`` and
     ``bias`` outside ``kept_out`` are exactly 0, and input channels outside ``live_in``
-    (None: every channel) are exactly 0. ``kept_out`` / ``live_in`` are sorted unique int64
-    channel indices on the input's device, computed once per step by the caller.
+    (None: every channel) are exactly 0. ``kept_out`` (None: every row) / ``live_in`` are
+    sorted unique int64 channel indices on the input's device, computed once per step by the
+    caller.
     Linear: the channels are the last dimension of ``x``. Depthwise convolutions:
     ``kept_out`` indexes inputs and outputs, ``grad_dead_inputs`` does not apply (their input
-    gradient outside ``kept_out`` is exactly 0). Eager autograd only (no double backward).
+    gradient outside ``kept_out`` is exactly 0). Eager autograd only: a double backward
+    (``create_graph=True``) raises.
     """
     kernels = _kernels_for(x, weight, bias, geometry)
     cout = weight.shape[0]
     cin = x.shape[kernels.channel_dim]
     _check_index(kept_out, "kept_out", cout, x)
     _check_index(live_in, "live_in", cin, x)
-    kept = _index_or_none(kept_out, cout)
+    kept = None if kept_out is None else _index_or_none(kept_out, cout)
     live = None if live_in is None else _index_or_none(live_in, cin)
     if kernels.depthwise:
         rows = live if grad_pruned_rows else kept

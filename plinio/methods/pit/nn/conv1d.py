@@ -17,7 +17,7 @@ class PITConv1d(ConvHyperParams, PITWeightedModule):
     """Conv1d whose output channels, kept taps (a suffix ending at the newest tap) and
     dilation (multiples of 2^m from the newest tap) are searched."""
 
-    plinio_conv_forward = True  # forward is conv(x, *masked_weight_and_bias()) (plinio.fast)
+    plinio_conv_forward = True  # forward computes conv(x, *masked_weight_and_bias()) (plinio.fast)
 
     def __init__(self, conv: nn.Conv1d, out_length: int, out_features_masker: PITFeaturesMasker,
                  timestep_masker: PITTimestepMasker, dilation_masker: PITDilationMasker,
@@ -96,8 +96,7 @@ class PITConv1d(ConvHyperParams, PITWeightedModule):
         step = min(distances) if distances else 1
         return (step * self.dilation[0],)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight, bias = self.masked_weight_and_bias()
+    def dense_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         return self.conv_forward(F.conv1d, x, weight, bias)
 
     def summary(self) -> Dict[str, Any]:

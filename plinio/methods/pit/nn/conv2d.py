@@ -1,5 +1,5 @@
 """PITConv2d: Conv2d with a searched number of output channels."""
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -13,7 +13,7 @@ from plinio.methods.pit.nn.module import PITWeightedModule, check_groups, prod
 class PITConv2d(ConvHyperParams, PITWeightedModule):
     """Conv2d whose output channels are masked by ``out_features_masker``."""
 
-    plinio_conv_forward = True  # forward is conv(x, *masked_weight_and_bias()) (plinio.fast)
+    plinio_conv_forward = True  # forward computes conv(x, *masked_weight_and_bias()) (plinio.fast)
 
     def __init__(self, conv: nn.Conv2d, out_height: int, out_width: int,
                  out_features_masker: PITFeaturesMasker, binarization_threshold: float = 0.5) -> None:
@@ -27,8 +27,7 @@ class PITConv2d(ConvHyperParams, PITWeightedModule):
     def kernel_volume(self, binarized: bool) -> Any:
         return prod(self.kernel_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight, bias = self.masked_weight_and_bias()
+    def dense_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         return self.conv_forward(F.conv2d, x, weight, bias)
 
     def summary(self) -> Dict[str, Any]:

@@ -1,5 +1,5 @@
 """PITLinear: Linear with a searched number of output features."""
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -19,8 +19,7 @@ class PITLinear(PITWeightedModule):
         self.in_features = linear.in_features
         self.out_features = linear.out_features
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight, bias = self.masked_weight_and_bias()
+    def dense_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         return F.linear(x, weight, bias)
 
     def summary(self) -> Dict[str, Any]:

@@ -5,6 +5,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from plinio.fast.sparse_step import sparse_call
 from plinio.methods.pit.nn.binarizer import PITBinarizer
 from plinio.methods.pit.nn.features_calculator import ConstFeaturesCalculator, FeaturesCalculator
 from plinio.methods.pit.nn.features_masker import PITFeaturesMasker
@@ -131,6 +132,20 @@ class PITWeightedModule(PITModule):
     def fused_time_params(self) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """(beta, gamma) arguments of ``pit_masked_weight``."""
         return None, None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``dense_forward`` with the masked weights; in a sparse step of the fast path
+        (``plinio.fast.sparse_step``) only the kept output rows and live input channels, with
+        the same values and gradients."""
+        weight, bias = self.masked_weight_and_bias()
+        call = sparse_call(self, x)
+        if call is not None:
+            return call(x, weight, bias)
+        return self.dense_forward(x, weight, bias)
+
+    def dense_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """The layer's operation with the given (masked) weight and bias."""
+        raise NotImplementedError
 
     def masked_weight_and_bias(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Weight and bias with the current binarized masks: what forward() computes with."""

@@ -1,0 +1,287 @@
+"""Sparse execution of a whole search step: the kept channel sets of every layer, computed
+once per step, and the hook through which each masked convolution uses them.
+
+A wrapper holding a :class:`SparseExecution` runs its forward inside
+``execution.step()``. That binarizes every channel mask of the model at once — exactly as
+``plinio.ops.pit_masked_weight`` does: θ = |α| with the last ``keep_alive`` entries at 1,
+kept where θ > threshold, compared in the precision of the op's kernels — and brings the
+bits to the host in one transfer (the only host synchronisation of the step; free on the
+CPU). From them it derives, per registered *site* (a layer or a merged supernet
+convolution), the kept output rows and the live input channels, and moves all index sets to
+the device in one copy. The sets are reused as long as no mask changes.
+
+During the step, a site asks :func:`sparse_call` for its call: None means "run the dense
+convolution" (no step active, ``torch.compile`` tracing, autocast on, the site unknown, or
+:func:`~plinio.fast.sparse_conv.sparse_pays` says the compact convolution would not be
+faster for this input size); otherwise a :class:`SparseCall` that runs
+:func:`~plinio.fast.sparse_conv.sparse_masked_conv` with the site's flags. The flags come
+from ``plinio.graph.zero_gradients`` (which gradients are provably 0 on pruned channels), so
+values and gradients are those of the dense path.
+"""
+import contextlib
+import contextvars
+import math
+from dataclasses import dataclass
+from typing import Dict, Hashable, Iterator, List, Mapping, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from plinio.graph.channels import Concat, Const, Desc, Flatten, Group
+
+from .linear_ops import ConvGeometry
+from .sparse_conv import LayerWork, sparse_masked_conv, sparse_pays
+
+
+@dataclass(frozen=True)
+class ChannelMask:
+    """One channel mask as ``pit_masked_weight`` binarizes it. ``owner.<param>`` holds α
+    (read at every step, so a replaced or reloaded parameter is seen); ``param`` None: a
+    frozen mask that keeps every channel."""
+
+    owner: nn.Module
+    param: Optional[str]
+    size: int
+    keep_alive: int
+    threshold: float
+
+    def values(self) -> torch.Tensor:
+        return getattr(self.owner, self.param)
+
+
+@dataclass(frozen=True)
+class SparseSite:
+    """A masked convolution (``geometry`` None: a Linear on (batch, features) inputs).
+
+    ``kept``: id of the mask whose kept channels are the only non-zero output rows (None:
+    every row may be non-zero). ``live``: what the input channels are made of, a channel
+    descriptor whose groups are mask ids (channels outside the live set are exactly 0).
+    ``grad_pruned_rows`` / ``grad_dead_inputs``: as in ``sparse_masked_conv``.
+    """
+
+    geometry: Optional[ConvGeometry]
+    in_channels: int
+    out_channels: int
+    kept: Optional[int]
+    live: Desc
+    grad_pruned_rows: bool
+    grad_dead_inputs: bool
+
+    def positions(self, x: torch.Tensor, geometry: Optional[ConvGeometry]) -> Optional[int]:
+        """Output positions of one call on ``x`` (batch included), None when ``x`` does not
+        fit the site."""
+        if geometry is None:
+            if x.dim() < 1 or x.shape[-1] != self.in_channels:
+                return None
+            return math.prod(x.shape[:-1])
+        if x.dim() != geometry.ndim + 2 or x.shape[1] != self.in_channels:
+            return None
+        sizes = [(n + off) // s + 1 for n, off, s in zip(x.shape[2:], geometry.size_offset, geometry.stride)]
+        return x.shape[0] * math.prod(sizes) if min(sizes) > 0 else None
+
+
+class SparseCall:
+    """What one site computes in this step: its kept rows and live inputs (device index
+    tensors, None: all) and its flags. Calling it runs ``sparse_masked_conv``."""
+
+    def __init__(self, site: SparseSite, geometry: Optional[ConvGeometry], kept: Optional[torch.Tensor],
+                 live: Optional[torch.Tensor]) -> None:
+        self.site = site
+        self.geometry = geometry
+        self.kept = kept
+        self.live = live
+
+    def kept_rows(self, like: torch.Tensor) -> torch.Tensor:
+        """0./1. vector over the output channels: 1 on the kept rows (``like``'s dtype and device)."""
+        out = torch.zeros(self.site.out_channels, dtype=like.dtype, device=like.device)
+        return out.fill_(1.0) if self.kept is None else out.index_fill_(0, self.kept, 1.0)
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        return sparse_masked_conv(x, weight, bias, self.geometry, self.kept, self.live,
+                                  grad_pruned_rows=self.site.grad_pruned_rows,
+                                  grad_dead_inputs=self.site.grad_dead_inputs)
+
+
+class _SiteSets:
+    """A site's index sets of the current masks, and its decisions per input size."""
+
+    def __init__(self, site: SparseSite, kept: Optional[torch.Tensor], live: Optional[torch.Tensor],
+                 n_kept: int, n_live: int) -> None:
+        self.site = site
+        self.kept = kept
+        self.live = live
+        self.n_kept = n_kept
+        self.n_live = n_live
+        self._calls: Dict[Tuple[Tuple[int, ...], Optional[ConvGeometry]], Optional[SparseCall]] = {}
+
+    def call_for(self, x: torch.Tensor, geometry: Optional[ConvGeometry]) -> Optional[SparseCall]:
+        key = (tuple(x.shape), geometry)
+        if key not in self._calls:
+            self._calls[key] = self._decide(x, geometry)
+        return self._calls[key]
+
+    def _decide(self, x: torch.Tensor, geometry: Optional[ConvGeometry]) -> Optional[SparseCall]:
+        site = self.site
+        if self.kept is None and self.live is None:
+            return None  # nothing to skip
+        positions = site.positions(x, geometry)
+        if positions is None:
+            return None
+        work = LayerWork(geometry, site.in_channels, site.out_channels, positions)
+        if not sparse_pays(work, self.n_kept, self.n_live, site.grad_pruned_rows, site.grad_dead_inputs):
+            return None
+        return SparseCall(site, geometry, self.kept, self.live)
+
+
+def _live_indices(desc: Desc, kept: Mapping[int, Optional[np.ndarray]], sizes: Mapping[int, int]
+                  ) -> Tuple[Optional[np.ndarray], int]:
+    """(live channel indices or None when every channel may be live, channel count)."""
+    if isinstance(desc, Const):
+        return None, desc.n
+    if isinstance(desc, Group):
+        size = sizes.get(desc.gid)
+        if size is None:
+            raise ValueError(f"plinio.fast.sparse_step: no channel mask for group {desc.gid}")
+        return kept.get(desc.gid), size
+    if isinstance(desc, Flatten):
+        inner, size = _live_indices(desc.inner, kept, sizes)
+        if inner is None:
+            return None, size * desc.factor
+        return (inner[:, None] * desc.factor + np.arange(desc.factor)).reshape(-1), size * desc.factor
+    if isinstance(desc, Concat):
+        parts, offset, complete = [], 0, True
+        for part in desc.parts:
+            idx, size = _live_indices(part, kept, sizes)
+            complete = complete and idx is None
+            parts.append((np.arange(size) if idx is None else idx) + offset)
+            offset += size
+        return (None if complete else np.concatenate(parts)), offset
+    raise TypeError(f"plinio.fast.sparse_step: unknown channel descriptor {desc!r}")
+
+
+class _Step:
+    """The index sets of every site for one set of mask bits."""
+
+    def __init__(self, execution: "SparseExecution", bits: np.ndarray, device: torch.device) -> None:
+        kept: Dict[int, Optional[np.ndarray]] = {}
+        for mid, (start, size) in execution.slices.items():
+            on = np.flatnonzero(bits[start:start + size])
+            kept[mid] = None if on.size == size else on
+        sizes = {mid: mask.size for mid, mask in execution.masks.items()}
+        host: List[Tuple[Hashable, SparseSite, Optional[np.ndarray], int, Optional[np.ndarray], int]] = []
+        for key, site in execution.sites.items():
+            k_idx = kept.get(site.kept) if site.kept is not None else None
+            n_kept = site.out_channels if k_idx is None else k_idx.size
+            l_idx, n_in = _live_indices(site.live, kept, sizes)
+            if n_in != site.in_channels:
+                raise ValueError(f"plinio.fast.sparse_step: the input of a site has {site.in_channels} channels but "
+                                 f"its descriptor {site.live!r} describes {n_in}")
+            n_live = site.in_channels if l_idx is None else l_idx.size
+            host.append((key, site, k_idx, n_kept, l_idx, n_live))
+        arrays = [a for entry in host for a in (entry[2], entry[4]) if a is not None]
+        packed = _to_device(np.concatenate(arrays) if arrays else np.zeros(0, np.int64), device)
+        self.sites: Dict[Hashable, _SiteSets] = {}
+        offset = 0
+        for key, site, k_idx, n_kept, l_idx, n_live in host:
+            views = []
+            for idx in (k_idx, l_idx):
+                views.append(None if idx is None else packed[offset:offset + idx.size])
+                offset += 0 if idx is None else idx.size
+            self.sites[key] = _SiteSets(site, views[0], views[1], n_kept, n_live)
+
+
+def _to_device(indices: np.ndarray, device: torch.device) -> torch.Tensor:
+    """One int64 tensor on ``device`` (pinned and non-blocking for CUDA: no host sync)."""
+    tensor = torch.from_numpy(indices.astype(np.int64, copy=False))
+    if device.type == "cpu":
+        return tensor
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
+_ACTIVE: contextvars.ContextVar[Optional[_Step]] = contextvars.ContextVar("plinio_sparse_step", default=None)
+
+
+class SparseExecution:
+    """The sparse-execution state of one model: its channel masks (by id) and its sites
+    (keyed by the object that runs them: a layer, a supernet's combiner). Holds no
+    parameter; the wrappers keep it outside the module tree."""
+
+    def __init__(self, masks: Mapping[int, ChannelMask], sites: Mapping[Hashable, SparseSite]) -> None:
+        self.masks = dict(masks)
+        self.sites = dict(sites)
+        searched = [mid for mid, m in sorted(self.masks.items()) if m.param is not None]
+        self.slices: Dict[int, Tuple[int, int]] = {}
+        start = 0
+        for mid in searched:
+            self.slices[mid] = (start, self.masks[mid].size)
+            start += self.masks[mid].size
+        self._searched = searched
+        self._constants: Dict[torch.device, Tuple[torch.Tensor, torch.Tensor]] = {}
+        self._last: Optional[Tuple[bytes, torch.device, _Step]] = None
+
+    def _bits(self) -> Tuple[np.ndarray, torch.device]:
+        """Every searched mask binarized, concatenated, on the host (one transfer)."""
+        values = [self.masks[mid].values().detach() for mid in self._searched]
+        if not values:
+            return np.zeros(0, dtype=bool), torch.device("cpu")
+        device = values[0].device
+        keep, thresholds = self._constants_on(device)
+        with torch.no_grad():
+            theta = torch.cat([v.to(torch.float64) for v in values]).abs_()
+            theta.masked_fill_(keep, 1.0)
+            bits = (theta > thresholds).cpu().numpy()
+        return bits, device
+
+    def _constants_on(self, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Keep-alive flags and thresholds (as the kernels compare them: in the parameters'
+        accumulation precision, float32 below float64) of the concatenated masks."""
+        if device not in self._constants:
+            keep, thresholds = [], []
+            for mid in self._searched:
+                mask = self.masks[mid]
+                flags = np.zeros(mask.size, dtype=bool)
+                if mask.keep_alive > 0:
+                    flags[-mask.keep_alive:] = True
+                keep.append(flags)
+                precision = np.float64 if mask.values().dtype == torch.float64 else np.float32
+                thresholds.append(np.full(mask.size, precision(mask.threshold), dtype=np.float64))
+            self._constants[device] = (torch.from_numpy(np.concatenate(keep)).to(device),
+                                          torch.from_numpy(np.concatenate(thresholds)).to(device))
+        return self._constants[device]
+
+    @contextlib.contextmanager
+    def step(self) -> Iterator[None]:
+        """Within this context the sites run sparse where it pays (see the module docstring)."""
+        bits, device = self._bits()
+        key = bits.tobytes()
+        if self._last is not None and self._last[0] == key and self._last[1] == device:
+            current = self._last[2]
+        else:
+            current = _Step(self, bits, device)
+            self._last = (key, device, current)
+        token = _ACTIVE.set(current)
+        try:
+            yield
+        finally:
+            _ACTIVE.reset(token)
+
+
+def sparse_call(owner: Hashable, x: torch.Tensor, geometry: Optional[ConvGeometry] = None
+                ) -> Optional[SparseCall]:
+    """The sparse computation of ``owner``'s convolution on ``x`` in the current step, or
+    None: run the dense one. ``geometry``: the convolution actually run (a layer that
+    absorbed a padding), default the site's own."""
+    current = _ACTIVE.get()
+    if current is None or torch.compiler.is_compiling():
+        return None
+    sets = current.sites.get(owner)
+    if sets is None or torch.is_autocast_enabled(x.device.type):
+        return None
+    if sets.kept is not None and sets.kept.device != x.device or \
+            sets.live is not None and sets.live.device != x.device:
+        return None
+    return sets.call_for(x, sets.site.geometry if geometry is None else geometry)
+
