@@ -7,13 +7,13 @@ saves its output). :func:`zero_padded_conv` computes the same forward, saves ``x
 rebuilds the padded copy in backward, where it calls the very kernel autograd would
 (``aten.convolution_backward``): values and gradients are bitwise those of ``conv(pad(x))``,
 and one activation-sized tensor per layer is no longer kept alive between forward and
-backward.
+backward. With ``create_graph=True`` (double backward) the backward recomputes the padded
+convolution and differentiates it, so second derivatives are exact too.
 """
 from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 from .autocast import cast_for_conv
 
@@ -46,20 +46,46 @@ class _ZeroPaddedConv(torch.autograd.Function):
         return _conv(F.pad(x, spec), weight, bias, stride, dilation, groups)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
-        x, weight = ctx.saved_tensors
-        needs_x, needs_w, needs_b = ctx.needs_input_grad[:3]
-        padded = F.pad(x, ctx.spec)
-        ndim = x.dim() - 2
-        grad_padded, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            grad, padded, weight, ctx.bias_sizes, list(ctx.stride), [0] * ndim,
-            list(ctx.dilation), False, [0] * ndim, ctx.groups,
-            [needs_x, needs_w, needs_b and ctx.bias_sizes is not None])
-        grad_x = None
-        if needs_x:  # un-pad as F.pad's own backward does: a dense tensor, not a strided view
-            grad_x = F.pad(grad_padded, [-p for p in ctx.spec])
-        return grad_x, grad_w, grad_b, None, None, None, None
+        if torch.is_grad_enabled():  # create_graph=True: the gradients must be differentiable
+            return _differentiable_backward(ctx, grad)
+        return _backward(ctx, grad)
+
+
+def _backward(ctx: Any, grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+    """The gradients as autograd computes those of ``conv(F.pad(x))``, one kernel call."""
+    x, weight = ctx.saved_tensors
+    needs_x, needs_w, needs_b = ctx.needs_input_grad[:3]
+    padded = F.pad(x, ctx.spec)
+    ndim = x.dim() - 2
+    grad_padded, grad_w, grad_b = torch.ops.aten.convolution_backward(
+        grad, padded, weight, ctx.bias_sizes, list(ctx.stride), [0] * ndim,
+        list(ctx.dilation), False, [0] * ndim, ctx.groups,
+        [needs_x, needs_w, needs_b and ctx.bias_sizes is not None])
+    grad_x = None
+    if needs_x:  # un-pad as F.pad's own backward does: a dense tensor, not a strided view
+        grad_x = F.pad(grad_padded, [-p for p in ctx.spec])
+    return grad_x, grad_w, grad_b, None, None, None, None
+
+
+def _differentiable_backward(ctx: Any, grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+    """The same gradients as a differentiable function of ``grad``, ``x`` and the weight (for
+    double backward, e.g. a penalty on the input gradient): the padded convolution is
+    recomputed from the saved tensors, which keep their autograd history, and differentiated
+    with ``create_graph``. The bias gradient Σ grad is linear in ``grad``."""
+    x, weight = ctx.saved_tensors
+    needs_x, needs_w, needs_b = ctx.needs_input_grad[:3]
+    wanted = [t for t, needed in ((x, needs_x), (weight, needs_w)) if needed]
+    found: List[Optional[torch.Tensor]] = []
+    if wanted:
+        out = _conv(F.pad(x, ctx.spec), weight, None, ctx.stride, ctx.dilation, ctx.groups)
+        found = list(torch.autograd.grad(out, wanted, grad, create_graph=True))
+    grad_x = found.pop(0) if needs_x else None
+    grad_w = found.pop(0) if needs_w else None
+    grad_b = None
+    if needs_b and ctx.bias_sizes is not None:
+        grad_b = grad.sum(dim=[0] + list(range(2, grad.dim())))
+    return grad_x, grad_w, grad_b, None, None, None, None
 
 
 def zero_padded_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],

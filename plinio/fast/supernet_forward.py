@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from .hard_mode import gradient_anchors, updates_state_in_training, zero_gradient_link
+from .hard_mode import first_order_only, gradient_anchors, updates_state_in_training, zero_gradient_link
 from .linear_ops import ConvGeometry, layer_weight_and_bias, reference_conv
 from .merge_plan import MergePlan
 from .merged_conv import MergedConv
@@ -156,6 +156,11 @@ class FastSuperNet(nn.Module):
         selected = int(torch.argmax(theta.detach()))
         others = [j for j in range(self.plan.n_branches) if j != selected]
         if self._alpha_needs_outputs(theta):
+            refusal = (f"plinio fast path: supernet '{self.supernet_name}' runs in hard Gumbel mode, where the "
+                       "branches not selected are evaluated without autograd state: their first derivatives "
+                       "are exact, their second derivatives are not available. A backward with "
+                       "create_graph=True (e.g. a gradient penalty) needs fast=False, or soft mode")
+            x = first_order_only(x, refusal)
             rest = []
             for i in self.separate:
                 if i == selected:
@@ -166,7 +171,7 @@ class FastSuperNet(nn.Module):
             out = self._mix(x, theta, rest)
             skipped = [j for j in others if j in self.separate]
             anchors = gradient_anchors(m for j in skipped for m in self._branch_modules[j])
-            return out + zero_gradient_link(theta, anchors) if anchors else out
+            return out + zero_gradient_link(theta, anchors, refusal) if anchors else out
         out = self._branches[selected](x)
         for j in others:
             if updates_state_in_training(self._branch_modules[j]):
