@@ -16,6 +16,7 @@ from .autocast import autocast_off
 from .linear_ops import (ConvGeometry, compose, compose_weights, layer_weight_and_bias,
                          reference_conv)
 from .merge_plan import MemberPlacement, MergePlan
+from .sparse_step import SparseCall
 
 # one element of a branch chain: the layer and its geometry (None for nn.Identity)
 ChainLayer = Tuple[nn.Module, Optional[ConvGeometry]]
@@ -79,11 +80,13 @@ class MergedConv:
         self.chains = tuple(tuple(c) for c in chains)  # aligned with plan.members
         self.has_identity = any(all(geometry is None for _, geometry in chain) for chain in self.chains)
 
-    def kernel_and_bias(self, theta: torch.Tensor, like: torch.Tensor
+    def kernel_and_bias(self, theta: torch.Tensor, like: torch.Tensor,
+                        identity_rows: Optional[torch.Tensor] = None
                         ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Merged kernel Σ θ_i·place(W_i) and bias Σ θ_i·b_i for the plan's members, in the
         weights' dtype (``like``: a tensor of the dtype and device of the input, the dtype of
-        an all-Identity kernel)."""
+        an all-Identity kernel). ``identity_rows``: 0./1. per output channel multiplying the
+        Identity's Dirac kernel (sparse execution: its rows outside the kept set)."""
         members = [(member, chain_weight_and_bias(chain)) for member, chain in zip(self.plan.members, self.chains)]
         weights = [weight for _, (weight, _) in members if weight is not None]
         dtype = functools.reduce(torch.promote_types, (w.dtype for w in weights)) if weights else like.dtype
@@ -93,7 +96,12 @@ class MergedConv:
         bias_thetas: List[torch.Tensor] = []
         for member, (weight, bias) in members:
             t = theta[member.branch:member.branch + 1]
-            weight = _dirac(member.geometry, like, dtype) if weight is None else weight.to(dtype)
+            if weight is None:
+                weight = _dirac(member.geometry, like, dtype)
+                if identity_rows is not None:
+                    weight = weight * identity_rows.to(dtype).view((-1,) + (1,) * (weight.dim() - 1))
+            else:
+                weight = weight.to(dtype)
             placed.append(place_kernel(weight, member, self.geometry))
             thetas.append(t)
             if bias is not None:
@@ -105,14 +113,21 @@ class MergedConv:
             merged_bias = torch.tensordot(torch.cat(bias_thetas).to(dtype), torch.stack(biases), dims=1)
         return kernel, merged_bias
 
-    def __call__(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, theta: torch.Tensor, sparse: Optional[SparseCall] = None) -> torch.Tensor:
         """The merged branches' Σ θ_i·branch_i(x). Under autocast the kernel is built in the
         weights' precision and the convolution casts it (each branch's own convolution would
         cast its weight); the result has the dtype the branches' sum would have (an Identity
-        member passes ``x`` on in its own dtype)."""
+        member passes ``x`` on in its own dtype).
+
+        ``sparse``: the supernet's sparse call of this step. The members' rows outside its
+        kept set are exactly 0 except the Identity's Dirac rows, which only carry ``x`` on
+        channels that are dead (exactly 0) and their gradient to them; they are zeroed, which
+        is exact where the sites allow it (``plinio.methods.dnas_base.sparse_sites``: the
+        output gradient is 0 there, or the input gradient dies there)."""
         with autocast_off(x.device):
-            kernel, bias = self.kernel_and_bias(theta, x)
-        out = reference_conv(x, kernel, bias, self.geometry)
+            rows = sparse.kept_rows(x) if sparse is not None and self.has_identity else None
+            kernel, bias = self.kernel_and_bias(theta, x, rows)
+        out = sparse(x, kernel, bias) if sparse is not None else reference_conv(x, kernel, bias, self.geometry)
         if self.has_identity:
             out = out.to(torch.promote_types(out.dtype, x.dtype))
         return out

@@ -19,6 +19,7 @@ from .graph_copy import copy_graph, fetch, rebuild
 from .linear_ops import (ConvGeometry, conv_geometry, conv_matches_geometry,
                          layer_weight_and_bias, trusted_conv_forward)
 from .padded_conv import zero_padded_conv
+from .sparse_step import sparse_call
 
 
 class PaddedConv(nn.Module):
@@ -33,6 +34,9 @@ class PaddedConv(nn.Module):
     def forward(self, x: Any) -> Any:
         g = self.geometry
         weight, bias = layer_weight_and_bias(self._layer[0])
+        call = sparse_call(self._layer[0], x, g)  # the layer's sparse execution (plinio.fast.sparse_step)
+        if call is not None:
+            return call(x, weight, bias)
         return zero_padded_conv(x, weight, bias, g.pad_left, g.pad_right, g.stride, g.dilation,
                                 g.groups)
 

@@ -274,8 +274,10 @@ def sparse_call(owner: Hashable, x: torch.Tensor, geometry: Optional[ConvGeometr
     """The sparse computation of ``owner``'s convolution on ``x`` in the current step, or
     None: run the dense one. ``geometry``: the convolution actually run (a layer that
     absorbed a padding), default the site's own."""
+    if torch.compiler.is_compiling():
+        return None
     current = _ACTIVE.get()
-    if current is None or torch.compiler.is_compiling():
+    if current is None:
         return None
     sets = current.sites.get(owner)
     if sets is None or torch.is_autocast_enabled(x.device.type):

@@ -9,7 +9,10 @@ from plinio.checkpoint import validate_state_dict
 from plinio.cost.specs import CostArg
 from plinio.fast import fast_graph
 from plinio.fast.autocast import autocast_off
+from plinio.fast.sparse_step import SparseExecution
+from plinio.graph.zero_gradients import gradient_facts
 from plinio.methods.dnas_base.cost_selection import CostSelection, RegularizerNames
+from plinio.methods.dnas_base.sparse_sites import build_sparse_execution
 from plinio.methods.dnas_base.switches import checked_switch
 from plinio.ops import reference_path_forced
 from plinio.safety import check_nas_parameters, debug_checks_enabled
@@ -34,6 +37,9 @@ class DNAS(nn.Module):
         self.cost_targets = self._cost_selection.targets
         self._fast = False
         self._fast_runner: Optional[Tuple[Any]] = None
+        self._sparse_wanted = True
+        self._sparse_runner: Optional[Tuple[SparseExecution]] = None
+        self._sparse_reason = "the fast path is off"
 
     # ---- the conversion result ---------------------------------------------------------------
     def _input_shape_or_none(self, input_shape: Optional[Sequence[int]],
@@ -52,6 +58,8 @@ class DNAS(nn.Module):
         self.seed = conversion.gm
         self._cost_model = conversion.cost_model
         self._pit_layers = tuple(conversion.layers.items())
+        masked = [name for name, info in conversion.analysis.layers.items() if info.role in ("depthwise", "follower")]
+        self._gradient_facts = gradient_facts(conversion.gm, conversion.analysis, masked)
 
     @property
     def cost_model(self) -> nn.Module:
@@ -77,6 +85,33 @@ class DNAS(nn.Module):
         # the fast graph refers to (does not own) the layers of self.seed
         runner = fast_graph(self.seed) if self._fast else None
         self._fast_runner = (runner,) if runner is not None else None
+        self._update_sparse()
+
+    @property
+    def sparse(self) -> bool:
+        """Exact sparse execution of masked channels (README "Sparse execution"): on the fast
+        path, each masked convolution computes only its kept output channels and live input
+        channels where that is faster; values and gradients are those of the dense path.
+        On by default; False when switched off, with ``fast`` off, or where it does not apply
+        (``fast_plan['sparse']`` says why). Eager mode only: under ``torch.compile`` the
+        dense convolutions run."""
+        return self._sparse_runner is not None
+
+    @sparse.setter
+    def sparse(self, value: bool) -> None:
+        self._sparse_wanted = checked_switch(type(self).__name__, "sparse", value)
+        self._update_sparse()
+
+    def _update_sparse(self) -> None:
+        """(Re)build the sparse execution for the graph in use."""
+        self._sparse_runner, self._sparse_reason = None, "switched off (sparse=False)"
+        if not self._fast:
+            self._sparse_reason = "the fast path is off"
+        elif self._sparse_wanted:
+            runner = self._fast_runner[0] if self._fast_runner is not None else self.seed
+            execution, self._sparse_reason = build_sparse_execution(self.seed, runner, self._pit_layers,
+                                                                    self._gradient_facts)
+            self._sparse_runner = (execution,) if execution is not None else None
 
     def _switch_fast_layers(self, fast: bool) -> None:
         """Hook for method-specific layers that have their own fast switch."""
@@ -84,12 +119,17 @@ class DNAS(nn.Module):
     @property
     def fast_plan(self) -> Dict[str, Any]:
         """What the fast path does to this model: ``merge_plans`` (supernet → merged and
-        separate branches), ``unoptimized`` (supernet → reason) and ``absorbed_paddings``
-        (convolutions computing their input's zero padding). Empty when ``fast`` is off."""
+        separate branches), ``unoptimized`` (supernet → reason), ``absorbed_paddings``
+        (convolutions computing their input's zero padding) and ``sparse`` (``sites``: the
+        convolutions that may run sparse; ``reason``: why none may, else ''). Empty when
+        ``fast`` is off."""
         runner = self._fast_runner[0] if self._fast_runner is not None else None
+        sparse = self._sparse_runner[0] if self._sparse_runner is not None else None
         return {"merge_plans": dict(getattr(runner, "plinio_merge_plans", {})),
                 "unoptimized": dict(getattr(runner, "plinio_unoptimized", {})),
-                "absorbed_paddings": tuple(getattr(runner, "plinio_absorbed_paddings", ()))}
+                "absorbed_paddings": tuple(getattr(runner, "plinio_absorbed_paddings", ())),
+                "sparse": {"sites": len(sparse.sites) if sparse is not None else 0,
+                           "reason": self._sparse_reason}}
 
     supported_regularizers = RegularizerNames()
 
@@ -104,9 +144,13 @@ class DNAS(nn.Module):
         self._cost_selection.set_regularizer(value, self.get_cost)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """Runs the converted model (through the fast graph when enabled)."""
+        """Runs the converted model (through the fast graph when enabled, in a sparse step
+        when ``sparse``)."""
         runner = self._fast_runner[0] if self._fast_runner is not None else self.seed
-        return runner(*args, **kwargs)
+        if self._sparse_runner is None or torch.compiler.is_compiling():
+            return runner(*args, **kwargs)
+        with self._sparse_runner[0].step():
+            return runner(*args, **kwargs)
 
     def get_size(self) -> torch.Tensor:
         """Differentiable model size (0-dim float32)."""

@@ -29,7 +29,7 @@ class PIT(DNAS):
                  regularizer: Optional[str] = None, autoconvert_layers: bool = True,
                  exclude_names: Iterable[str] = (), exclude_types: Iterable[type] = (),
                  train_features: bool = True, train_rf: bool = True, train_dilation: bool = True, *,
-                 input_example: Any = None, fast: bool = True, cost: Optional[CostArg] = None,
+                 input_example: Any = None, fast: bool = True, sparse: bool = True, cost: Optional[CostArg] = None,
                  targets: Optional[Dict[str, float]] = None) -> None:
         super().__init__(regularizer, cost, targets)
         input_shape = self._input_shape_or_none(input_shape, input_example)
@@ -42,6 +42,7 @@ class PIT(DNAS):
         if self._network_costs.peak_names and self._network_costs.merge_targets:
             raise ValueError(f"PIT: peak memory of a model with supernets ({list(self._network_costs.merge_targets)}) "
                              f"depends on their branch choice; search it with PITSuperNet")
+        self.sparse = sparse
         self.fast = fast
         self.train_features = train_features
         self.train_rf = train_rf

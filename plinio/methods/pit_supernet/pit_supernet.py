@@ -42,7 +42,7 @@ class PITSuperNet(DNAS):
     def __init__(self, model: nn.Module, input_shape: Optional[Sequence[int]] = None,
                  regularizer: Optional[str] = None, autoconvert_layers: bool = True,
                  exclude_names: Iterable[str] = (), exclude_types: Iterable[type] = (), *,
-                 input_example: Any = None, fast: bool = True, cost: Optional[CostArg] = None,
+                 input_example: Any = None, fast: bool = True, sparse: bool = True, cost: Optional[CostArg] = None,
                  targets: Optional[Dict[str, float]] = None) -> None:
         super().__init__(regularizer, cost, targets)
         if not isinstance(model, nn.Module):
@@ -76,6 +76,7 @@ class PITSuperNet(DNAS):
         self._sn_costs = SuperNetCosts(self.supernet_names, self._combiners, static,
                                        self._cost_model.layer_names,
                                        self._cost_model.layer_costs, self._network_costs, merge_order)
+        self.sparse = sparse
         self.fast = fast
         self._cost_selection.bind(self.get_cost)
 
