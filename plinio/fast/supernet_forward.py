@@ -22,6 +22,7 @@ from .hard_mode import first_order_only, gradient_anchors, updates_state_in_trai
 from .linear_ops import ConvGeometry, layer_weight_and_bias, reference_conv
 from .merge_plan import MergePlan
 from .merged_conv import MergedConv
+from .sparse_step import sparse_call
 
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
@@ -108,6 +109,11 @@ class FastSuperNet(nn.Module):
         return tuple(self._relu_inputs)
 
     @property
+    def merged(self) -> Optional[MergedConv]:
+        """The merged convolution of the plan's merged branches (None: none merged)."""
+        return self._merged[0]
+
+    @property
     def combiner(self) -> nn.Module:
         """The supernet's combiner (owner of α and the sampling state)."""
         return self._combiner[0]
@@ -123,13 +129,14 @@ class FastSuperNet(nn.Module):
             else:
                 inputs[i] = self._relu_inputs.get(i, self._branches[i])(x)
         theta = self.combiner.sample_theta()
-        merged = self._merged[0]
-        out = merged(x, theta) if merged is not None else None
+        out = self._merged_output(x, theta)
         for i, (_, (layer, geometry)) in self._tails.items():
             weight, bias = layer_weight_and_bias(layer)
             scale = theta[i].to(weight.dtype)
-            y = reference_conv(inputs[i], weight * scale, None if bias is None else bias * scale,
-                               geometry)
+            weight, bias = weight * scale, None if bias is None else bias * scale
+            call = sparse_call(layer, inputs[i], geometry)
+            y = call(inputs[i], weight, bias) if call is not None else \
+                reference_conv(inputs[i], weight, bias, geometry)
             out = _accumulate(out, y)  # fresh conv outputs, not saved: in place
         if self._combined:
             mixed = weighted_sum([inputs[i] for i in self._combined],
@@ -137,10 +144,17 @@ class FastSuperNet(nn.Module):
             out = _accumulate(mixed, out)  # combine's backward does not need its output
         return out
 
+    def _merged_output(self, x: torch.Tensor, theta: torch.Tensor) -> Optional[torch.Tensor]:
+        """Σ θ_i·branch_i(x) over the merged branches (sparse in a sparse step, keyed by the
+        combiner), None when no branch is merged."""
+        merged = self._merged[0]
+        if merged is None:
+            return None
+        return merged(x, theta, sparse_call(self.combiner, x, merged.geometry))
+
     def _mix(self, x: torch.Tensor, theta: torch.Tensor,
              rest: List[torch.Tensor]) -> torch.Tensor:
-        merged = self._merged[0]
-        out = merged(x, theta) if merged is not None else None
+        out = self._merged_output(x, theta)
         if rest:
             mixed = weighted_sum(rest, _take(theta, self.separate))
             # in place into the fresh sum (combine's backward does not need its output)
