@@ -1,8 +1,9 @@
 """Second derivatives at model level: a loss with an input-gradient penalty
-(task + ||d task / d x||²) gives the same α / β / γ / weight gradients on the fast and the
-reference path, for PIT and PITSuperNet; where the fast path cannot give them (hard Gumbel
-mode, whose skipped branches run without autograd state) every backward with
-``create_graph=True`` raises, so no wrong value can come out silently."""
+(task + ||d task / d x||²) gives the same α / β / γ / weight gradients on the fast path
+(with ``sparse=False``) and the reference path, for PIT and PITSuperNet; where the fast path
+cannot give them (hard Gumbel mode, whose skipped branches run without autograd state;
+sparse execution) every backward with ``create_graph=True`` raises, so no wrong value can
+come out silently."""
 import warnings
 
 import pytest
@@ -40,6 +41,7 @@ def _task(out: torch.Tensor, linear: bool) -> torch.Tensor:
 
 def _penalized_grads(wrapper, x: torch.Tensor, fast: bool, linear: bool):
     wrapper.fast = fast
+    wrapper.sparse = False  # sparse execution refuses create_graph (README "Sparse execution")
     x = x.clone().requires_grad_(True)
     torch.manual_seed(3)
     task = _task(wrapper(x), linear)
@@ -72,6 +74,17 @@ def test_input_gradient_penalty_fast_equals_reference(name, hard, linear):
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12, msg=pname)
 
 
+def test_sparse_execution_refuses_create_graph():
+    wrapper, x = _wrapper("tcn")
+    wrapper.eval()
+    wrapper.fast = True
+    if not wrapper.sparse:
+        pytest.skip(f"no sparse execution here: {wrapper.fast_plan.get('sparse')}")
+    task = _task(wrapper(x.requires_grad_(True)), False)
+    with pytest.raises(RuntimeError, match=r"double backward \(create_graph=True\) is not supported by sparse"):
+        torch.autograd.grad(task, x, create_graph=True)
+
+
 @pytest.mark.parametrize("pads", [((2,), (0,)), ((0,), (3,)), ((1, 0), (0, 1))])
 def test_zero_padded_conv_has_exact_second_derivatives(pads):
     gen = torch.Generator().manual_seed(0)
@@ -92,6 +105,7 @@ def _gumbel_hard_training(name: str):
         if hasattr(m, "gumbel_softmax") and hasattr(m, "sample_theta"):
             m.gumbel_softmax = True
     wrapper.update_softmax_options(hard=True)
+    wrapper.sparse = False  # the refusal tested is the hard-mode shortcut's own
     wrapper.train()
     return wrapper, x.requires_grad_(True)
 
