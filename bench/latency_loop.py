@@ -2,7 +2,7 @@
 exported networks.
 
     python -m bench.latency_loop --model tcn
-    python -m bench.latency_loop --model tcn --table latency_tcn.csv --strengths 0,0.5,2,8 --epochs 3
+    python -m bench.latency_loop --model tcn --table latency_tcn.csv --strengths 0.05,0.2 --epochs 4
 
 1. The workload's latency table is measured (``bench.latency_table``, both backends, plus
    the per-call overhead of each backend: an identity layer) unless ``--table`` names one.
@@ -123,7 +123,7 @@ def search_networks(model_factory, input_shape: Sequence[int], table: Path, stre
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             search = PIT(model_factory(), input_shape=tuple(input_shape), cost=costs, regularizer="onnxruntime")
-        reference = float(search.get_regularization_loss())
+        reference = float(search.get_regularization_loss().detach())
         net_opt = torch.optim.Adam(search.net_parameters(), lr=1e-3)
         nas_opt = torch.optim.SGD(search.nas_parameters(), lr=1.0)
         gen = torch.Generator().manual_seed(seed)
@@ -171,7 +171,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Network]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tcn", choices=sorted(workloads()), help="a PIT workload of bench/models.py")
     parser.add_argument("--table", type=Path, help="latency table CSV (default: measure one)")
-    parser.add_argument("--strengths", default="1,2,4,8", help="comma-separated regularization strengths")
+    parser.add_argument("--strengths", default="0.02,0.05,0.1,0.2,0.5", help="comma-separated regularization strengths")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per strength (a network kept after each)")
     parser.add_argument("--steps", type=int, default=40, help="search steps per epoch")
     parser.add_argument("--repeats", type=int, default=30)

@@ -256,13 +256,22 @@ def model_shapes(model: nn.Module, input_shape: Tuple[int, ...]) -> List[LayerSh
     return shapes_from_graph(gm)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``; the platform's processor string elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        return platform.processor()
+
+
 def header_lines(argv: Sequence[str], backends: Sequence[str]) -> List[str]:
     """Comment lines recording where and how the table was measured."""
     versions = [f"torch {torch.__version__}"]
     if "onnxruntime" in backends:
         import onnxruntime
         versions.append(f"onnxruntime {onnxruntime.__version__}")
-    cpu = " ".join(filter(None, (platform.machine(), platform.processor())))
+    cpu = " ".join(filter(None, (cpu_model(), platform.machine())))
     return [f"# machine: {cpu} ({os.cpu_count()} logical CPUs), {platform.system()} {platform.release()}",
             f"# versions: python {platform.python_version()}, {', '.join(versions)}",
             f"# date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",

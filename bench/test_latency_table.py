@@ -109,9 +109,12 @@ def test_pads_dilations_and_the_per_call_overhead_are_measured(tmp_path):
     path = tmp_path / "latency.csv"
     write_csv(path, rows, header_lines(["--model", "test"], backends))
     for backend in backends:
-        spec = LatencyTableCost.from_csv(path, backend)
+        spec = LatencyTableCost.from_csv(path, backend, per_call_overhead=True)
         overhead = next(float(r["median_s"]) for r in rows if r["kind"] == "overhead" and r["backend"] == backend)
         assert spec.network_constant() == overhead
+        # by default only onnxruntime, whose run() executes the whole network, is corrected
+        default = LatencyTableCost.from_csv(path, backend).network_constant()
+        assert default == (0.0 if backend == "torch" else overhead)
         raw = LatencyTableCost.from_csv(path, backend, per_call_overhead=False)
         costs = LayerCosts(shapes, {"corrected": spec, "raw": raw})
         result = costs(*costs.full_width(torch.float64))

@@ -41,15 +41,17 @@ channel / taps range the grid does not cover from 1 to the layer's full size, is
 naming the layer. Counts above the full size (a mask value |α| > 1) extrapolate linearly
 from the last grid cell.
 
-With the per-call overhead correction (the default when the table has an ``overhead``
-row) a network's latency is Σ over layer calls of (time − overhead), plus the overhead once
-(``CostSpec.network_constant``).
+With the per-call overhead correction a network's latency is Σ over layer calls of
+(time − overhead), plus the overhead once (``CostSpec.network_constant``). It is on by
+default for onnxruntime, whose ``run`` executes the whole network (measured on a TCN: mean
+error +10 % instead of +154 %, bench/RESULTS.md), and off for eager PyTorch, which pays the
+call overhead at every layer (−10 % without, −13 % with).
 """
 import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -314,18 +316,21 @@ class _BoundLatency(nn.Module):
 
 class LatencyTableCost(CostSpec):
     """The ``latency_table`` cost: seconds per inference from a measured table, with the
-    per-call overhead correction when ``per_call_overhead`` and the table measured it."""
+    per-call overhead correction when the table measured the overhead and
+    ``per_call_overhead`` is True (None: for every backend but eager ``torch``)."""
 
     name = "latency_table"
 
-    def __init__(self, table: LatencyTable, per_call_overhead: bool = True) -> None:
+    def __init__(self, table: LatencyTable, per_call_overhead: Optional[bool] = None) -> None:
         if not isinstance(table, LatencyTable):
             raise TypeError(f"LatencyTableCost: expected a LatencyTable, got {type(table).__name__}")
         self.table = table
-        self.overhead = table.overhead_s if per_call_overhead else 0.0
+        correct = table.backend != "torch" if per_call_overhead is None else per_call_overhead
+        self.overhead = table.overhead_s if correct else 0.0
 
     @classmethod
-    def from_csv(cls, path: Union[str, Path], backend: str, per_call_overhead: bool = True) -> "LatencyTableCost":
+    def from_csv(cls, path: Union[str, Path], backend: str,
+                 per_call_overhead: Optional[bool] = None) -> "LatencyTableCost":
         """The spec of a CSV written by ``bench/latency_table.py``, for one backend."""
         return cls(LatencyTable.from_csv(path, backend), per_call_overhead)
 
