@@ -7,7 +7,7 @@ supernet (keyed by its combiner). Their channel sets come from the channel analy
 conversion, their flags from ``plinio.graph.zero_gradients``, both computed on the converted
 graph ``seed``; the fast graph shares its layers and node names.
 """
-from typing import Dict, Hashable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Hashable, List, Optional, Sequence, Tuple
 
 import torch.fx as fx
 import torch.nn as nn
@@ -87,13 +87,23 @@ def _merged_sites(seed: fx.GraphModule, runner: fx.GraphModule, facts: GradientF
     """The merged convolution of every supernet of the fast graph, keyed by its combiner."""
     seed_nodes = {n.name: n for n in seed.graph.nodes}
     combiner_nodes = {id(seed.get_submodule(n.target)): n for n in seed.graph.nodes if n.op == "call_module"}
+
+    def supernet(node: Any) -> Optional[FastSuperNet]:
+        module = runner.get_submodule(node.target) if isinstance(node, fx.Node) and node.op == "call_module" else None
+        return module if isinstance(module, FastSuperNet) else None
+
+    def in_seed(node: Any) -> Optional[fx.Node]:
+        """The seed node computing the same value (a supernet: its combiner's node)."""
+        if supernet(node) is not None:
+            return combiner_nodes.get(id(supernet(node).combiner))
+        return seed_nodes.get(node.name) if isinstance(node, fx.Node) else None
+
     sites: Dict[Hashable, SparseSite] = {}
     for node in runner.graph.nodes:
-        module = runner.get_submodule(node.target) if node.op == "call_module" else None
-        if not isinstance(module, FastSuperNet) or module.merged is None:
+        module = supernet(node)
+        if module is None or module.merged is None or not node.args:
             continue
-        combiner_node = combiner_nodes.get(id(module.combiner))
-        x = seed_nodes.get(node.args[0].name) if node.args and isinstance(node.args[0], fx.Node) else None
+        combiner_node, x = in_seed(node), in_seed(node.args[0])
         if combiner_node is None or x is None:
             continue
         geometry = module.merged.geometry
