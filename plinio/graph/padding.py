@@ -1,7 +1,7 @@
 """Recognise the zero-constant padding nodes of a traced graph.
 
-Export folds such a node into the PITConv1d that consumes it, and the fast path absorbs it
-into a convolution; both read the node through :func:`zero_padding`.
+Export rewrites such a node's padding for the pruned PITConv1d that consumes it, and the fast
+path absorbs it into a convolution; both read the node through :func:`zero_padding`.
 """
 from typing import Any, Callable, List, Optional, Tuple
 
