@@ -119,15 +119,13 @@ def build_setups(name: str, batch_size: int, device: str, hard: bool = False, se
     model.train()
     targets = torch.randint(0, probe.shape[1], (batch_size,), generator=gen).to(device) \
         if probe.dim() == 2 else torch.empty(0, device=device)
-    wrappers = {label: build_wrapper(copy.deepcopy(model), workload.input_shape, fast)
-                for label, fast in (("fast", True), ("reference", False))
-                if label in variants or (label == "fast" and "plain" in variants)}
-    searches = {label: wrappers[label] for label in variants if label in wrappers}
+    plinio_labels = [label for label in ("fast", "reference") if label in variants] or ["fast"]
+    searches = {label: build_wrapper(copy.deepcopy(model), workload.input_shape, label == "fast")
+                for label in plinio_labels}
+    plinio_search = searches[plinio_labels[0]]  # the plain search takes its masks from it
     if "plain" in variants:
-        searches["plain"] = plain_search(model, wrappers["fast"], workload.input_shape)
-    channels = draw_pruned_channels(channel_mask_specs(wrappers["fast" if "fast" in wrappers
-                                                                else "reference"]),
-                                    prune_fraction, seed)
+        searches["plain"] = plain_search(model, plinio_search, workload.input_shape)
+    channels = draw_pruned_channels(channel_mask_specs(plinio_search), prune_fraction, seed)
     out = {}
     for label in variants:
         search = searches[label].to(device)
