@@ -145,7 +145,10 @@ class _SupernetCost(NamedTuple):
 class PlainSearch(nn.Module):
     """The searched model (``model``: supernets already ``PlainSuperNet``s), its masks and its
     MACs regularizer. ``layers`` maps the qualified name of every searched conv/linear to the
-    masks it uses; ``masks`` declares every mask those names refer to."""
+    masks it uses; ``masks`` declares every mask those names refer to.
+
+    The regularizer recomputes θ = softmax(α/T); plinio's uses the θ of the last forward,
+    which is the same value in a search step (forward first, no Gumbel sampling here)."""
 
     def __init__(self, model: nn.Module, input_shape: Sequence[int],
                  masks: Mapping[str, MaskSpec], layers: Mapping[str, LayerMasks]) -> None:
