@@ -260,6 +260,7 @@ class _Plan:
     bias_rows: Optional[torch.Tensor]     # rows of gb' computed
     grad_in: Optional[torch.Tensor]       # input channels of gx computed
     one_backward_call: bool               # gx and gW' use the same gradient rows and input
+    keep_full_input: bool = False         # save x itself, gather saved_in in backward
 
 
 class _SparseMaskedConv(torch.autograd.Function):
@@ -267,15 +268,18 @@ class _SparseMaskedConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                plan: _Plan) -> torch.Tensor:
+                plan: _Plan, gathered: Optional[torch.Tensor]) -> torch.Tensor:
         k = plan.kernels
         dim = k.channel_dim
-        x_fwd = _gather(x, dim, plan.forward_in)
+        x_fwd = _gather(x, dim, plan.forward_in) if gathered is None else gathered
         w_rows = _gather(weight, 0, plan.kept)
         w_fwd = w_rows if k.depthwise else _gather(w_rows, 1, plan.forward_in)
         b_fwd = None if bias is None else _gather(bias, 0, plan.kept)
         y = _scatter(k.forward(x_fwd, w_fwd, b_fwd), dim, plan.kept, weight.shape[0])
-        x_saved = x_fwd if plan.saved_in is plan.forward_in else _gather(x, dim, plan.saved_in)
+        if plan.keep_full_input:
+            x_saved = x
+        else:
+            x_saved = x_fwd if plan.saved_in is plan.forward_in else _gather(x, dim, plan.saved_in)
         w_for_grad_in = w_fwd if plan.grad_in is plan.forward_in else w_rows
         ctx.save_for_backward(x_saved, w_for_grad_in)
         ctx.plan = plan
@@ -287,7 +291,8 @@ class _SparseMaskedConv(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
         if torch.is_grad_enabled():
             raise RuntimeError(f"{_NAME}: double backward (create_graph=True) is not supported by sparse "
-                               "execution; switch it off for such steps (the wrappers' `sparse = False`)")
+                               "execution; build the PIT / PITSuperNet wrapper with sparse=False (or set "
+                               "`.sparse = False`) for such steps (README \"Sparse execution\")")
         return _SparseMaskedConv._gradients(ctx, grad)
 
     @staticmethod
@@ -296,6 +301,8 @@ class _SparseMaskedConv(torch.autograd.Function):
         plan: _Plan = ctx.plan
         k = plan.kernels
         dim = k.channel_dim
+        if plan.keep_full_input:
+            x_saved = _gather(x_saved, dim, plan.saved_in)
         needs_x, needs_w, needs_b = ctx.needs_input_grad[:3]
         grad = grad.contiguous()
         grad_kept = _gather(grad, dim, plan.kept)
@@ -320,7 +327,7 @@ class _SparseMaskedConv(torch.autograd.Function):
             grad_rows = grad_kept if plan.bias_rows is plan.kept else \
                 _gather(grad, dim, plan.bias_rows)
             grad_b = _scatter(k.bias_grad(grad_rows), 0, plan.bias_rows, ctx.w_shape[0])
-        return grad_x, grad_w, grad_b, None
+        return grad_x, grad_w, grad_b, None, None
 
 
 # ----------------------------------------------------------------- public entry point
@@ -378,7 +385,8 @@ def _kernels_for(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
 def sparse_masked_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                        geometry: Optional[ConvGeometry], kept_out: Optional[torch.Tensor],
                        live_in: Optional[torch.Tensor] = None, *, grad_pruned_rows: bool,
-                       grad_dead_inputs: bool) -> torch.Tensor:
+                       grad_dead_inputs: bool, keep_full_input: bool = False,
+                       gathered_input: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``conv(x, weight, bias)`` (``F.linear`` when ``geometry`` is None) computed on the
     kept output channels and live input channels only, with the same values and the same
     gradients as the dense op for every parameter (see the module docstring for the flags).
@@ -392,6 +400,12 @@ def sparse_masked_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     ``kept_out`` indexes inputs and outputs, ``grad_dead_inputs`` does not apply (their input
     gradient outside ``kept_out`` is exactly 0). Eager autograd only: a double backward
     (``create_graph=True``) raises.
+
+    Saved for backward: the live input channels, gathered (smaller than ``x``); with
+    ``keep_full_input``, ``x`` itself, gathered again in backward (no extra bytes when
+    another op keeps ``x`` anyway, e.g. the ReLU that produced it). ``gathered_input``:
+    ``x`` restricted to ``live_in`` (not depthwise), computed without autograd by a caller
+    that shares one copy among the convolutions reading the same input.
     """
     kernels = _kernels_for(x, weight, bias, geometry)
     cout = weight.shape[0]
@@ -401,17 +415,23 @@ def sparse_masked_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     kept = None if kept_out is None else _index_or_none(kept_out, cout)
     live = None if live_in is None else _index_or_none(live_in, cin)
     if kernels.depthwise:
+        if gathered_input is not None:
+            raise ValueError(f"{_NAME}: gathered_input does not apply to a depthwise convolution")
         rows = live if grad_pruned_rows else kept
         plan = _Plan(kernels, kept=kept, forward_in=kept, saved_in=rows, weight_rows=rows,
                      weight_cols=None, bias_rows=None if grad_pruned_rows else kept,
-                     grad_in=kept, one_backward_call=not grad_pruned_rows)
+                     grad_in=kept, one_backward_call=not grad_pruned_rows,
+                     keep_full_input=keep_full_input)
     else:
         rows = None if grad_pruned_rows else kept
         grad_in = None if grad_dead_inputs else live
         plan = _Plan(kernels, kept=kept, forward_in=live, saved_in=live, weight_rows=rows,
                      weight_cols=live, bias_rows=rows, grad_in=grad_in,
-                     one_backward_call=rows is kept and grad_in is live)
-    return _SparseMaskedConv.apply(x, weight, bias, plan)
+                     one_backward_call=rows is kept and grad_in is live,
+                     keep_full_input=keep_full_input)
+        if gathered_input is not None and live is None:
+            gathered_input = None  # every channel is live: x itself is read
+    return _SparseMaskedConv.apply(x, weight, bias, plan, gathered_input)
 
 
 # ----------------------------------------------------------------- when it pays

@@ -98,9 +98,18 @@ class SparseCall:
         return out.fill_(1.0) if self.kept is None else out.index_fill_(0, self.kept, 1.0)
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """The convolution. A ReLU keeps its output for its own backward, so an input made by
+        one is saved whole (no extra bytes); any other input is saved as its live channels,
+        gathered once per forward for all the convolutions reading it (a supernet's branches)."""
+        keep_full = x.grad_fn is not None and x.grad_fn.name() == "ReluBackward0"
+        gathered = None
+        depthwise = self.geometry is not None and self.geometry.groups > 1
+        if self.live is not None and not depthwise:
+            gathered = _shared_gather(x, self.live, self.geometry is None)
         return sparse_masked_conv(x, weight, bias, self.geometry, self.kept, self.live,
                                   grad_pruned_rows=self.site.grad_pruned_rows,
-                                  grad_dead_inputs=self.site.grad_dead_inputs)
+                                  grad_dead_inputs=self.site.grad_dead_inputs,
+                                  keep_full_input=keep_full, gathered_input=gathered)
 
 
 class _SiteSets:
@@ -202,6 +211,24 @@ def _to_device(indices: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 _ACTIVE: contextvars.ContextVar[Optional[_Step]] = contextvars.ContextVar("plinio_sparse_step", default=None)
+# the input copies gathered during the current forward: (id of x, its version, id of the index
+# set) -> (x, copy); x is held so that its id is not reused while the entry lives
+_GATHERED: contextvars.ContextVar[Optional[Dict[Tuple[int, int, int], Tuple[torch.Tensor, torch.Tensor]]]] = \
+    contextvars.ContextVar("plinio_sparse_gathered", default=None)
+
+
+def _shared_gather(x: torch.Tensor, index: torch.Tensor, linear: bool) -> torch.Tensor:
+    """``x`` restricted to the channels ``index`` (last dim for a Linear, dim 1 otherwise),
+    without autograd, one copy per input and index set in a forward."""
+    cache = _GATHERED.get()
+    key = (id(x), x._version, id(index))
+    if cache is not None and key in cache:
+        return cache[key][1]
+    with torch.no_grad():
+        gathered = x.index_select(-1 if linear else 1, index)
+    if cache is not None:
+        cache[key] = (x, gathered)
+    return gathered
 
 
 class SparseExecution:
@@ -262,11 +289,12 @@ class SparseExecution:
         else:
             current = _Step(self, bits, device)
             self._last = (key, device, current)
-        token = _ACTIVE.set(current)
+        token, gathered = _ACTIVE.set(current), _GATHERED.set({})
         try:
             yield
         finally:
             _ACTIVE.reset(token)
+            _GATHERED.reset(gathered)
 
 
 def sparse_call(owner: Hashable, x: torch.Tensor, geometry: Optional[ConvGeometry] = None

@@ -1,0 +1,249 @@
+"""Sparse execution inside the search (README "Sparse execution"): the same values and gradients
+as the dense fast path (outputs, inputs, weights, α, β, γ and the supernets' α) on random
+models and masks, on the benchmark workloads in soft, hard and Gumbel mode, when masks flip
+between steps; the switch; one host transfer per step; dense under torch.compile and
+autocast; double backward refused; saved-for-backward bytes."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import plinio.fast.sparse_step as sparse_step
+from bench.models import workloads
+from bench.search_step import build_setups, saved_activation_bytes
+from fast_helpers import RUNTIME_INPUT
+from sparse_helpers import assert_same, forced_sparse, prune_randomly, results, search_pair, set_softmax
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))
+import random_models as rm  # noqa: E402  (the reliability tests' model generator)
+
+SETTINGS = settings(max_examples=12, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+@st.composite
+def model_specs(draw: st.DrawFn) -> rm.ModelSpec:
+    """Random CNNs (1-D with dilations and searched receptive fields, or 2-D) of plain,
+    residual (shared masks) and supernet blocks (merged, separate and Identity branches)."""
+    dims = draw(st.sampled_from([1, 2]))
+    size = draw(st.integers(6, 12)) if dims == 1 else draw(st.integers(3, 6))
+    kernels = [1, 3, 4, 5] if dims == 1 else [1, 3]
+    channels = in_channels = draw(st.integers(1, 4))
+    blocks = []
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["conv", "residual", "supernet"]))
+        dilation = draw(st.sampled_from([1, 2])) if dims == 1 else 1
+        if kind == "conv":
+            block = rm.BlockSpec("conv", draw(st.integers(2, 8)), draw(st.sampled_from(kernels)), dilation,
+                                 draw(st.booleans()), draw(st.booleans()), draw(st.booleans()))
+        elif kind == "residual":
+            block = rm.BlockSpec("residual", channels, draw(st.sampled_from(kernels)), dilation, draw(st.booleans()))
+        else:
+            branches = tuple(draw(st.lists(st.sampled_from(rm.BRANCH_KINDS), min_size=1, max_size=3)))
+            out = channels if "identity" in branches else draw(st.integers(2, 8))
+            block = rm.BlockSpec("supernet", out, branches=branches, gumbel=draw(st.booleans()))
+        blocks.append(block)
+        channels = rm.block_out_channels(block, channels)
+    return rm.ModelSpec(dims, in_channels, size, tuple(blocks))
+
+
+def _randomize(search: nn.Module, seed: int) -> None:
+    """α, β, γ around the threshold (channels and taps pruned and kept), random branch α."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in search.named_nas_parameters():
+            scale = 1.0 if name.endswith("sn_combiner.alpha") else 1.6
+            param.copy_(torch.rand(param.shape, generator=gen) * scale - (0.5 if scale == 1.0 else 0.3))
+
+
+@SETTINGS
+@given(spec=model_specs(), seed=st.integers(0, 2 ** 16), training=st.booleans(), hard=st.booleans())
+def test_random_models_and_masks_sparse_equals_dense(monkeypatch, spec: rm.ModelSpec, seed: int,
+                                                     training: bool, hard: bool) -> None:
+    torch.manual_seed(seed)
+    sparse, dense = search_pair(rm.RandomNet(spec), spec.input_shape)
+    _randomize(sparse, seed + 1)
+    dense.load_state_dict(sparse.state_dict())
+    x = torch.randn((3,) + spec.input_shape, generator=torch.Generator().manual_seed(seed))
+    for search in (sparse, dense):
+        search.train(training)
+        set_softmax(search, hard, temperature=0.7)
+    with forced_sparse(monkeypatch):
+        got = results(sparse, x, seed)
+    assert_same(got, results(dense, x, seed))
+
+
+@pytest.fixture(scope="module")
+def workload_pairs():
+    """Sparse and dense searches of small-input benchmark workloads (built once), 50 % of
+    every channel mask pruned."""
+    pairs = {}
+    for name in ("seed", "linear_supernet", "resnet8", "dscnn", "tcn"):
+        workload = workloads()[name]
+        torch.manual_seed(0)
+        pair = search_pair(workload.factory(), workload.input_shape)
+        prune_randomly(pair, 0.5, seed=1)
+        pairs[name] = pair
+    return pairs
+
+
+@pytest.mark.parametrize("name", ["seed", "linear_supernet", "resnet8", "dscnn", "tcn"])
+@pytest.mark.parametrize("mode", ["soft", "hard", "gumbel_hard"])
+def test_workloads_sparse_equals_dense(monkeypatch, workload_pairs, name: str, mode: str) -> None:
+    sparse, dense = workload_pairs[name]
+    if mode != "soft" and not hasattr(sparse, "update_softmax_options"):
+        pytest.skip("no supernet: soft mode only")
+    shape = RUNTIME_INPUT.get(name, workloads()[name].input_shape)
+    x = torch.randn((4,) + tuple(shape), generator=torch.Generator().manual_seed(3))
+    for search in (sparse, dense):
+        search.train()
+        set_softmax(search, mode != "soft")
+        for module in search.modules():  # Gumbel sampling of a supernet built without it
+            if hasattr(module, "gumbel_softmax"):
+                module.gumbel_softmax = mode == "gumbel_hard"
+    with forced_sparse(monkeypatch) as calls:
+        got = results(sparse, x, seed=5)
+    assert calls.count > 0 or mode != "soft"  # hard: the selected branch may have no pruned mask
+    assert_same(got, results(dense, x, seed=5))
+    for search in (sparse, dense):
+        set_softmax(search, False)
+        for module in search.modules():
+            if hasattr(module, "gumbel_softmax"):
+                module.gumbel_softmax = False
+
+
+def test_depthwise_and_pointwise_layers_and_merged_convs_run_sparse(workload_pairs) -> None:
+    """The sites of the workloads: depthwise convs, 1×1 convs, Linear, merged supernet convs."""
+    names = {}
+    for name in ("dscnn", "resnet8"):
+        sparse, _ = workload_pairs[name]
+        modules = {id(m): n for n, m in sparse.seed.named_modules()}
+        names[name] = {modules[id(key)] for key in sparse._sparse_runner[0].sites}
+    assert "classifier" in names["dscnn"]
+    assert any(n.endswith("sn_input_layers.2.0.0") for n in names["dscnn"])  # depthwise
+    assert any(n.endswith("sn_input_layers.2.1.0") for n in names["dscnn"])  # pointwise
+    assert {"stack1.conv2.sn_combiner", "stack2.conv2.sn_combiner"} <= names["resnet8"]  # merged
+
+
+def test_masks_flipping_between_steps(monkeypatch) -> None:
+    """Three Adam steps with channels flipped in and out between them: the same trajectory."""
+    workload = workloads()["resnet8"]
+    torch.manual_seed(0)
+    sparse, dense = search_pair(workload.factory(), workload.input_shape)
+    prune_randomly((sparse, dense), 0.5, seed=2)
+    optimizers = [torch.optim.Adam(s.parameters(), lr=1e-3) for s in (sparse, dense)]
+    x = torch.randn((4, 3, 16, 16), generator=torch.Generator().manual_seed(0))
+    flips = torch.Generator().manual_seed(4)
+    with forced_sparse(monkeypatch) as calls:
+        for step in range(3):
+            got, want = results(sparse, x, step), results(dense, x, step)
+            assert_same(got, want)
+            for opt in optimizers:
+                opt.step()
+            with torch.no_grad():  # flip a few channels of every mask, the same in both
+                for (name, a), (_, b) in zip(sparse.named_nas_parameters(), dense.named_nas_parameters()):
+                    if name.endswith("out_features_masker.alpha"):
+                        flip = torch.rand(a.shape, generator=flips) < 0.3
+                        for p in (a, b):
+                            p[flip] = torch.where(p[flip].abs() > 0.5, 0.2, 0.8)
+            for key, value in dense.state_dict().items():
+                torch.testing.assert_close(sparse.state_dict()[key], value, rtol=1e-4, atol=1e-5,
+                                           msg=lambda m, key=key: f"{key} after step {step}: {m}")
+    assert calls.count > 0
+
+
+def test_one_host_transfer_per_step_and_sets_reused_until_a_mask_changes(monkeypatch) -> None:
+    workload = workloads()["tcn"]
+    torch.manual_seed(0)
+    sparse, _ = search_pair(workload.factory(), workload.input_shape)
+    prune_randomly((sparse,), 0.5, seed=0)
+    execution = sparse._sparse_runner[0]
+    transfers = []
+    original = execution._bits
+    monkeypatch.setattr(execution, "_bits", lambda: transfers.append(1) or original())
+    x = torch.randn(2, *workload.input_shape)
+    sparse(x)
+    first = execution._last[2]
+    sparse(x)
+    assert len(transfers) == 2 and execution._last[2] is first  # same masks: same index sets
+    with torch.no_grad():
+        alpha = sparse.seed.get_submodule("features.1").out_features_masker.alpha
+        alpha[0] = 0.1 if alpha[0].abs() > 0.5 else 0.9
+    sparse(x)
+    assert len(transfers) == 3 and execution._last[2] is not first
+
+
+def test_the_switch(monkeypatch) -> None:
+    workload = workloads()["tcn"]
+    torch.manual_seed(0)
+    sparse, dense = search_pair(workload.factory(), workload.input_shape)
+    assert sparse.sparse and not dense.sparse
+    assert sparse.fast_plan["sparse"]["sites"] == 5 and sparse.fast_plan["sparse"]["reason"] == ""
+    assert dense.fast_plan["sparse"] == {"sites": 0, "reason": "switched off (sparse=False)"}
+    assert list(sparse.state_dict()) == list(dense.state_dict())
+    sparse.fast = False
+    assert not sparse.sparse and sparse.fast_plan["sparse"]["reason"] == "the fast path is off"
+    sparse.fast = True
+    assert sparse.sparse
+    with pytest.raises(TypeError, match="sparse"):
+        sparse.sparse = "yes"
+    assert sparse.sparse
+    prune_randomly((sparse, dense), 0.5, seed=0)
+    x = torch.randn(2, *workload.input_shape)
+    with forced_sparse(monkeypatch) as calls:
+        sparse.sparse = False
+        off = results(sparse, x, 0)
+        assert calls.count == 0
+        sparse.sparse = True
+        on = results(sparse, x, 0)
+        assert calls.count > 0
+    assert_same(on, off)
+
+
+def test_dense_under_torch_compile_and_autocast(monkeypatch) -> None:
+    workload = workloads()["tcn"]
+    torch.manual_seed(0)
+    sparse, dense = search_pair(workload.factory(), workload.input_shape)
+    prune_randomly((sparse, dense), 0.5, seed=0)
+    x = torch.randn(2, *workload.input_shape)
+    with forced_sparse(monkeypatch) as calls:
+        compiled = torch.compile(sparse, backend="eager", fullgraph=True)
+        torch.testing.assert_close(compiled(x), dense(x), rtol=1e-5, atol=1e-6)
+        assert calls.count == 0
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got, want = sparse(x), dense(x)
+        assert calls.count == 0 and torch.equal(got, want)
+        sparse(x)
+        assert calls.count > 0
+
+
+def test_double_backward_is_refused_with_the_switch_named(monkeypatch) -> None:
+    workload = workloads()["tcn"]
+    torch.manual_seed(0)
+    sparse, dense = search_pair(workload.factory(), workload.input_shape)
+    prune_randomly((sparse, dense), 0.5, seed=0)
+    x = torch.randn(2, *workload.input_shape)
+    with forced_sparse(monkeypatch):
+        loss = sparse(x).square().sum()
+        with pytest.raises(RuntimeError, match=r"double backward.*sparse=False"):
+            torch.autograd.grad(loss, list(sparse.net_parameters()), create_graph=True)
+    grads = torch.autograd.grad(dense(x).square().sum(), list(dense.net_parameters()), create_graph=True)
+    assert any(g.requires_grad for g in grads)  # the dense fast path supports it
+
+
+@pytest.mark.parametrize("name", ["tcn", "dscnn"])
+def test_saved_for_backward_bytes_shrink_with_the_pruning(monkeypatch, name: str) -> None:
+    saved = {}
+    for fraction in (0.0, 0.75):
+        setups = build_setups(name, 8, "cpu", prune_fraction=fraction, variants=("fast",))
+        search = setups["fast"]
+        with forced_sparse(monkeypatch):
+            saved[(fraction, True)] = saved_activation_bytes(search)
+        search.wrapper.sparse = False
+        saved[(fraction, False)] = saved_activation_bytes(search)
+    assert saved[(0.75, True)] < 0.9 * saved[(0.75, False)]
+    assert saved[(0.0, True)] == saved[(0.0, False)]
