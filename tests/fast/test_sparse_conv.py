@@ -359,6 +359,39 @@ def test_saved_bytes_shrink_with_the_live_inputs():
     assert x_bytes // 2 <= half <= x_bytes // 2 + w.numel() * w.element_size()
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_keeping_the_full_input_or_a_shared_gathered_copy_changes_no_value(kind):
+    """keep_full_input saves x itself (gathered again in backward); gathered_input is a copy
+    the caller made: values and gradients are those of the plain call."""
+    layer, x = _layer_and_input(kind, kept=(0, 2, 5), live=(1, 2, 4))
+    live = None if layer.depthwise else torch.tensor([1, 2, 4])
+    dim = -1 if layer.geometry is None else 1
+    gathered = None if live is None else x.detach().index_select(dim, live)
+    plain = run(lambda t: layer.sparse(t, live, True, True), x, layer.params())
+
+    def variant(t: torch.Tensor) -> torch.Tensor:
+        w, b, kept = layer.masked()
+        return sparse_masked_conv(t, w, b, layer.geometry, kept, live, grad_pruned_rows=True,
+                                  grad_dead_inputs=True, keep_full_input=True, gathered_input=gathered)
+
+    got = run(variant, x, layer.params())
+    _assert_close(got[0], plain[0], "output")
+    for name in plain[1]:
+        _assert_close(got[1][name], plain[1][name], f"gradient of {name}")
+
+
+def test_keep_full_input_saves_the_input_itself():
+    layer, x = _layer_and_input("conv2d", kept=(0, 1, 2), live=(0, 2, 4))
+    x = x.detach().repeat(1, 1, 4, 4)
+    w, b, kept = (t.detach() for t in layer.masked())
+    w.requires_grad_()
+    saved = _saved_bytes(lambda: sparse_masked_conv(x, w, b, layer.geometry, kept, torch.tensor([0, 2, 4]),
+                                                    grad_pruned_rows=False, grad_dead_inputs=False,
+                                                    keep_full_input=True))
+    x_bytes = x.numel() * x.element_size()
+    assert x_bytes <= saved <= x_bytes + w.numel() * w.element_size()
+
+
 def test_bad_input_is_refused_with_a_clear_message():
     layer, x = _layer_and_input("conv2d", kept=(0, 1), live=range(6))
     w, b, kept = layer.masked()
