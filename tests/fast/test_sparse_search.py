@@ -12,7 +12,6 @@ import torch.nn as nn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import plinio.fast.sparse_step as sparse_step
 from bench.models import workloads
 from bench.search_step import build_setups, saved_activation_bytes
 from fast_helpers import RUNTIME_INPUT
