@@ -2,14 +2,15 @@
 same search as plinio's: same weights, same supernets, the same channel masks shared by the
 same layers.
 
-Which layers share a channel mask and which mask gives each layer its input width is read
-from plinio's conversion of the same model (each converted layer's ``out_features_masker``
-and input-features calculator); everything the anchor computes is its own plain PyTorch.
+Which layers share a channel mask, which mask gives each layer its input width and which
+Conv1d search their taps is read from plinio's conversion of the same model (each converted
+layer's ``out_features_masker``, input-features calculator and tap maskers); everything the
+anchor computes is its own plain PyTorch.
 Masks are named as in ``named_nas_parameters()``, so a channel can be pruned in both
 searches by name (``bench/channel_pruning.py``).
 """
 import copy
-from typing import Dict, Mapping, Sequence, Tuple
+from typing import Dict, Mapping, Sequence, Set, Tuple
 
 import torch.nn as nn
 
@@ -35,6 +36,7 @@ def mask_plan(wrapper: nn.Module) -> Tuple[Dict[str, MaskSpec], Dict[str, LayerM
     cannot change) counts as a constant width."""
     masks = channel_mask_specs(wrapper)
     name_of = {id(p): name for name, p in wrapper.named_nas_parameters() if name in masks}
+    nas_ids = {id(p) for p in wrapper.nas_parameters()}
     layers: Dict[str, LayerMasks] = {}
     for layer_name, layer in wrapper.seed.named_modules():
         masker = getattr(layer, "out_features_masker", None)
@@ -49,8 +51,16 @@ def mask_plan(wrapper: nn.Module) -> Tuple[Dict[str, MaskSpec], Dict[str, LayerM
             else:
                 input_terms.append((key, float(coef)))
         layers[layer_name] = LayerMasks(name_of.get(id(masker.alpha)), tuple(input_terms),
-                                        float(const))
+                                        float(const),
+                                        _searched(layer, "timestep_masker", "beta", nas_ids),
+                                        _searched(layer, "dilation_masker", "gamma", nas_ids))
     return masks, layers
+
+
+def _searched(layer: nn.Module, masker_name: str, param_name: str, nas_ids: Set[int]) -> bool:
+    """Whether a Conv1d's tap masker is searched: trainable, more than one entry."""
+    param = getattr(getattr(layer, masker_name, None), param_name, None)
+    return param is not None and id(param) in nas_ids and param.numel() > 1
 
 
 def _plain_supernets(model: nn.Module) -> Dict[str, str]:

@@ -16,10 +16,11 @@ A DARTS-style supernet search with PIT-style channel masks, written the obvious 
 Which layers share a channel mask (outputs meeting at a residual add or at a supernet's sum)
 and which mask gives each layer its input width is passed in (``LayerMasks``): the benchmark
 takes it from plinio's conversion of the same model, so both searches optimise the same
-parameters. Conv1d receptive-field and dilation masks are not modelled (only channels), so
-on a TCN the anchor does less work than a PIT search. Nothing here imports plinio.
+parameters. A Conv1d may also search its taps (``TapMask``: receptive field and dilation,
+as PIT does). Nothing here imports plinio.
 """
 import copy
+import math
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -46,6 +47,8 @@ class LayerMasks(NamedTuple):
     output: Optional[str]
     input_terms: Tuple[Tuple[str, float], ...]
     input_const: float
+    receptive_field: bool = False  # Conv1d: whether its receptive field is searched
+    dilation: bool = False  # Conv1d: whether its dilation is searched
 
 
 def binarize(theta: torch.Tensor, threshold: float = THRESHOLD) -> torch.Tensor:
@@ -73,41 +76,100 @@ class ChannelMask(nn.Module):
         return binarize(self.theta())
 
 
+def _abs_keep_last(p: torch.Tensor) -> torch.Tensor:
+    """|p| with the last entry at 1 (always kept)."""
+    last = torch.arange(p.shape[0], device=p.device) == p.shape[0] - 1
+    return torch.where(last, torch.ones_like(p), p.abs())
+
+
+class TapMask(nn.Module):
+    """Which taps of a Conv1d kernel are kept (docs/behaviour.md §5.1), newest tap last.
+
+    Receptive field: θ_β = cumsum(|β|) from the oldest tap, so the kept taps are a suffix.
+    Dilation: tap j, at distance d = K−1−j from the newest, gets θ_γ[j] = Σ |γ_p| over
+    p ≤ min(v(d), L−1) (v: the number of times 2 divides d, ∞ for d = 0), so the kept taps
+    are those at multiples of 2^m. The mask is bin(θ_β) · bin(θ_γ); a kind not searched is 1.
+    """
+
+    def __init__(self, kernel_size: int, receptive_field: bool, dilation: bool) -> None:
+        super().__init__()
+        levels = max(math.ceil(math.log2(kernel_size)), 1) if kernel_size > 1 else 1
+        self.beta = nn.Parameter(torch.ones(kernel_size)) if receptive_field else None
+        self.gamma = nn.Parameter(torch.ones(levels)) if dilation else None
+        summed = torch.zeros(kernel_size, levels)
+        for tap in range(kernel_size):
+            distance, level = kernel_size - 1 - tap, 0
+            while level < levels - 1 and (distance == 0 or distance % 2 == 0):
+                distance //= 2
+                level += 1
+            summed[tap, :level + 1] = 1.0
+        self.register_buffer("gamma_terms", summed, persistent=False)
+        self.register_buffer("beta_terms", torch.arange(1.0, kernel_size + 1), persistent=False)
+
+    def thetas(self) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """(θ_β, θ_γ) per tap, None for a kind not searched."""
+        beta = None if self.beta is None else torch.cumsum(_abs_keep_last(self.beta), 0)
+        gamma = None if self.gamma is None else self.gamma_terms @ _abs_keep_last(self.gamma)
+        return beta, gamma
+
+    def forward(self) -> torch.Tensor:
+        """Binary mask over the taps, straight-through gradient."""
+        mask = torch.ones_like(self.beta_terms)
+        for theta in self.thetas():
+            if theta is not None:
+                mask = mask * binarize(theta)
+        return mask
+
+    def kernel_size(self) -> torch.Tensor:
+        """Continuous number of taps: Σ_taps (θ_β / its terms) · (θ_γ / its terms)."""
+        beta, gamma = self.thetas()
+        per_tap = torch.ones_like(self.beta_terms)
+        if beta is not None:
+            per_tap = per_tap * (beta / self.beta_terms)
+        if gamma is not None:
+            per_tap = per_tap * (gamma / self.gamma_terms.sum(1))
+        return per_tap.sum()
+
+
 class MaskedLayer(nn.Module):
     """A Conv1d/Conv2d/Linear whose output channels are multiplied by a binary mask, and its cost."""
 
     def __init__(self, layer: nn.Module, output_mask: Optional[ChannelMask],
                  input_terms: Sequence[Tuple[ChannelMask, float]], input_const: float,
-                 positions: int) -> None:
+                 positions: int, taps: Optional[TapMask] = None) -> None:
         super().__init__()
         self.layer = layer
         self.output_mask = output_mask
+        self.taps = taps
         self.input_masks = nn.ModuleList(mask for mask, _ in input_terms)
         self.input_coefs = tuple(float(coef) for _, coef in input_terms)
         self.input_const = float(input_const)
-        kernel = 1
-        for k in getattr(layer, "kernel_size", ()):
-            kernel *= k
-        self.cost_factor = kernel / getattr(layer, "groups", 1) * positions
+        self.kernel = math.prod(getattr(layer, "kernel_size", ()))
+        self.cost_factor = positions / getattr(layer, "groups", 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         layer = self.layer
-        if self.output_mask is None:
+        if self.output_mask is None and self.taps is None:
             return layer(x)
-        mask = self.output_mask()
-        weight = layer.weight * mask.view((-1,) + (1,) * (layer.weight.dim() - 1))
-        bias = None if layer.bias is None else layer.bias * mask
+        weight, bias = layer.weight, layer.bias
+        if self.output_mask is not None:
+            mask = self.output_mask()
+            weight = weight * mask.view((-1,) + (1,) * (weight.dim() - 1))
+            bias = None if bias is None else bias * mask
+        if self.taps is not None:
+            weight = weight * self.taps()
         if isinstance(layer, nn.Linear):
             return F.linear(x, weight, bias)
         return layer._conv_forward(x, weight, bias)
 
     def macs(self) -> torch.Tensor:
-        """Cin · Cout · kernel / groups · output positions, with continuous widths."""
+        """Cin · Cout · kernel / groups · output positions, with continuous widths and taps."""
         cin = self.input_const + sum(coef * mask.theta().sum()
                                      for mask, coef in zip(self.input_masks, self.input_coefs))
         cout = self.output_mask.theta().sum() if self.output_mask is not None \
             else self.layer.weight.shape[0]
-        return cin * cout * self.cost_factor
+        kernel = self.taps.kernel_size() if self.taps is not None else self.kernel
+        return cin * cout * kernel * self.cost_factor
 
 
 class PlainSuperNet(nn.Module):
@@ -169,11 +231,17 @@ class PlainSearch(nn.Module):
         masked: Dict[str, MaskedLayer] = {}
         for name, spec in layers.items():
             layer = model.get_submodule(name)
+            taps = None
+            if spec.receptive_field or spec.dilation:
+                if not isinstance(layer, nn.Conv1d):
+                    raise ValueError(f"PlainSearch: layer {name} is a {type(layer).__name__}; "
+                                     "only Conv1d layers search their taps")
+                taps = TapMask(layer.kernel_size[0], spec.receptive_field, spec.dilation)
             try:
                 masked[name] = MaskedLayer(
                     layer, None if spec.output is None else by_name[spec.output],
                     [(by_name[key], coef) for key, coef in spec.input_terms],
-                    spec.input_const, positions[name])
+                    spec.input_const, positions[name], taps)
             except KeyError as missing:
                 raise ValueError(f"PlainSearch: layer {name} uses mask {missing}, which is not "
                                  "declared in masks") from None
@@ -229,9 +297,10 @@ class PlainSearch(nn.Module):
         return {name: mask.alpha for name, mask in zip(self.mask_names, self.channel_masks.values())}
 
     def nas_parameters(self) -> List[nn.Parameter]:
-        """Architectural parameters: channel-mask α and supernet α."""
+        """Architectural parameters: channel-mask α, Conv1d tap β and γ, supernet α."""
         supernet_alphas = [m.alpha for m in self.model.modules() if isinstance(m, PlainSuperNet)]
-        return list(self.named_mask_alphas().values()) + supernet_alphas
+        taps = [p for m in self.model.modules() if isinstance(m, TapMask) for p in m.parameters()]
+        return list(self.named_mask_alphas().values()) + taps + supernet_alphas
 
     def net_parameters(self) -> List[nn.Parameter]:
         """Every other parameter (weights and biases)."""

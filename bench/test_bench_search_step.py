@@ -19,7 +19,7 @@ from bench.channel_pruning import (PRUNED_ALPHA, count_below_threshold, draw_pru
                                    pruned_count)
 from bench.models import workloads
 from bench.plain_from_plinio import channel_mask_specs, mask_plan
-from bench.plain_supernet import LayerMasks, MaskSpec, PlainSearch, PlainSuperNet
+from bench.plain_supernet import LayerMasks, MaskSpec, PlainSearch, PlainSuperNet, TapMask
 from bench.search_step import (VARIANTS, SearchSetup, build_setups, compiled, forward_loss,
                                loss_mismatch, main, mask_alphas, search_step)
 
@@ -59,8 +59,21 @@ def _supernet_alphas(search: nn.Module) -> Dict[str, nn.Parameter]:
             if hasattr(m, "sn_combiner")}
 
 
+def _tap_parameters(search: nn.Module) -> Dict[str, nn.Parameter]:
+    """'<Conv1d layer>.beta' / '.gamma' → its searched tap mask parameter."""
+    if isinstance(search, PlainSearch):
+        return {f"{n[:-len('.taps')]}.{attr}": getattr(m, attr)
+                for n, m in search.model.named_modules() if n.endswith(".taps")
+                for attr in ("beta", "gamma") if getattr(m, attr) is not None}
+    kinds = {".timestep_masker.beta": ".beta", ".dilation_masker.gamma": ".gamma"}
+    return {name[len("seed."):-len(suffix)] + short: p
+            for name, p in search.named_nas_parameters()
+            for suffix, short in kinds.items() if name.endswith(suffix) and p.numel() > 1}
+
+
 def _randomize_architecture(setups: Dict[str, SearchSetup], seed: int) -> None:
-    """The same random supernet α and random kept-channel α (|α| in (0.6, 1.4)) everywhere."""
+    """The same random supernet α, random kept-channel α (|α| in (0.6, 1.4)) and random
+    Conv1d tap β, γ (|·| in (0, 1.2), so that some taps are dropped) everywhere."""
     plinio = setups["reference"].wrapper
     gen = torch.Generator().manual_seed(seed)
     kept = {}
@@ -68,8 +81,13 @@ def _randomize_architecture(setups: Dict[str, SearchSetup], seed: int) -> None:
         kept[name] = (torch.rand(alpha.shape, generator=gen) * 0.8 + 0.6) * \
             torch.where(torch.rand(alpha.shape, generator=gen) < 0.5, -1.0, 1.0)
     logits = {n: torch.randn(a.shape, generator=gen) for n, a in _supernet_alphas(plinio).items()}
+    taps = {n: torch.rand(p.shape, generator=gen) * 1.2 for n, p in _tap_parameters(plinio).items()}
     with torch.no_grad():
         for setup in setups.values():
+            searched_taps = _tap_parameters(setup.wrapper)
+            assert sorted(searched_taps) == sorted(taps)
+            for n, p in searched_taps.items():
+                p.copy_(taps[n])
             for name, alpha in mask_alphas(setup.wrapper).items():
                 alpha.copy_(torch.where(alpha.abs() > 0.5, kept[name], alpha))
             supernets = _supernet_alphas(setup.wrapper)
@@ -90,6 +108,11 @@ def _corresponding_parameters(plinio: nn.Module, plain: PlainSearch):
             if getattr(plain_layer, attr) is not None:
                 pairs.append((getattr(plinio_layer, attr), getattr(plain_layer, attr),
                               f"{name}.{attr}"))
+        taps = plain.model.get_submodule(name.replace("sn_input_layers.", "branches.")).taps
+        for masker, attr in (("timestep_masker", "beta"), ("dilation_masker", "gamma")):
+            if taps is not None and getattr(taps, attr) is not None:
+                pairs.append((getattr(getattr(plinio_layer, masker), attr),
+                              getattr(taps, attr), f"{name}.{masker}.{attr}"))
     for name, alpha in mask_alphas(plain).items():
         pairs.append((mask_alphas(plinio)[name], alpha, name))
     plain_supernets = _supernet_alphas(plain)
@@ -241,3 +264,22 @@ def test_plain_masked_layer_prunes_exactly():
     theta_sum = 0.2 + 0.9 + 0.5 + 1.0
     expected = 3 * theta_sum * 9 * 25 + theta_sum * 2 * 1 * 25
     assert float(search.macs().detach()) == pytest.approx(expected, rel=1e-6)
+
+
+def test_tap_mask_keeps_a_suffix_and_a_dilation_pattern():
+    """K = 5, L = 3: taps at distances 4, 3, 2, 1, 0 from the newest sum γ levels
+    ≤ 2, 0, 1, 0, 2; the receptive field keeps the newest taps whose cumsum exceeds 0.5."""
+    taps = TapMask(5, receptive_field=True, dilation=True)
+    with torch.no_grad():
+        taps.gamma.copy_(torch.tensor([0.3, -0.4, 0.0]))  # last level always 1
+        taps.beta.copy_(torch.tensor([0.1, 0.1, 0.2, 0.3, 0.0]))  # cumsum .1 .2 .4 .7 1.7
+    assert taps().tolist() == [0.0, 0.0, 0.0, 0.0, 1.0]  # taps 3, 4 by β; 0, 2, 4 by γ
+    theta_gamma = [1.7, 0.3, 0.7, 0.3, 1.7]
+    mean_beta = [0.1, 0.2 / 2, 0.4 / 3, 0.7 / 4, 1.7 / 5]
+    mean_gamma = [t / n for t, n in zip(theta_gamma, [3, 1, 2, 1, 3])]
+    expected = sum(b * g for b, g in zip(mean_beta, mean_gamma))
+    assert float(taps.kernel_size().detach()) == pytest.approx(expected, rel=1e-6)
+    only_dilation = TapMask(5, receptive_field=False, dilation=True)
+    with torch.no_grad():
+        only_dilation.gamma.copy_(torch.tensor([0.3, -0.4, 0.0]))
+    assert only_dilation().tolist() == [1.0, 0.0, 1.0, 0.0, 1.0]
