@@ -34,7 +34,8 @@ class PaddedConv(nn.Module):
     def forward(self, x: Any) -> Any:
         g = self.geometry
         weight, bias = layer_weight_and_bias(self._layer[0])
-        call = sparse_call(self._layer[0], x, g)  # the layer's sparse execution (plinio.fast.sparse_step)
+        # the layer's sparse execution in a sparse step (plinio.fast.sparse_step)
+        call = sparse_call(self._layer[0], x, weight.requires_grad, g)
         if call is not None:
             return call(x, weight, bias)
         return zero_padded_conv(x, weight, bias, g.pad_left, g.pad_right, g.stride, g.dilation,

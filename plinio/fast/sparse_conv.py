@@ -438,12 +438,21 @@ def sparse_masked_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
 @dataclass(frozen=True)
 class LayerWork:
     """What the decision rule needs to know of a layer: its geometry (None: Linear), its
-    full channel counts and its output positions per call (batch × output size)."""
+    full channel counts, its output positions per call (batch × output size), and which
+    convolutions a call runs: with ``backward`` the weight gradient too, with
+    ``input_grad`` also the input gradient (both by default)."""
 
     geometry: Optional[ConvGeometry]
     in_channels: int
     out_channels: int
     positions: int
+    backward: bool = True
+    input_grad: bool = True
+
+    @property
+    def convolutions(self) -> int:
+        """How many of the three convolutions (forward, input and weight gradient) run."""
+        return 1 + (2 if self.input_grad else 1) if self.backward else 1
 
     @property
     def depthwise(self) -> bool:
@@ -455,21 +464,24 @@ class LayerWork:
         return self.geometry is None or all(k == 1 for k in self.geometry.kernel)
 
     def dense_macs(self) -> int:
-        """Multiply-accumulates of the dense forward + backward (three convolutions)."""
+        """Multiply-accumulates of the dense convolutions of a call."""
         kernel = 1 if self.geometry is None else math.prod(self.geometry.kernel)
         per_row = 1 if self.depthwise else self.in_channels
-        return 3 * self.positions * self.out_channels * per_row * kernel
+        return self.convolutions * self.positions * self.out_channels * per_row * kernel
 
     def fraction_left(self, kept: int, live: int, grad_pruned_rows: bool,
                       grad_dead_inputs: bool) -> float:
-        """Sparse forward + backward multiply-accumulates over the dense ones."""
+        """Sparse multiply-accumulates over the dense ones (the convolutions of a call)."""
         if self.depthwise:
             weight_rows = live if grad_pruned_rows else kept
-            return (2 * kept + weight_rows) / (3 * self.out_channels)
+            rows = kept + (kept if self.input_grad else 0) + weight_rows if self.backward else kept
+            return rows / (self.convolutions * self.out_channels)
         weight_rows = self.out_channels if grad_pruned_rows else kept
         grad_in = self.in_channels if grad_dead_inputs else live
-        return (kept * live + kept * grad_in + weight_rows * live) / \
-            (3 * self.out_channels * self.in_channels)
+        work = kept * live
+        if self.backward:
+            work += weight_rows * live + (kept * grad_in if self.input_grad else 0)
+        return work / (self.convolutions * self.out_channels * self.in_channels)
 
 
 MIN_DENSE_MACS = 2_000_000  # below, the ~60 µs of gathers, scatters and Python dominate

@@ -124,20 +124,24 @@ class _SiteSets:
         self.n_live = n_live
         self._calls: Dict[Tuple[Tuple[int, ...], Optional[ConvGeometry]], Optional[SparseCall]] = {}
 
-    def call_for(self, x: torch.Tensor, geometry: Optional[ConvGeometry]) -> Optional[SparseCall]:
-        key = (tuple(x.shape), geometry)
+    def call_for(self, x: torch.Tensor, weight_grad: bool, geometry: Optional[ConvGeometry]
+                 ) -> Optional[SparseCall]:
+        backward = torch.is_grad_enabled() and weight_grad
+        input_grad = backward and x.requires_grad
+        key = (tuple(x.shape), geometry, backward, input_grad)
         if key not in self._calls:
-            self._calls[key] = self._decide(x, geometry)
+            self._calls[key] = self._decide(x, geometry, backward, input_grad)
         return self._calls[key]
 
-    def _decide(self, x: torch.Tensor, geometry: Optional[ConvGeometry]) -> Optional[SparseCall]:
+    def _decide(self, x: torch.Tensor, geometry: Optional[ConvGeometry], backward: bool,
+                input_grad: bool) -> Optional[SparseCall]:
         site = self.site
         if self.kept is None and self.live is None:
             return None  # nothing to skip
         positions = site.positions(x, geometry)
         if positions is None:
             return None
-        work = LayerWork(geometry, site.in_channels, site.out_channels, positions)
+        work = LayerWork(geometry, site.in_channels, site.out_channels, positions, backward, input_grad)
         if not sparse_pays(work, self.n_kept, self.n_live, site.grad_pruned_rows, site.grad_dead_inputs):
             return None
         return SparseCall(site, geometry, self.kept, self.live)
@@ -297,11 +301,12 @@ class SparseExecution:
             _GATHERED.reset(gathered)
 
 
-def sparse_call(owner: Hashable, x: torch.Tensor, geometry: Optional[ConvGeometry] = None
+def sparse_call(owner: Hashable, x: torch.Tensor, weight_grad: bool, geometry: Optional[ConvGeometry] = None
                 ) -> Optional[SparseCall]:
-    """The sparse computation of ``owner``'s convolution on ``x`` in the current step, or
-    None: run the dense one. ``geometry``: the convolution actually run (a layer that
-    absorbed a padding), default the site's own."""
+    """The sparse computation of ``owner``'s convolution of ``x`` in the current step, or
+    None: run the dense one. ``weight_grad``: whether the weight it convolves with requires
+    a gradient (the decision counts the backward convolutions). ``geometry``: the
+    convolution actually run (a layer that absorbed a padding), default the site's own."""
     if torch.compiler.is_compiling():
         return None
     current = _ACTIVE.get()
@@ -313,5 +318,5 @@ def sparse_call(owner: Hashable, x: torch.Tensor, geometry: Optional[ConvGeometr
     if sets.kept is not None and sets.kept.device != x.device or \
             sets.live is not None and sets.live.device != x.device:
         return None
-    return sets.call_for(x, sets.site.geometry if geometry is None else geometry)
+    return sets.call_for(x, weight_grad, sets.site.geometry if geometry is None else geometry)
 

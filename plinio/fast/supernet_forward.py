@@ -134,7 +134,7 @@ class FastSuperNet(nn.Module):
             weight, bias = layer_weight_and_bias(layer)
             scale = theta[i].to(weight.dtype)
             weight, bias = weight * scale, None if bias is None else bias * scale
-            call = sparse_call(layer, inputs[i], geometry)
+            call = sparse_call(layer, inputs[i], weight.requires_grad, geometry)
             y = call(inputs[i], weight, bias) if call is not None else \
                 reference_conv(inputs[i], weight, bias, geometry)
             out = _accumulate(out, y)  # fresh conv outputs, not saved: in place
@@ -150,7 +150,7 @@ class FastSuperNet(nn.Module):
         merged = self._merged[0]
         if merged is None:
             return None
-        return merged(x, theta, sparse_call(self.combiner, x, merged.geometry))
+        return merged(x, theta, sparse_call(self.combiner, x, True, merged.geometry))
 
     def _mix(self, x: torch.Tensor, theta: torch.Tensor,
              rest: List[torch.Tensor]) -> torch.Tensor:

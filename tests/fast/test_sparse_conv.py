@@ -465,6 +465,13 @@ def test_work_left_counts_each_of_the_three_convolutions():
     depthwise = LayerWork(_conv(8, 8, 3, groups=8), 8, 8, positions=10)
     assert depthwise.dense_macs() == 3 * 10 * 8 * 9
     assert depthwise.fraction_left(2, 6, True, False) == pytest.approx((4 + 6) / 24)
+    no_input_grad = LayerWork(_conv(4, 4, 3), 4, 4, positions=10, input_grad=False)
+    assert no_input_grad.dense_macs() == 2 * 10 * 4 * 4 * 9
+    assert no_input_grad.fraction_left(2, 2, True, True) == pytest.approx((4 + 8) / 32)
+    forward_only = LayerWork(_conv(4, 4, 3), 4, 4, positions=10, backward=False)
+    assert forward_only.dense_macs() == 10 * 4 * 4 * 9
+    assert forward_only.fraction_left(2, 3, True, True) == pytest.approx(6 / 16)
+    assert LayerWork(_conv(8, 8, 3, groups=8), 8, 8, 10, backward=False).fraction_left(2, 6, True, True) == 2 / 8
 
 
 @pytest.mark.parametrize("geometry, cin, cout, positions, kept, live, rows, expected", [

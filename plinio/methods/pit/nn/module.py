@@ -138,7 +138,7 @@ class PITWeightedModule(PITModule):
         (``plinio.fast.sparse_step``) only the kept output rows and live input channels, with
         the same values and gradients."""
         weight, bias = self.masked_weight_and_bias()
-        call = sparse_call(self, x)
+        call = sparse_call(self, x, weight.requires_grad)
         if call is not None:
             return call(x, weight, bias)
         return self.dense_forward(x, weight, bias)
