@@ -6,7 +6,10 @@ momentum for the network weights, Adam for the architectural parameters). For ev
 of ``bench/models.py`` the script builds three searches of the same model with the same
 weights and times their steps interleaved (median of ``--repeats``):
 
-- **fast**: plinio with ``fast=True`` (the default a user gets);
+- **fast**: plinio with ``fast=True`` (the default a user gets, sparse execution of masked
+  channels included);
+- **dense**: plinio with ``fast=True, sparse=False``: the fast path without sparse execution,
+  the anchor of its gain;
 - **plain**: the search a user writes in plain PyTorch without plinio
   (``bench/plain_supernet.py``: DARTS-style supernets, stack and weighted sum, channel masks
   ``weight * STE(|α| > 0.5)``, a Python-loop MACs regularizer): the speed anchor;
@@ -22,7 +25,7 @@ header giving the CPU, torch version, threads and date.
 
     python bench/search_step.py [--batch-size 32] [--threads 2] [--device cpu]
                                 [--workloads seed,resnet8] [--modes soft,hard] [--hard]
-                                [--prune 0,0.5,0.75]
+                                [--prune 0,0.5,0.75] [--clock cpu]
                                 [--compile [--compile-mode reduce-overhead] [--compile-only]]
                                 [--repeats 5] [--warmup 1] [--min-seconds 15]
 
@@ -32,7 +35,8 @@ all three searches, keep-alive channels excepted, a shared mask pruned once), on
 fraction. ``--compile`` adds rows where the fast search and the plain search each run their
 model and their regularizer under ``torch.compile(fullgraph=True)`` (``--compile-mode
 reduce-overhead`` adds CUDA graphs on a GPU); the reference stays eager, the optimizer steps
-too; ``--compile-only`` drops the eager rows.
+too; ``--compile-only`` drops the eager rows. ``--clock cpu`` times with the process's CPU
+time instead of the wall clock (with one thread: robust to other jobs on a shared machine).
 """
 import argparse
 import copy
@@ -57,7 +61,7 @@ from bench.channel_pruning import draw_pruned_channels, prune  # noqa: E402
 from bench.models import count_supernets, workloads  # noqa: E402
 from bench.plain_from_plinio import channel_mask_specs, plain_search  # noqa: E402
 
-VARIANTS = ("fast", "plain", "reference")
+VARIANTS = ("fast", "dense", "plain", "reference")
 
 
 class SearchSetup(NamedTuple):
@@ -71,13 +75,15 @@ class SearchSetup(NamedTuple):
     targets: torch.Tensor
 
 
-def build_wrapper(model: nn.Module, input_shape: Sequence[int], fast: bool) -> nn.Module:
+def build_wrapper(model: nn.Module, input_shape: Sequence[int], fast: bool,
+                  sparse: bool = True) -> nn.Module:
     """PITSuperNet for models with supernets, PIT otherwise (MACs regularizer)."""
     if count_supernets(model) > 0:
         from plinio.methods import PITSuperNet
-        return PITSuperNet(model, input_shape=tuple(input_shape), regularizer="macs", fast=fast)
+        return PITSuperNet(model, input_shape=tuple(input_shape), regularizer="macs", fast=fast,
+                           sparse=sparse)
     from plinio.methods import PIT
-    return PIT(model, input_shape=tuple(input_shape), regularizer="macs", fast=fast)
+    return PIT(model, input_shape=tuple(input_shape), regularizer="macs", fast=fast, sparse=sparse)
 
 
 def set_hard(wrapper: nn.Module, hard: bool) -> None:
@@ -104,7 +110,7 @@ def mask_alphas(search: nn.Module) -> Dict[str, torch.Tensor]:
 def build_setups(name: str, batch_size: int, device: str, hard: bool = False, seed: int = 0,
                  prune_fraction: float = 0.0,
                  variants: Sequence[str] = VARIANTS) -> Dict[str, SearchSetup]:
-    """{variant: setup} for ``variants`` among 'fast', 'plain', 'reference': the same model,
+    """{variant: setup} for ``variants`` among 'fast', 'dense', 'plain', 'reference': the same model,
     weights and batch behind each, with ``prune_fraction`` of the channels pruned alike."""
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -119,8 +125,9 @@ def build_setups(name: str, batch_size: int, device: str, hard: bool = False, se
     model.train()
     targets = torch.randint(0, probe.shape[1], (batch_size,), generator=gen).to(device) \
         if probe.dim() == 2 else torch.empty(0, device=device)
-    plinio_labels = [label for label in ("fast", "reference") if label in variants] or ["fast"]
-    searches = {label: build_wrapper(copy.deepcopy(model), workload.input_shape, label == "fast")
+    plinio_labels = [label for label in ("fast", "dense", "reference") if label in variants] or ["fast"]
+    searches = {label: build_wrapper(copy.deepcopy(model), workload.input_shape, label != "reference",
+                                     sparse=label == "fast")
                 for label in plinio_labels}
     plinio_search = searches[plinio_labels[0]]  # the plain search takes its masks from it
     if "plain" in variants:
@@ -197,29 +204,35 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
 def time_steps(setups: Dict[str, SearchSetup], repeats: int, warmup: int, device: str,
-               min_seconds: float = 0.0, max_repeats: int = 50) -> Dict[str, float]:
+               min_seconds: float = 0.0, max_repeats: int = 50,
+               clock: str = "wall") -> Dict[str, float]:
     """Median seconds per step of each setup, the setups' steps interleaved. Short steps are
     repeated more (until about ``min_seconds`` per setup, at most ``max_repeats``) so that
-    the median resists the noise of a shared machine."""
+    the median resists the noise of a shared machine. ``clock``: 'wall' or 'cpu' (the
+    process's CPU time)."""
+    now = CLOCKS[clock]
     warm_times: List[float] = []
     for _ in range(max(warmup, 1)):
         for setup in setups.values():
             _sync(device)
-            start = time.perf_counter()
+            start = now()
             search_step(setup)
             _sync(device)
-            warm_times.append(time.perf_counter() - start)
+            warm_times.append(now() - start)
     per_step = max(min(warm_times), 1e-6)
     repeats = max(repeats, min(max_repeats, int(min_seconds / per_step) + 1))
     times: Dict[str, List[float]] = {k: [] for k in setups}
     for _ in range(repeats):
         for label, setup in setups.items():
             _sync(device)
-            start = time.perf_counter()
+            start = now()
             search_step(setup)
             _sync(device)
-            times[label].append(time.perf_counter() - start)
+            times[label].append(now() - start)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -233,7 +246,7 @@ class Row(NamedTuple):
     mib: Dict[str, float]
 
     def time_ratio(self, anchor: str) -> float:
-        """Fast path's step time over ``anchor``'s ('plain' or 'reference')."""
+        """Fast path's step time over ``anchor``'s ('dense', 'plain' or 'reference')."""
         return self.ms["fast"] / self.ms[anchor]
 
     def bytes_ratio(self, anchor: str) -> float:
@@ -275,8 +288,9 @@ def compiled(setup: SearchSetup, mode: Optional[str],
 
 def measure(name: str, mode: str, batch_size: int, device: str, repeats: int, warmup: int,
             compile_searches: bool = False, min_seconds: float = 0.0,
-            compile_mode: Optional[str] = None, prune_fraction: float = 0.0) -> Row:
-    """One table row: build the three searches, check they agree, measure saved bytes, time."""
+            compile_mode: Optional[str] = None, prune_fraction: float = 0.0,
+            clock: str = "wall") -> Row:
+    """One table row: build the searches, check they agree, measure saved bytes, time."""
     setups = build_setups(name, batch_size, device, hard=(mode == "hard"),
                           prune_fraction=prune_fraction)
     mismatch = loss_mismatch(setups)
@@ -286,30 +300,31 @@ def measure(name: str, mode: str, batch_size: int, device: str, repeats: int, wa
     saved = {k: saved_activation_bytes(s) for k, s in setups.items()}
     if compile_searches:
         torch._dynamo.reset()  # a fresh compile per workload, as in a user's one-model search
-        for label in ("fast", "plain"):
+        for label in ("fast", "dense", "plain"):
             setups[label] = compiled(setups[label], compile_mode)
-    times = time_steps(setups, repeats, warmup, device, min_seconds)
-    label = f" (fast and plain compiled, {compile_mode or 'default'})" if compile_searches else ""
+    times = time_steps(setups, repeats, warmup, device, min_seconds, clock=clock)
+    label = f" (fast, dense and plain compiled, {compile_mode or 'default'})" if compile_searches else ""
     return Row(name, mode + label, prune_fraction, {k: t * 1e3 for k, t in times.items()},
                {k: b / 2 ** 20 for k, b in saved.items()})
 
 
-TABLE_LEGEND = ("fast = plinio fast=True; plain = plain-PyTorch search (bench/plain_supernet.py), "
-                "the speed anchor; reference = plinio fast=False, the correctness oracle. "
-                "Ratios: fast / anchor, lower is better.")
+TABLE_LEGEND = ("fast = plinio fast=True (sparse execution on, the default); dense = plinio fast=True, "
+                "sparse=False; plain = plain-PyTorch search (bench/plain_supernet.py), the speed anchor; "
+                "reference = plinio fast=False, the correctness oracle. Ratios: fast / anchor, lower is better.")
 
 
 def format_table(rows: Sequence[Row]) -> str:
-    lines = ["| workload | mode | pruned | fast ms | plain ms | reference ms | "
-             "**fast/plain** | fast/reference | fast MiB | plain MiB | reference MiB | "
-             "saved fast/plain | saved fast/reference |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| workload | mode | pruned | fast ms | dense ms | plain ms | reference ms | fast/dense | "
+             "**fast/plain** | fast/reference | fast MiB | dense MiB | plain MiB | reference MiB | "
+             "saved fast/dense | saved fast/plain | saved fast/reference |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(
-            f"| {r.workload} | {r.mode} | {r.pruned:.0%} | {r.ms['fast']:.1f} | "
-            f"{r.ms['plain']:.1f} | {r.ms['reference']:.1f} | **{r.time_ratio('plain'):.2f}** | "
-            f"{r.time_ratio('reference'):.2f} | {r.mib['fast']:.1f} | {r.mib['plain']:.1f} | "
-            f"{r.mib['reference']:.1f} | {r.bytes_ratio('plain'):.2f} | "
+            f"| {r.workload} | {r.mode} | {r.pruned:.0%} | {r.ms['fast']:.1f} | {r.ms['dense']:.1f} | "
+            f"{r.ms['plain']:.1f} | {r.ms['reference']:.1f} | {r.time_ratio('dense'):.2f} | "
+            f"**{r.time_ratio('plain'):.2f}** | "
+            f"{r.time_ratio('reference'):.2f} | {r.mib['fast']:.1f} | {r.mib['dense']:.1f} | {r.mib['plain']:.1f} | "
+            f"{r.mib['reference']:.1f} | {r.bytes_ratio('dense'):.2f} | {r.bytes_ratio('plain'):.2f} | "
             f"{r.bytes_ratio('reference'):.2f} |")
     return "\n".join(lines)
 
@@ -367,6 +382,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
                         help="with --compile, skip the eager rows")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall clock, or the process's CPU time (one thread: robust to other jobs)")
     parser.add_argument("--min-seconds", type=float, default=15.0,
                         help="repeat short steps until about this many seconds per search")
     args = parser.parse_args(argv)
@@ -394,9 +411,10 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
                     row = measure(name, mode, args.batch_size, args.device, args.repeats,
                                   args.warmup, compile_searches=compile_searches,
                                   min_seconds=args.min_seconds, compile_mode=args.compile_mode,
-                                  prune_fraction=fraction)
+                                  prune_fraction=fraction, clock=args.clock)
                     rows.append(row)
-                    print(f"#  {name} {row.mode} {fraction:.0%} pruned: fast/plain "
+                    print(f"#  {name} {row.mode} {fraction:.0%} pruned: fast/dense "
+                          f"{row.time_ratio('dense'):.2f}, fast/plain "
                           f"{row.time_ratio('plain'):.2f}, fast/reference "
                           f"{row.time_ratio('reference'):.2f}", flush=True)
     print(format_table(rows))

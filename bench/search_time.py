@@ -8,7 +8,7 @@ script prints the wall time of each phase and the architecture ``arch_export()``
 (the chosen branch of every supernet and the channels of every layer it keeps), and says
 whether each configuration found the same architecture as the first one.
 
-    python bench/search_time.py [--configs fast,reference] [--strength 1]
+    python bench/search_time.py [--configs fast,dense,reference] [--strength 1]
                                 [--warmup-epochs 4] [--search-epochs 5] [--seed 0]
                                 [--threads 2] [--repeats 1]
 
@@ -48,7 +48,10 @@ class Configuration(NamedTuple):
 
 
 CONFIGURATIONS: Dict[str, Configuration] = {
-    "fast": Configuration("plinio fast path (fast=True, the default)", {"fast": True}),
+    "fast": Configuration("plinio fast path with sparse execution (fast=True, sparse=True: the defaults)",
+                          {"fast": True, "sparse": True}),
+    "dense": Configuration("plinio fast path without sparse execution (fast=True, sparse=False)",
+                           {"fast": True, "sparse": False}),
     "reference": Configuration("plinio reference path (fast=False)", {"fast": False}),
 }
 

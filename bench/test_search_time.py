@@ -21,14 +21,14 @@ def test_search_time_reports_times_and_the_same_architecture(monkeypatch, capsys
     monkeypatch.setattr(search_time, "load_digits_data", _small_digits)
     runs = search_time.main(["--warmup-epochs", "1", "--search-epochs", "1",
                              "--strength", "1"])
-    assert [r.configuration for r in runs] == ["fast", "reference"]
+    assert [r.configuration for r in runs] == ["fast", "dense", "reference"]
     for run in runs:
         assert run.conversion_s > 0 and run.warmup_s > 0 and run.search_s > 0
         assert set(run.architecture) == {"stem.0", "block1", "block2", "block3", "classifier"}
         assert run.architecture["block2"]["branch"] in ("conv3x3", "conv5x5", "dwsep3x3")
         assert 0 < run.exported_macs
-    assert runs[0].architecture == runs[1].architecture
-    assert runs[0].exported_macs == runs[1].exported_macs
+    assert runs[0].architecture == runs[1].architecture == runs[2].architecture
+    assert runs[0].exported_macs == runs[1].exported_macs == runs[2].exported_macs
     out = capsys.readouterr().out
     assert "| reference |" in out and "same architecture as fast" in out
     assert "exported architecture, reference (plinio reference path (fast=False)):" in out
