@@ -8,12 +8,12 @@ import dataclasses
 import math
 import sys
 from pathlib import Path
-from typing import Callable, List, NoReturn, Optional, Sequence, Tuple, TypeVar
+from typing import Callable, List, NoReturn, Optional, Sequence, Tuple, TypeVar, Union
 
 import torch
 
 from .config import (DEFAULT_OUT, DEFAULT_SEEDS, DEFAULT_STRENGTHS_MACS, DEFAULT_STRENGTHS_SIZE,
-                     QUICK_SEEDS, QUICK_STRENGTHS, DemoConfig, DemoError, Schedule)
+                     QUICK_SEEDS, QUICK_STRENGTHS, REGULARIZERS, DemoConfig, DemoError, Schedule)
 from .extras import missing_demo_package
 
 PROG = "plinio-demo"
@@ -76,6 +76,27 @@ def _seed(text: str) -> int:
     return value
 
 
+_SUFFIXES = {"k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}
+
+
+def _target(text: str) -> Tuple[str, float]:
+    """``NAME=VALUE``: a cost of ``REGULARIZERS`` and a positive budget (suffix k, M, G)."""
+    name, sep, value = text.partition("=")
+    name, value = name.strip(), value.strip()
+    if not sep or name not in REGULARIZERS:
+        raise argparse.ArgumentTypeError(f"{text!r}: use NAME=VALUE with NAME one of "
+                                         f"{', '.join(REGULARIZERS)} (e.g. macs=200k)")
+    scale = _SUFFIXES.get(value[-1:], 1.0)
+    number = value[:-1] if value[-1:] in _SUFFIXES else value
+    try:
+        budget = float(number) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: {value!r} is not a number") from None
+    if not math.isfinite(budget) or budget <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a budget must be finite and > 0")
+    return name, budget
+
+
 def _strength_list(text: str) -> List[float]:
     return _comma_list(text, _strength)
 
@@ -88,8 +109,8 @@ def _joined(values: Sequence[float]) -> str:
     return ",".join(f"{v:g}" for v in values)
 
 
-def _once_each(option: str, values: Sequence[float]) -> None:
-    repeated = sorted({f"{v:g}" for v in values if values.count(v) > 1})
+def _once_each(option: str, values: Sequence[Union[float, str]]) -> None:
+    repeated = sorted({v if isinstance(v, str) else f"{v:g}" for v in values if values.count(v) > 1})
     if repeated:
         raise DemoError(f"{option}: {', '.join(repeated)} given more than once; list each "
                         "value once")
@@ -108,8 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output folder (default: %(default)s)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                         help="where to train (default: %(default)s)")
-    parser.add_argument("--regularizer", default="macs", choices=("macs", "size"),
-                        help="cost to reduce: MACs or number of parameters (default: macs)")
+    parser.add_argument("--regularizer", default="macs", choices=REGULARIZERS,
+                        help="cost to reduce: MACs, number of parameters or peak activation "
+                             "memory in bytes (default: macs)")
+    parser.add_argument("--target", type=_target, action="append", metavar="NAME=VALUE",
+                        help="bound a cost instead of tuning a strength: one search keeps "
+                             f"NAME ({', '.join(REGULARIZERS)}) under VALUE (suffix k, M: "
+                             "macs=200k, peak_memory=16k); repeat it to bound several costs "
+                             "at once; replaces --strengths")
     parser.add_argument("--strengths", type=_strength_list, nargs="+", metavar="S",
                         help="regularization strengths, space or comma separated; the cost "
                              "is normalized by the unsearched network's, so 1.0 means 'the "
@@ -171,6 +198,13 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> DemoConfig:
         seeds: Tuple[int, ...] = QUICK_SEEDS if args.quick else DEFAULT_SEEDS
     else:
         seeds = tuple(v for group in args.seeds for v in group)
+    targets = tuple(args.target or ())
+    if targets and args.strengths is not None:
+        raise DemoError("--target replaces --strengths: a target search needs no strength; "
+                        "give one or the other")
+    if targets:
+        strengths = ()
+    _once_each("--target", [name for name, _ in targets])
     _once_each("--strengths", strengths)
     _once_each("--seeds", seeds)
     schedule = QUICK_SCHEDULE if args.quick else Schedule()
@@ -181,7 +215,7 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> DemoConfig:
     _check_output_folder(args.out)
     return DemoConfig(out=args.out, device=args.device, regularizer=args.regularizer,
                       strengths=strengths, seeds=seeds, fast=args.fast,
-                      progress=args.progress, schedule=schedule)
+                      progress=args.progress, schedule=schedule, targets=targets)
 
 
 def _one_line(message: str) -> str:

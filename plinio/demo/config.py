@@ -11,6 +11,8 @@ QUICK_STRENGTHS: Tuple[float, ...] = (0.1, 1.0)
 # (floating-point rounding steers the search), the spread over seeds shows by how much
 DEFAULT_SEEDS: Tuple[int, ...] = (0, 1, 2)
 QUICK_SEEDS: Tuple[int, ...] = (0,)
+# costs the search can reduce (--regularizer) or bound (--target); peak_memory in bytes
+REGULARIZERS: Tuple[str, ...] = ("macs", "size", "peak_memory")
 
 
 class DemoError(Exception):
@@ -53,3 +55,6 @@ class DemoConfig:
     fast: bool = True
     progress: bool = True
     schedule: Schedule = field(default_factory=Schedule)
+    # (cost, budget) pairs: one search that keeps every cost under its budget instead of one
+    # search per strength (README "Costs and budgets")
+    targets: Tuple[Tuple[str, float], ...] = ()

@@ -1,4 +1,5 @@
-"""Parameter and MAC counts of plain (exported) models, measured with forward hooks.
+"""Parameter and MAC counts of plain (exported) models, measured with forward hooks, and
+their peak activation memory.
 
 The counting rule is the library's static branch cost (``plinio.cost.plain_counts``,
 docs/behaviour.md §4.2), so the numbers of an exported network and of the unsearched supernet
@@ -8,12 +9,15 @@ for convolutions, and its parameter count for any other layer (Linear, BatchNorm
 """
 import copy
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
+import torch.fx as fx
 import torch.nn as nn
 
+from plinio.cost.peak_memory import PeakMemoryCost, default_inplace
 from plinio.cost.plain_counts import direct_param_count, forward_macs
+from plinio.graph.tracing import propagate_shapes, trace
 from plinio.methods.pit_supernet import PITSuperNetModule
 from plinio.methods.pit_supernet.nn import PITSuperNetCombiner
 
@@ -78,3 +82,25 @@ def expected_supernet_cost(model: nn.Module, input_shape: Tuple[int, ...]) -> Co
         params += factor * cost.params
         macs += factor * cost.macs
     return Cost(params, macs)
+
+
+def _deployed_inplace(node: fx.Node, module: Optional[nn.Module]) -> bool:
+    """Views and in-place ops, and BatchNorm: a deployed network folds it into the
+    convolution before it, as the search model does."""
+    return default_inplace(node, module) or isinstance(module, nn.modules.batchnorm._BatchNorm)
+
+
+def peak_memory(model: nn.Module, input_shape: Tuple[int, ...]) -> float:
+    """Peak activation bytes (float32, one sample) of a plain model: the ``peak_memory``
+    cost's definition (README "Costs and budgets") on the model's own graph. Traces a CPU
+    copy; the caller's model is not changed."""
+    gm = trace(copy.deepcopy(model).to("cpu").eval())
+    propagate_shapes(gm, (torch.zeros((1,) + tuple(input_shape)),))
+    return float(PeakMemoryCost(inplace=_deployed_inplace).bind(gm)(torch.zeros(0)))
+
+
+def measured_costs(model: nn.Module, input_shape: Tuple[int, ...], names: Tuple[str, ...]) -> Dict[str, float]:
+    """The costs ``names`` ('size', 'macs', 'peak_memory') of a plain (exported) model."""
+    cost = model_cost(model, input_shape)
+    values = {"size": cost.params, "macs": cost.macs}
+    return {name: values[name] if name in values else peak_memory(model, input_shape) for name in names}

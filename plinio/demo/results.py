@@ -1,7 +1,7 @@
 """What a demo run measured, per seed: the unsearched supernet, one searched network per
 strength and the hand-picked fixed-choice networks."""
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from .costs import Cost
 from .training import EpochResult
@@ -19,11 +19,17 @@ class UnsearchedResult:
     warmup: List[EpochResult] = field(default_factory=list)
 
 
+def target_tag(targets: Tuple[Tuple[str, float], ...]) -> str:
+    """'macs≤200000, peak_memory≤16384': the bounds of a target search."""
+    return ", ".join(f"{name}≤{value:g}" for name, value in targets)
+
+
 @dataclass
 class SearchedResult:
-    """One searched, exported and fine-tuned network."""
+    """One searched, exported and fine-tuned network: one per strength, or the one of a
+    target search (``strength`` None, ``targets`` the budgets)."""
 
-    strength: float
+    strength: Optional[float]
     chosen_branches: Dict[str, str]
     test_accuracy: float
     val_accuracy: float
@@ -40,6 +46,22 @@ class SearchedResult:
     onnx_max_abs_diff: float
     search: List[EpochResult] = field(default_factory=list)
     finetune: List[EpochResult] = field(default_factory=list)
+    targets: Dict[str, float] = field(default_factory=dict)
+    # the searched costs as the search model predicts them for its export (binarized masks,
+    # argmax branches) and as measured on the exported network
+    predicted: Dict[str, float] = field(default_factory=dict)
+    measured: Dict[str, float] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """'strength 0.1' or 'target macs≤200k'."""
+        return f"strength {self.strength:g}" if self.strength is not None \
+            else f"target {target_tag(tuple(self.targets.items()))}"
+
+    @property
+    def tag(self) -> str:
+        """The short name on the plot: 'λ=0.1' or 'macs≤200k'."""
+        return f"λ={self.strength:g}" if self.strength is not None else target_tag(tuple(self.targets.items()))
 
 
 @dataclass

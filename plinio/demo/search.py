@@ -7,7 +7,7 @@ wrap (``PITSuperNet``) → warm up the weights (architecture frozen by giving th
 The hand-picked baselines get the same weight training without the search.
 """
 import copy
-from typing import Dict, List, Mapping, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -21,9 +21,16 @@ from .training import EpochResult, evaluate, train
 
 
 def wrap_supernet(model: nn.Module, input_shape: Tuple[int, ...], regularizer: str,
-                  fast: bool) -> PITSuperNet:
-    """Convert the supernet CNN for the search (PIT inside and outside the branches too)."""
-    return PITSuperNet(model, input_shape=input_shape, regularizer=regularizer, fast=fast)
+                  fast: bool, targets: Sequence[Tuple[str, float]] = ()) -> PITSuperNet:
+    """Convert the supernet CNN for the search (PIT inside and outside the branches too).
+
+    ``peak_memory`` (as regularizer or target) is added with ``cost=``; with ``targets`` the
+    regularization loss is the target loss (README "Costs and budgets")."""
+    peak = regularizer == "peak_memory" or any(name == "peak_memory" for name, _ in targets)
+    cost = {"peak_memory": "peak_memory"} if peak else None
+    if targets:
+        return PITSuperNet(model, input_shape=input_shape, cost=cost, targets=dict(targets), fast=fast)
+    return PITSuperNet(model, input_shape=input_shape, regularizer=regularizer, cost=cost, fast=fast)
 
 
 def warm_up(net: PITSuperNet, data: DigitsData, schedule: Schedule,
@@ -43,14 +50,16 @@ def temperature_at(epoch: int, schedule: Schedule) -> float:
     return schedule.initial_temperature * ratio ** (epoch / (schedule.search_epochs - 1))
 
 
-def search(net: PITSuperNet, data: DigitsData, strength: float, reference_cost: float,
+def search(net: PITSuperNet, data: DigitsData, strength: Optional[float], reference_cost: float,
            schedule: Schedule, generator: torch.Generator, progress: bool,
            desc: str) -> List[EpochResult]:
     """Jointly train weights and architecture with the cost regularizer.
 
     The regularizer is divided by ``reference_cost`` (the unsearched network's value), so a
     strength means the same for the 'macs' and 'size' regularizers: at strength 1 removing
-    the whole cost is worth one nat of cross-entropy.
+    the whole cost is worth one nat of cross-entropy. A wrapper with targets adds its target
+    loss as it is (``strength`` and ``reference_cost`` unused): its strengths grow by
+    themselves, with ``update_targets()`` after every epoch.
     """
     net_optimizer = torch.optim.Adam(net.net_parameters(), lr=schedule.net_lr)
     nas_optimizer = torch.optim.Adam(net.nas_parameters(), lr=schedule.nas_lr)
@@ -58,11 +67,14 @@ def search(net: PITSuperNet, data: DigitsData, strength: float, reference_cost: 
     def anneal(epoch: int) -> None:
         net.update_softmax_options(temperature=temperature_at(epoch, schedule))
 
+    bounded = net.cost_targets is not None
     return train(net, data, epochs=schedule.search_epochs,
                  optimizers=[net_optimizer, nas_optimizer], batch_size=schedule.batch_size,
                  generator=generator, desc=desc, progress=progress,
-                 cost=lambda: net.get_regularization_loss() / reference_cost,
-                 strength=strength, on_epoch_start=anneal)
+                 cost=net.get_regularization_loss if bounded
+                 else lambda: net.get_regularization_loss() / reference_cost,
+                 strength=1.0 if bounded else strength, on_epoch_start=anneal,
+                 on_epoch_end=(lambda _: net.update_targets()) if bounded else None)
 
 
 def chosen_branches(summary: Mapping[str, Mapping[str, object]]) -> Dict[str, str]:

@@ -85,7 +85,7 @@ def summarize(runs: Sequence[SeedRun]) -> List[ConfigSummary]:
     rows = [_summary("unsearched supernet", "", UNSEARCHED, runs, lambda run: run.unsearched)]
     for index, searched in enumerate(first.searched):
         rows.append(_summary(
-            f"strength {searched.strength:g}", f"λ={searched.strength:g}", SEARCHED, runs,
+            searched.label, searched.tag, SEARCHED, runs,
             lambda run, i=index: run.searched[i],
             chosen_branches=[run.searched[index].chosen_branches for run in runs]))
     for index, fixed in enumerate(first.fixed):

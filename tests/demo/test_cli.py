@@ -38,6 +38,12 @@ def _assert_one_line_error(text: str, *fragments: str) -> None:
     (["--seeds", "1", "2,1"], ["--seeds: 1 given more than once"]),
     (["--seeds", "4294967296"], ["too large"]),
     (["--regularizer", "flops"], ["--regularizer", "flops"]),
+    (["--target", "flops=1k"], ["--target", "NAME one of macs, size, peak_memory"]),
+    (["--target", "macs=-5"], ["--target", "finite and > 0"]),
+    (["--target", "macs=lots"], ["--target", "'lots' is not a number"]),
+    (["--target", "macs"], ["--target", "NAME=VALUE"]),
+    (["--target", "macs=1k", "--target", "macs=2k"], ["--target: macs given more than once"]),
+    (["--target", "macs=1k", "--strengths", "0.1"], ["--target replaces --strengths"]),
     (["--bogus"], ["--bogus"]),
 ])
 def test_bad_option_in_process(args, fragments, tmp_path, capsys):
@@ -68,7 +74,7 @@ def test_cuda_unavailable_is_a_clear_error(tmp_path, capsys):
 def test_help_exits_zero(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for option in ("--out", "--device", "--strengths", "--regularizer", "--epochs", "--seeds",
+    for option in ("--out", "--device", "--strengths", "--regularizer", "--target", "--epochs", "--seeds",
                    "--seed", "--fast", "--no-fast", "--quick"):
         assert option in out
     # run times are stated with their conditions, never as a bare promise
@@ -90,6 +96,10 @@ def test_defaults_and_overrides(tmp_path):
     assert quick.seeds == QUICK_SEEDS
     assert parse_config(["--seeds", "3,1", "7", "--out", str(tmp_path)]).seeds == (3, 1, 7)
     assert parse_config(["--seed", "5", "--out", str(tmp_path)]).seeds == (5,)
+    bounded = parse_config(["--target", "macs=200k", "--target", "peak_memory=16.5k", "--regularizer",
+                            "peak_memory", "--out", str(tmp_path)])
+    assert bounded.targets == (("macs", 200e3), ("peak_memory", 16.5e3)) and bounded.strengths == ()
+    assert bounded.regularizer == "peak_memory" and config.targets == ()
 
 
 def test_bad_option_in_a_subprocess(tmp_path):

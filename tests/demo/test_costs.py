@@ -50,3 +50,19 @@ def test_layers_outside_supernets_count_fully():
     cost = expected_supernet_cost(model, (1, 2, 2))
     assert cost.params == 8 + 20 / 2
     assert cost.macs == 8 * 4 + 20 * 4 / 2
+
+
+def test_peak_memory_of_an_exported_network_is_the_searchs_prediction():
+    """The fixed conv3x3 network: the stem's BatchNorm output (in place, as deployed) and its
+    ReLU are 2 × 16 channels × 16×16 positions of 4 bytes at the peak; the supernet's search
+    model predicts the same for its export (all α equal: branch 0, conv3x3, in every block)."""
+    from plinio.demo.costs import peak_memory
+    from plinio.demo.model import fixed_choice_cnn, supernet_cnn
+    from plinio.demo.search import wrap_supernet
+
+    assert peak_memory(fixed_choice_cnn("conv3x3"), (1, 16, 16)) == 4 * 2 * 16 * 256
+    net = wrap_supernet(supernet_cnn(), (1, 16, 16), "peak_memory", fast=True)
+    assert net.regularizer == "peak_memory" and net.cost_targets is None
+    assert net.get_cost("peak_memory", binarized=True).item() == peak_memory(net.arch_export(), (1, 16, 16))
+    bounded = wrap_supernet(supernet_cnn(), (1, 16, 16), "macs", fast=True, targets=(("peak_memory", 16e3),))
+    assert bounded.regularizer is None and bounded.cost_targets.target_names == ("peak_memory",)

@@ -130,3 +130,23 @@ def test_results_json_is_plain_json_with_runs_and_summary(tmp_path):
     assert [s["label"] for s in doc["summary"]] == ["unsearched supernet", "strength 0.5",
                                                     "fixed: all conv3x3"]
     assert doc["summary"][1]["macs"] == {"low": 1e5, "high": 5e5, "mean": 3e5}
+
+
+def test_target_runs_report_predicted_and_measured_costs_and_whether_they_met_the_target():
+    results = _results()
+    for run, measured in zip(results.runs, (190e3, 260e3)):
+        (searched,) = run.searched
+        searched.strength = None
+        searched.targets = {"macs": 200e3}
+        searched.predicted, searched.measured = {"macs": 195e3}, {"macs": measured}
+    results.options = {"targets": {"macs": 200e3}, "regularizer": "macs"}
+    lines = format_table(results).splitlines()
+    assert any(line.startswith("target macs≤200000") for line in lines)
+    checks = [line.split() for line in lines if line.startswith(("0 ", "3 "))]
+    assert checks == [["0", "macs≤200000", "macs", "195k", "190k", "200k", "yes", "(-5.0%)"],
+                      ["3", "macs≤200000", "macs", "195k", "260k", "200k", "no", "(+30.0%)"]]
+    assert any("more search epochs (--epochs)" in line for line in lines)
+    assert not any("More than 10 % under a target" in line for line in lines)
+    results.runs[0].searched[0].measured = {"macs": 150e3}
+    assert "More than 10 % under a target" in format_table(results)
+    assert "Costs of the searched networks" not in format_table(_results())   # a default run: no block
