@@ -67,7 +67,7 @@ def _branch_weights(model: nn.Module) -> Dict[str, float]:
 
 
 def expected_supernet_cost(model: nn.Module, input_shape: Tuple[int, ...]) -> Cost:
-    """Cost of an unsearched supernet model: branches weighted by θ = 1/n (SPEC §4.3 at init).
+    """Cost of an unsearched supernet model: branches weighted by θ = 1/n (docs/behaviour.md §4.3 at init).
 
     Layers outside any supernet count fully; a layer inside branch i of a supernet with n
     branches counts 1/n (the product of such factors when supernets are nested).
