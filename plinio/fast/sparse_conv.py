@@ -82,14 +82,9 @@ def _scatter(values: torch.Tensor, dim: int, index: Optional[torch.Tensor],
 
 def _scatter_rows_cols(values: torch.Tensor, rows: Optional[torch.Tensor],
                        cols: Optional[torch.Tensor], shape: Sequence[int]) -> torch.Tensor:
-    """A weight-shaped tensor holding ``values`` at (rows, cols), zeros elsewhere."""
-    if cols is None:
-        return _scatter(values, 0, rows, shape[0])
-    if rows is None:
-        return _scatter(values, 1, cols, shape[1])
-    full = values.new_zeros(tuple(shape))
-    full[rows[:, None], cols[None, :]] = values
-    return full
+    """A weight-shaped tensor holding ``values`` at (rows, cols), zeros elsewhere (two
+    ``index_copy_``: much cheaper than one advanced-index assignment)."""
+    return _scatter(_scatter(values, 1, cols, shape[1]), 0, rows, shape[0])
 
 
 def _index_or_none(index: torch.Tensor, size: int) -> Optional[torch.Tensor]:
@@ -248,10 +243,14 @@ class _ConvKernels(_CompactKernels):
 
 # ----------------------------------------------------------------- the autograd function
 @dataclass(frozen=True)
-class _Plan:
-    """Which channel sets each computation uses (None: every channel, no gather/scatter)."""
+class SparsePlan:
+    """Which channel sets each computation of one layer uses (None: every channel, no
+    gather/scatter), validated once by :func:`sparse_plan` and reusable for every call with
+    the same masks."""
 
     kernels: _CompactKernels
+    out_channels: int
+    in_channels: int
     kept: Optional[torch.Tensor]          # K: output rows computed
     forward_in: Optional[torch.Tensor]    # input channels read by the forward
     saved_in: Optional[torch.Tensor]      # input channels saved for the weight gradient
@@ -260,15 +259,14 @@ class _Plan:
     bias_rows: Optional[torch.Tensor]     # rows of gb' computed
     grad_in: Optional[torch.Tensor]       # input channels of gx computed
     one_backward_call: bool               # gx and gW' use the same gradient rows and input
-    keep_full_input: bool = False         # save x itself, gather saved_in in backward
 
 
 class _SparseMaskedConv(torch.autograd.Function):
-    """conv(x, W', b') computing only the channel sets of a :class:`_Plan`."""
+    """conv(x, W', b') computing only the channel sets of a :class:`SparsePlan`."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                plan: _Plan, gathered: Optional[torch.Tensor]) -> torch.Tensor:
+                plan: SparsePlan, keep_full_input: bool, gathered: Optional[torch.Tensor]) -> torch.Tensor:
         k = plan.kernels
         dim = k.channel_dim
         x_fwd = _gather(x, dim, plan.forward_in) if gathered is None else gathered
@@ -276,13 +274,13 @@ class _SparseMaskedConv(torch.autograd.Function):
         w_fwd = w_rows if k.depthwise else _gather(w_rows, 1, plan.forward_in)
         b_fwd = None if bias is None else _gather(bias, 0, plan.kept)
         y = _scatter(k.forward(x_fwd, w_fwd, b_fwd), dim, plan.kept, weight.shape[0])
-        if plan.keep_full_input:
+        if keep_full_input:
             x_saved = x
         else:
             x_saved = x_fwd if plan.saved_in is plan.forward_in else _gather(x, dim, plan.saved_in)
         w_for_grad_in = w_fwd if plan.grad_in is plan.forward_in else w_rows
         ctx.save_for_backward(x_saved, w_for_grad_in)
-        ctx.plan = plan
+        ctx.plan, ctx.keep_full_input = plan, keep_full_input
         ctx.x_shape, ctx.w_shape = tuple(x.shape), tuple(weight.shape)
         ctx.has_bias = bias is not None
         return y
@@ -298,10 +296,10 @@ class _SparseMaskedConv(torch.autograd.Function):
     @staticmethod
     def _gradients(ctx: Any, grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
         x_saved, w_for_grad_in = ctx.saved_tensors
-        plan: _Plan = ctx.plan
+        plan: SparsePlan = ctx.plan
         k = plan.kernels
         dim = k.channel_dim
-        if plan.keep_full_input:
+        if ctx.keep_full_input:
             x_saved = _gather(x_saved, dim, plan.saved_in)
         needs_x, needs_w, needs_b = ctx.needs_input_grad[:3]
         grad = grad.contiguous()
@@ -327,12 +325,12 @@ class _SparseMaskedConv(torch.autograd.Function):
             grad_rows = grad_kept if plan.bias_rows is plan.kept else \
                 _gather(grad, dim, plan.bias_rows)
             grad_b = _scatter(k.bias_grad(grad_rows), 0, plan.bias_rows, ctx.w_shape[0])
-        return grad_x, grad_w, grad_b, None, None
+        return grad_x, grad_w, grad_b, None, None, None
 
 
 # ----------------------------------------------------------------- public entry point
 def _check_index(index: Optional[torch.Tensor], what: str, size: int,
-                 like: torch.Tensor) -> None:
+                 device: torch.device) -> None:
     """Index tensors are 1-D int64 on the input's device, sorted, unique and in range. The
     content is checked on CPU only (with numpy: a few µs; on CUDA it would cost a host sync
     per layer, and the caller builds the indices on CPU anyway)."""
@@ -343,9 +341,9 @@ def _check_index(index: Optional[torch.Tensor], what: str, size: int,
             else type(index).__name__
         raise TypeError(f"{_NAME}: {what} must be a 1-D int64 tensor of channel indices, "
                         f"got {got}")
-    if index.device != like.device:
+    if index.device != device:
         raise ValueError(f"{_NAME}: {what} is on {index.device} but the input is on "
-                         f"{like.device}; move the indices to the input's device")
+                         f"{device}; move the indices to the input's device")
     if index.numel() > size:
         raise ValueError(f"{_NAME}: {what} has {index.numel()} indices for {size} channels")
     if index.device.type == "cpu" and index.numel():
@@ -355,19 +353,33 @@ def _check_index(index: Optional[torch.Tensor], what: str, size: int,
                              f"[0, {size}); got {values.tolist()}")
 
 
-def _kernels_for(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                 geometry: Optional[ConvGeometry]) -> _CompactKernels:
-    """The compact computations for the layer, after checking the tensors match it."""
+def _kernels_for(geometry: Optional[ConvGeometry]) -> _CompactKernels:
+    """The compact computations of a layer of this geometry (None: Linear)."""
+    if geometry is None:
+        return _LinearKernels()
+    g = geometry
+    if g.groups != 1 and not g.groups == g.in_channels == g.out_channels:
+        raise ValueError(f"{_NAME}: only groups=1 and depthwise convolutions are supported, "
+                         f"got groups={g.groups} with {g.in_channels} input and "
+                         f"{g.out_channels} output channels")
+    return _ConvKernels(g)
+
+
+def _check_shapes(plan: SparsePlan, x: torch.Tensor, weight: torch.Tensor,
+                  bias: Optional[torch.Tensor]) -> None:
+    """The tensors match the layer the plan was made for."""
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]):
         raise ValueError(f"{_NAME}: bias of shape {tuple(bias.shape)} does not match "
                          f"{weight.shape[0]} output channels")
-    if geometry is None:
-        if weight.dim() != 2 or x.dim() < 1 or x.shape[-1] != weight.shape[1]:
-            raise ValueError(f"{_NAME}: a Linear layer (geometry=None) needs a weight "
-                             f"(out, in) and an input (..., in); got weight "
-                             f"{tuple(weight.shape)} and input {tuple(x.shape)}")
-        return _LinearKernels()
-    g = geometry
+    kernels = plan.kernels
+    if not isinstance(kernels, _ConvKernels):
+        if weight.dim() != 2 or x.dim() < 1 or x.shape[-1] != weight.shape[1] or \
+                tuple(weight.shape) != (plan.out_channels, plan.in_channels):
+            raise ValueError(f"{_NAME}: a Linear layer (geometry=None) of {plan.in_channels} inputs and "
+                             f"{plan.out_channels} outputs needs a weight (out, in) and an input (..., in); "
+                             f"got weight {tuple(weight.shape)} and input {tuple(x.shape)}")
+        return
+    g = kernels.geometry
     expected = (g.out_channels, g.in_channels // g.groups) + tuple(g.kernel)
     if tuple(weight.shape) != expected:
         raise ValueError(f"{_NAME}: weight of shape {tuple(weight.shape)} does not match the "
@@ -375,11 +387,43 @@ def _kernels_for(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     if x.dim() != g.ndim + 2 or x.shape[1] != g.in_channels:
         raise ValueError(f"{_NAME}: input of shape {tuple(x.shape)} does not match a "
                          f"{g.ndim}-D convolution of {g.in_channels} channels")
-    if g.groups != 1 and not g.groups == g.in_channels == g.out_channels:
-        raise ValueError(f"{_NAME}: only groups=1 and depthwise convolutions are supported, "
-                         f"got groups={g.groups} with {g.in_channels} input and "
-                         f"{g.out_channels} output channels")
-    return _ConvKernels(g)
+
+
+def sparse_plan(geometry: Optional[ConvGeometry], out_channels: int, in_channels: int,
+                kept_out: Optional[torch.Tensor], live_in: Optional[torch.Tensor], *,
+                grad_pruned_rows: bool, grad_dead_inputs: bool, device: torch.device) -> SparsePlan:
+    """The channel sets of a layer (see :func:`sparse_masked_conv` for the arguments),
+    checked once: a caller running the same layer with the same masks many times (a search
+    step) makes the plan once and calls :func:`run_sparse_plan`."""
+    kernels = _kernels_for(geometry)
+    if geometry is not None and (geometry.out_channels, geometry.in_channels) != (out_channels, in_channels):
+        raise ValueError(f"{_NAME}: {in_channels} input and {out_channels} output channels do not match "
+                         f"the geometry ({geometry.in_channels} and {geometry.out_channels})")
+    _check_index(kept_out, "kept_out", out_channels, device)
+    _check_index(live_in, "live_in", in_channels, device)
+    kept = None if kept_out is None else _index_or_none(kept_out, out_channels)
+    live = None if live_in is None else _index_or_none(live_in, in_channels)
+    if kernels.depthwise:
+        rows = live if grad_pruned_rows else kept
+        return SparsePlan(kernels, out_channels, in_channels, kept=kept, forward_in=kept, saved_in=rows,
+                          weight_rows=rows, weight_cols=None, bias_rows=None if grad_pruned_rows else kept,
+                          grad_in=kept, one_backward_call=not grad_pruned_rows)
+    rows = None if grad_pruned_rows else kept
+    grad_in = None if grad_dead_inputs else live
+    return SparsePlan(kernels, out_channels, in_channels, kept=kept, forward_in=live, saved_in=live,
+                      weight_rows=rows, weight_cols=live, bias_rows=rows, grad_in=grad_in,
+                      one_backward_call=rows is kept and grad_in is live)
+
+
+def run_sparse_plan(plan: SparsePlan, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *,
+                    keep_full_input: bool = False, gathered_input: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`sparse_masked_conv` with a plan made by :func:`sparse_plan`."""
+    _check_shapes(plan, x, weight, bias)
+    if gathered_input is not None and plan.kernels.depthwise:
+        raise ValueError(f"{_NAME}: gathered_input does not apply to a depthwise convolution")
+    if plan.forward_in is None:
+        gathered_input = None  # every channel is read: x itself
+    return _SparseMaskedConv.apply(x, weight, bias, plan, keep_full_input, gathered_input)
 
 
 def sparse_masked_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
@@ -407,31 +451,13 @@ def sparse_masked_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     ``x`` restricted to ``live_in`` (not depthwise), computed without autograd by a caller
     that shares one copy among the convolutions reading the same input.
     """
-    kernels = _kernels_for(x, weight, bias, geometry)
-    cout = weight.shape[0]
-    cin = x.shape[kernels.channel_dim]
-    _check_index(kept_out, "kept_out", cout, x)
-    _check_index(live_in, "live_in", cin, x)
-    kept = None if kept_out is None else _index_or_none(kept_out, cout)
-    live = None if live_in is None else _index_or_none(live_in, cin)
-    if kernels.depthwise:
-        if gathered_input is not None:
-            raise ValueError(f"{_NAME}: gathered_input does not apply to a depthwise convolution")
-        rows = live if grad_pruned_rows else kept
-        plan = _Plan(kernels, kept=kept, forward_in=kept, saved_in=rows, weight_rows=rows,
-                     weight_cols=None, bias_rows=None if grad_pruned_rows else kept,
-                     grad_in=kept, one_backward_call=not grad_pruned_rows,
-                     keep_full_input=keep_full_input)
-    else:
-        rows = None if grad_pruned_rows else kept
-        grad_in = None if grad_dead_inputs else live
-        plan = _Plan(kernels, kept=kept, forward_in=live, saved_in=live, weight_rows=rows,
-                     weight_cols=live, bias_rows=rows, grad_in=grad_in,
-                     one_backward_call=rows is kept and grad_in is live,
-                     keep_full_input=keep_full_input)
-        if gathered_input is not None and live is None:
-            gathered_input = None  # every channel is live: x itself is read
-    return _SparseMaskedConv.apply(x, weight, bias, plan, gathered_input)
+    if geometry is None and x.dim() < 1:
+        raise ValueError(f"{_NAME}: a Linear layer (geometry=None) needs an input (..., in); got a 0-d input")
+    in_channels = x.shape[-1] if geometry is None else geometry.in_channels
+    out_channels = weight.shape[0] if geometry is None else geometry.out_channels
+    plan = sparse_plan(geometry, out_channels, in_channels, kept_out, live_in, grad_pruned_rows=grad_pruned_rows,
+                       grad_dead_inputs=grad_dead_inputs, device=x.device)
+    return run_sparse_plan(plan, x, weight, bias, keep_full_input=keep_full_input, gathered_input=gathered_input)
 
 
 # ----------------------------------------------------------------- when it pays

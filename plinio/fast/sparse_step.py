@@ -31,7 +31,7 @@ import torch.nn as nn
 from plinio.graph.channels import Concat, Const, Desc, Flatten, Group
 
 from .linear_ops import ConvGeometry
-from .sparse_conv import LayerWork, sparse_masked_conv, sparse_pays
+from .sparse_conv import LayerWork, run_sparse_plan, sparse_pays, sparse_plan
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,8 @@ class SparseSite:
 
 class SparseCall:
     """What one site computes in this step: its kept rows and live inputs (device index
-    tensors, None: all) and its flags. Calling it runs ``sparse_masked_conv``."""
+    tensors, None: all) and its flags, as a checked plan. Calling it runs the plan
+    (``plinio.fast.sparse_conv.run_sparse_plan``)."""
 
     def __init__(self, site: SparseSite, geometry: Optional[ConvGeometry], kept: Optional[torch.Tensor],
                  live: Optional[torch.Tensor]) -> None:
@@ -91,6 +92,10 @@ class SparseCall:
         self.geometry = geometry
         self.kept = kept
         self.live = live
+        device = (kept if kept is not None else live).device
+        self.plan = sparse_plan(geometry, site.out_channels, site.in_channels, kept, live,
+                                grad_pruned_rows=site.grad_pruned_rows, grad_dead_inputs=site.grad_dead_inputs,
+                                device=device)
 
     def kept_rows(self, like: torch.Tensor) -> torch.Tensor:
         """0./1. vector over the output channels: 1 on the kept rows (``like``'s dtype and device)."""
@@ -106,10 +111,7 @@ class SparseCall:
         depthwise = self.geometry is not None and self.geometry.groups > 1
         if self.live is not None and not depthwise:
             gathered = _shared_gather(x, self.live, self.geometry is None)
-        return sparse_masked_conv(x, weight, bias, self.geometry, self.kept, self.live,
-                                  grad_pruned_rows=self.site.grad_pruned_rows,
-                                  grad_dead_inputs=self.site.grad_dead_inputs,
-                                  keep_full_input=keep_full, gathered_input=gathered)
+        return run_sparse_plan(self.plan, x, weight, bias, keep_full_input=keep_full, gathered_input=gathered)
 
 
 class _SiteSets:

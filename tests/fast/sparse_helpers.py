@@ -84,7 +84,7 @@ def forced_sparse(monkeypatch) -> Iterator[SparseCalls]:
     """Every site runs sparse whatever the decision rule says (so that exactness is tested on
     small models), and the sparse calls are counted."""
     calls = SparseCalls()
-    original = sparse_step.sparse_masked_conv
+    original = sparse_step.run_sparse_plan
 
     def counted(*args, **kwargs):
         calls.count += 1
@@ -92,6 +92,6 @@ def forced_sparse(monkeypatch) -> Iterator[SparseCalls]:
 
     with monkeypatch.context() as patch:
         patch.setattr(sparse_step, "sparse_pays", lambda *args: True)
-        patch.setattr(sparse_step, "sparse_masked_conv", counted)
+        patch.setattr(sparse_step, "run_sparse_plan", counted)
         yield calls
 
