@@ -24,7 +24,6 @@ the date and the command.
 import argparse
 import contextlib
 import copy
-import datetime
 import io
 import logging
 import sys
@@ -202,13 +201,10 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Network]:
                                 {b: p[1] for b, p in predictions.items()}, measured))
         print(f"{label}: " + ", ".join(f"{b} predicted {1e6 * predictions[b][0]:.1f} µs, measured "
                                        f"{1e6 * measured[b]:.1f} µs" for b in BACKENDS), flush=True)
-    lines = [line.replace("bench.latency_table", "bench.latency_loop") for line in
-             header_lines(argv, BACKENDS)]
-    lines = [f"{line[2:]}  " for line in lines] + [
+    lines = [f"{line[2:]}  " for line in header_lines(argv, BACKENDS, "bench.latency_loop")] + [
         f"table: {table.name}; search on random data, strengths {args.strengths}, {args.epochs} epochs of "
         f"{args.steps} steps; batch 1, {args.threads} thread(s), lowest median of {args.rounds} rounds of "
-        f"{args.repeats} calls; "
-        f"{datetime.date.today():%Y-%m-%d}"]
+        f"{args.repeats} calls"]
     text = report(networks, lines)
     out = args.out or Path(f"latency_loop_{args.model}.md")
     out.write_text(text)

@@ -265,8 +265,8 @@ def cpu_model() -> str:
         return platform.processor()
 
 
-def header_lines(argv: Sequence[str], backends: Sequence[str]) -> List[str]:
-    """Comment lines recording where and how the table was measured."""
+def header_lines(argv: Sequence[str], backends: Sequence[str], script: str = "bench.latency_table") -> List[str]:
+    """Comment lines recording where and how the table (or ``script``'s report) was measured."""
     versions = [f"torch {torch.__version__}"]
     if "onnxruntime" in backends:
         import onnxruntime
@@ -275,7 +275,7 @@ def header_lines(argv: Sequence[str], backends: Sequence[str]) -> List[str]:
     return [f"# machine: {cpu} ({os.cpu_count()} logical CPUs), {platform.system()} {platform.release()}",
             f"# versions: python {platform.python_version()}, {', '.join(versions)}",
             f"# date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
-            f"# command: python -m bench.latency_table {' '.join(argv)}"]
+            f"# command: python -m {script} {' '.join(argv)}"]
 
 
 def write_csv(path: Path, rows: Sequence[Dict[str, object]], comments: Sequence[str]) -> None:
