@@ -1,4 +1,4 @@
-"""Benchmark and test workloads: the SPEC §7 seed supernet, MLPerf Tiny supernets, a TCN.
+"""Benchmark and test workloads: the seed-example supernet (docs/behaviour.md §7), MLPerf Tiny supernets, a TCN.
 
 Every MLPerf Tiny network is written as a supernet: each convolution block of the reference
 network becomes a ``PITSuperNetModule`` choosing among conv3×3+BN+ReLU, conv5×5+BN+ReLU,
@@ -48,7 +48,7 @@ def conv_block_supernet(cin: int, cout: int, stride: int = 1,
 
 
 class SimpleSuperNet(nn.Module):
-    """The SPEC §7 seed example: one supernet over a 32×64×64 input."""
+    """The seed example of docs/behaviour.md §7: one supernet over a 32×64×64 input."""
 
     N_SUPERNETS = 1
     INPUT_SHAPE = (32, 64, 64)

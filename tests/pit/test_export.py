@@ -83,7 +83,7 @@ def test_add_bn_reinserts_batchnorm_of_pruned_width():
             bn = exported.get_submodule(f"{name}_exported_bn")
             assert type(bn) is nn.BatchNorm1d
             assert bn.num_features == exported.get_submodule(name).out_channels
-    assert f"blocks.0.downsample_exported_bn" not in dict(exported.named_modules())
+    assert "blocks.0.downsample_exported_bn" not in dict(exported.named_modules())
     exported.eval()
     assert exported(*x).shape == (3, 5)
     _, dscnn, _ = build("dscnn")
