@@ -22,7 +22,8 @@ class PIT(DNAS):
     layer of ``model`` (which is deep-copied, never modified).
 
     ``cost``, ``targets`` and ``regularizer=None`` (the default: 'size', or the one cost given
-    with ``cost=``): README "Costs and budgets".
+    with ``cost=``): README "Costs and budgets". ``fast`` / ``sparse``: README "Performance"
+    and "Sparse execution".
     """
 
     def __init__(self, model: nn.Module, input_shape: Optional[Sequence[int]] = None,

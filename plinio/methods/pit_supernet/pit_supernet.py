@@ -36,7 +36,8 @@ class PITSuperNet(DNAS):
     PIT-able layer inside and outside the branches. ``model`` is deep-copied, never modified.
 
     ``cost``, ``targets`` and ``regularizer=None`` (the default: 'size', or the one cost given
-    with ``cost=``): README "Costs and budgets".
+    with ``cost=``): README "Costs and budgets". ``fast`` / ``sparse``: README "Performance"
+    and "Sparse execution".
     """
 
     def __init__(self, model: nn.Module, input_shape: Optional[Sequence[int]] = None,
