@@ -58,6 +58,8 @@ class SparseSite:
     every row may be non-zero). ``live``: what the input channels are made of, a channel
     descriptor whose groups are mask ids (channels outside the live set are exactly 0).
     ``grad_pruned_rows`` / ``grad_dead_inputs``: as in ``sparse_masked_conv``.
+    ``keep_input``: save the input itself for backward (another op keeps it anyway, or may),
+    rather than a gathered copy of its live channels.
     """
 
     geometry: Optional[ConvGeometry]
@@ -67,6 +69,7 @@ class SparseSite:
     live: Desc
     grad_pruned_rows: bool
     grad_dead_inputs: bool
+    keep_input: bool = True
 
     def positions(self, x: torch.Tensor, geometry: Optional[ConvGeometry]) -> Optional[int]:
         """Output positions of one call on ``x`` (batch included), None when ``x`` does not
@@ -103,15 +106,14 @@ class SparseCall:
         return out.fill_(1.0) if self.kept is None else out.index_fill_(0, self.kept, 1.0)
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-        """The convolution. A ReLU keeps its output for its own backward, so an input made by
-        one is saved whole (no extra bytes); any other input is saved as its live channels,
-        gathered once per forward for all the convolutions reading it (a supernet's branches)."""
-        keep_full = x.grad_fn is not None and x.grad_fn.name() == "ReluBackward0"
+        """The convolution; the live channels of ``x`` are gathered once per forward for all
+        the convolutions reading it (a supernet's branches)."""
         gathered = None
         depthwise = self.geometry is not None and self.geometry.groups > 1
         if self.live is not None and not depthwise:
             gathered = _shared_gather(x, self.live, self.geometry is None)
-        return run_sparse_plan(self.plan, x, weight, bias, keep_full_input=keep_full, gathered_input=gathered)
+        return run_sparse_plan(self.plan, x, weight, bias, keep_full_input=self.site.keep_input,
+                               gathered_input=gathered)
 
 
 class _SiteSets:

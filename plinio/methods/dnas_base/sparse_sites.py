@@ -7,6 +7,7 @@ supernet (keyed by its combiner). Their channel sets come from the channel analy
 conversion, their flags from ``plinio.graph.zero_gradients``, both computed on the converted
 graph ``seed``; the fast graph shares its layers and node names.
 """
+from dataclasses import replace
 from typing import Any, Dict, Hashable, List, Optional, Sequence, Tuple
 
 import torch.fx as fx
@@ -43,6 +44,10 @@ def _masks(seed: fx.GraphModule, layers: Layers, facts: GradientFacts, threshold
         masks[gid] = ChannelMask(masker, None if masker.frozen else masker.param_name, masker.out_channels,
                                  masker.keep_alive_channels, threshold)
     return masks
+
+
+def _module(gm: fx.GraphModule, node: fx.Node) -> Optional[nn.Module]:
+    return gm.get_submodule(node.target) if node.op == "call_module" else None
 
 
 def _single(values: List[Optional[Desc]]) -> Optional[Desc]:
@@ -89,7 +94,7 @@ def _merged_sites(seed: fx.GraphModule, runner: fx.GraphModule, facts: GradientF
     combiner_nodes = {id(seed.get_submodule(n.target)): n for n in seed.graph.nodes if n.op == "call_module"}
 
     def supernet(node: Any) -> Optional[FastSuperNet]:
-        module = runner.get_submodule(node.target) if isinstance(node, fx.Node) and node.op == "call_module" else None
+        module = _module(runner, node) if isinstance(node, fx.Node) else None
         return module if isinstance(module, FastSuperNet) else None
 
     def in_seed(node: Any) -> Optional[fx.Node]:
@@ -118,6 +123,29 @@ def _merged_sites(seed: fx.GraphModule, runner: fx.GraphModule, facts: GradientF
     return sites
 
 
+def _input_kept_elsewhere(node: fx.Node, seed: fx.GraphModule, gathering: Dict[str, nn.Module]) -> bool:
+    """Whether some other op may keep the value ``node`` for its backward: anything but a
+    layer output or a supernet output (``combine`` keeps its inputs, not its output), read
+    by anything but layers that save a gathered copy (a dense op reading it would save it
+    whole; a ReLU keeps its output)."""
+    if node.op != "call_module" or not (node.target in gathering or getattr(
+            type(seed.get_submodule(node.target)), "plinio_merges_inputs", False)):
+        return True
+    return any(user.op != "call_module" or user.target not in gathering for user in node.users)
+
+
+def _saving_policy(seed: fx.GraphModule, layers: Layers, sites: Dict[Hashable, SparseSite],
+                   merged_members: List[nn.Module], calls: Dict[str, List[fx.Node]]) -> None:
+    """Each layer site saves a gathered copy of its input only where no other op keeps the
+    input anyway (else the copy would add bytes to the dense path's)."""
+    gathering = {name: layer for name, layer in layers if layer in sites and layer not in merged_members
+                 and not (sites[layer].geometry is not None and sites[layer].geometry.groups > 1)}
+    for name, layer in gathering.items():
+        inputs = [c.args[0] for c in calls[name]]
+        keep = any(_input_kept_elsewhere(i, seed, gathering) for i in inputs)
+        sites[layer] = replace(sites[layer], keep_input=keep)
+
+
 def build_sparse_execution(seed: fx.GraphModule, runner: fx.GraphModule, layers: Layers,
                            facts: GradientFacts) -> Tuple[Optional[SparseExecution], str]:
     """(the sparse execution of the model, '') or (None, why it does not apply)."""
@@ -134,7 +162,12 @@ def build_sparse_execution(seed: fx.GraphModule, runner: fx.GraphModule, layers:
         site = _layer_site(layer, calls.get(name, []), facts, masks)
         if site is not None:
             sites[layer] = site
-    sites.update(_merged_sites(seed, runner, facts, masks))
+    merged = _merged_sites(seed, runner, facts, masks)
+    members = [layer for node in runner.graph.nodes if isinstance(_module(runner, node), FastSuperNet)
+               and _module(runner, node).merged is not None
+               for chain in _module(runner, node).merged.chains for layer, _ in chain]
+    _saving_policy(seed, layers, sites, members, calls)
+    sites.update(merged)
     if not sites:
         return None, "no layer has channels to skip"
     return SparseExecution(masks, sites), ""
