@@ -5,16 +5,17 @@ A wrapper holding a :class:`SparseExecution` runs its forward inside
 ``execution.step()``. That binarizes every channel mask of the model at once — exactly as
 ``plinio.ops.pit_masked_weight`` does: θ = |α| with the last ``keep_alive`` entries at 1,
 kept where θ > threshold, compared in the precision of the op's kernels — and brings the
-bits to the host in one transfer (the only host synchronisation of the step; free on the
-CPU). From them it derives, per registered *site* (a layer or a merged supernet
+bits to the host in one transfer (one host synchronisation for all layers together; free on
+the CPU). From them it derives, per registered *site* (a layer or a merged supernet
 convolution), the kept output rows and the live input channels, and moves all index sets to
 the device in one copy. The sets are reused as long as no mask changes.
 
 During the step, a site asks :func:`sparse_call` for its call: None means "run the dense
 convolution" (no step active, ``torch.compile`` tracing, autocast on, the site unknown, or
 :func:`~plinio.fast.sparse_conv.sparse_pays` says the compact convolution would not be
-faster for this input size); otherwise a :class:`SparseCall` that runs
-:func:`~plinio.fast.sparse_conv.sparse_masked_conv` with the site's flags. The flags come
+faster for this input size); otherwise a :class:`SparseCall` that runs the site's checked
+plan (:func:`~plinio.fast.sparse_conv.run_sparse_plan`, the computation of
+:func:`~plinio.fast.sparse_conv.sparse_masked_conv`) with the site's flags. The flags come
 from ``plinio.graph.zero_gradients`` (which gradients are provably 0 on pruned channels), so
 values and gradients are those of the dense path.
 """
@@ -47,6 +48,7 @@ class ChannelMask:
     threshold: float
 
     def values(self) -> torch.Tensor:
+        """α as stored now (searched masks only)."""
         return getattr(self.owner, self.param)
 
 
@@ -126,7 +128,7 @@ class _SiteSets:
         self.live = live
         self.n_kept = n_kept
         self.n_live = n_live
-        self._calls: Dict[Tuple[Tuple[int, ...], Optional[ConvGeometry]], Optional[SparseCall]] = {}
+        self._calls: Dict[Tuple[Tuple[int, ...], Optional[ConvGeometry], bool, bool], Optional[SparseCall]] = {}
 
     def call_for(self, x: torch.Tensor, weight_grad: bool, geometry: Optional[ConvGeometry]
                  ) -> Optional[SparseCall]:
