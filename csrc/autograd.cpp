@@ -13,6 +13,8 @@
 // backward must itself be differentiable (create_graph=True), the *_backward op runs through
 // its Autograd kernel instead: the differentiable formulas of plinio/ops/double_backward.py,
 // registered from Python by plinio/ops/_library.py.
+// The two ops of compiled CPU graphs (cpu/compiled_graph_ops_cpu.cpp): relu_backward is
+// differentiable w.r.t. grad (itself; zero w.r.t. the output), dropout_noise not at all.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/grad_mode.h>
 #include <torch/autograd.h>
@@ -214,6 +216,49 @@ class PitMaskedWeightFunction : public torch::autograd::Function<PitMaskedWeight
   }
 };
 
+// ------------------------------------------------------------------------ relu_backward
+
+// relu_backward is linear in grad and piecewise constant in the output: its derivative is
+// relu_backward itself for grad and zero for the output (as for PyTorch's threshold_backward).
+class ReluBackwardFunction : public torch::autograd::Function<ReluBackwardFunction> {
+ public:
+  using Sig = at::Tensor(const at::Tensor&, const at::Tensor&, std::optional<double>);
+
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad, const at::Tensor& output,
+                            std::optional<double> upper) {
+    static auto op = op_handle<Sig>("plinio::relu_backward");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    at::Tensor result = op.call(grad, output, upper);
+    ctx->save_for_backward({output});
+    ctx->saved_data["upper"] = upper.has_value() ? c10::IValue(*upper) : c10::IValue();
+    return result;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static auto op = op_handle<Sig>("plinio::relu_backward");
+    const c10::IValue upper = ctx->saved_data["upper"];
+    const at::Tensor output = ctx->get_saved_variables()[0];
+    at::Tensor grad_grad;
+    if (grads[0].defined() && ctx->needs_input_grad(0)) {
+      grad_grad = op.call(grads[0], output,
+                          upper.isNone() ? std::nullopt : std::optional<double>(upper.toDouble()));
+    }
+    return {grad_grad, at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor relu_backward_autograd(const at::Tensor& grad, const at::Tensor& output,
+                                  std::optional<double> upper) {
+  return ReluBackwardFunction::apply(grad, output, upper);
+}
+
+// dropout_noise depends on its input's shape only: no gradient flows through it.
+at::Tensor dropout_noise_autograd(const at::Tensor& input, double p) {
+  static auto op = op_handle<at::Tensor(const at::Tensor&, double)>("plinio::dropout_noise");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(input, p);
+}
+
 at::Tensor combine_autograd(at::TensorList branches, const at::Tensor& theta,
                             const c10::List<bool>& relu) {
   return CombineFunction::apply(branches, theta, relu);
@@ -240,6 +285,8 @@ TORCH_LIBRARY_IMPL(plinio, Autograd, m) {
   m.impl("combine", &combine_autograd);
   m.impl("pit_masks", &pit_masks_autograd);
   m.impl("pit_masked_weight", &pit_masked_weight_autograd);
+  m.impl("relu_backward", &relu_backward_autograd);
+  m.impl("dropout_noise", &dropout_noise_autograd);
 }
 
 }  // namespace plinio

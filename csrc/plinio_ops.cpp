@@ -13,35 +13,59 @@
 
 #include "cpu/cpu_loops.h"
 
+namespace {
+// Layout tag of the ops whose kernels take inputs of any strides (a copy is made where a loop
+// needs another layout) and whose fake kernels give the results' strides for the strides they
+// are called with: under torch.compile, inductor then hands over tensors in the layout it chose
+// (channels_last around its convolutions on the CPU) instead of converting them first.
+const std::vector<at::Tag> kAnyLayout{at::Tag::flexible_layout};
+}  // namespace
+
 TORCH_LIBRARY(plinio, m) {
   // y = Σ_i theta[i] * r_i(branches[i]), r_i = ReLU where relu[i] (relu: empty, or one flag
   // per branch; the fused ReLU is a CPU-kernel feature, other devices reject the flags)
-  m.def("combine(Tensor[] branches, Tensor theta, bool[] relu=[]) -> Tensor");
+  m.def("combine(Tensor[] branches, Tensor theta, bool[] relu=[]) -> Tensor", kAnyLayout);
   // (grad_branches[i] = theta[i] * r_i'(branches[i]) * grad,
   //  grad_theta[i] = <grad, r_i(branches[i])>), one pass.
   m.def(
       "combine_backward(Tensor grad, Tensor[] branches, Tensor theta, bool[] branch_needs_grad, "
-      "bool theta_needs_grad, bool[] relu=[]) -> (Tensor[], Tensor)");
+      "bool theta_needs_grad, bool[] relu=[]) -> (Tensor[], Tensor)",
+      kAnyLayout);
   // (channel_mask [Cout] or [0], time_mask [K] or [0]), binarized PIT masks.
   m.def(
       "pit_masks(Tensor? alpha, Tensor? beta, Tensor? gamma, int kernel_size, float threshold, "
-      "int keep_alive) -> (Tensor, Tensor)");
+      "int keep_alive) -> (Tensor, Tensor)",
+      kAnyLayout);
   // (grad_alpha, grad_beta, grad_gamma) from the gradients of the two masks (STE).
   m.def(
       "pit_masks_backward(Tensor grad_channel_mask, Tensor grad_time_mask, Tensor? alpha, "
       "Tensor? beta, Tensor? gamma, int kernel_size, float threshold, int keep_alive) -> "
-      "(Tensor, Tensor, Tensor)");
+      "(Tensor, Tensor, Tensor)",
+      kAnyLayout);
   // (masked_weight, masked_bias or [0], channel_mask or [0], time_mask or [0])
   m.def(
       "pit_masked_weight(Tensor weight, Tensor? bias, Tensor? alpha, Tensor? beta, "
-      "Tensor? gamma, float threshold, int keep_alive) -> (Tensor, Tensor, Tensor, Tensor)");
+      "Tensor? gamma, float threshold, int keep_alive) -> (Tensor, Tensor, Tensor, Tensor)",
+      kAnyLayout);
   // (grad_weight, grad_bias, grad_alpha, grad_beta, grad_gamma); [0] where not requested.
   m.def(
       "pit_masked_weight_backward(Tensor grad_weight, Tensor grad_bias, "
       "Tensor grad_channel_mask, Tensor grad_time_mask, Tensor weight, Tensor? bias, "
       "Tensor? alpha, Tensor? beta, Tensor? gamma, float threshold, int keep_alive, "
       "bool weight_needs_grad, bool bias_needs_grad, bool params_need_grad) -> "
-      "(Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "(Tensor, Tensor, Tensor, Tensor, Tensor)",
+      kAnyLayout);
+  // The gradient of y = clamp(x, 0, upper) (ReLU when upper is None, ReLU6 with upper 6)
+  // computed from the output y: grad where 0 < y (and y < upper), else 0. These are PyTorch's
+  // own formulas (threshold_backward / hardtanh_backward) fed with y instead of x, which is
+  // exact: y <= 0 exactly where x <= 0 and y >= upper exactly where x >= upper (NaN passes the
+  // gradient in both). CPU kernel only (plinio/fast/compiled_activations.py).
+  m.def("relu_backward(Tensor grad, Tensor output, float? upper=None) -> Tensor", kAnyLayout);
+  // Eager CPU dropout's noise, drawn from the default generator as aten's dropout draws it:
+  // empty_like(input).bernoulli_(1 - p).div_(1 - p), 0 < p < 1 (input * noise is the dropout).
+  // Its strides are input's, so the graph must hand over input with the strides eager gives it.
+  m.def("dropout_noise(Tensor input, float p) -> Tensor",
+        {at::Tag::nondeterministic_seeded, at::Tag::needs_exact_strides});
 }
 
 namespace {

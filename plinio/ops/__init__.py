@@ -5,6 +5,11 @@
 - :func:`pit_masked_weight` — a layer's weight (and bias) with its binarized PIT masks
   applied, in one kernel; :func:`pit_masks` gives the masks alone.
 
+Besides, :func:`relu` and :func:`dropout` are ReLU / ReLU6 and training-mode dropout whose
+C++ backend (plinio/ops/activations.py) makes none of the bool masks that inductor's CPU code
+handles slowly: the fast path runs its activations through them while torch.compile traces it
+on the CPU.
+
 Each op has four implementations: ``reference`` (pure PyTorch), ``cpp`` (the compiled
 extension: CPU kernels, and CUDA kernels when built with CUDA), ``cuda`` (the compiled
 CUDA kernels only) and ``triton``. By default CUDA tensors use the compiled CUDA kernels
@@ -18,13 +23,14 @@ import os
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _extension
-from . import _library, _validate, reference
+from . import _library, _validate, activations, reference
 
-__all__ = ["combine", "pit_masks", "pit_masked_weight", "set_backend", "get_backend",
-           "available_backends", "reference_path_forced", "BACKENDS"]
+__all__ = ["combine", "pit_masks", "pit_masked_weight", "relu", "dropout", "set_backend",
+           "get_backend", "available_backends", "reference_path_forced", "BACKENDS"]
 
 BACKENDS = ("reference", "cpp", "cuda", "triton")
 _ENV = "PLINIO_BACKEND"
@@ -161,6 +167,29 @@ def combine(branches: Sequence[Tensor], theta: Tensor,
     return _ops_for(backend).combine(list(branches), theta)
 
 
+def relu(x: Tensor, upper: Optional[float] = None) -> Tensor:
+    """``torch.relu(x)`` (``upper`` None) or ``F.hardtanh(x, 0, upper)`` (ReLU6: ``upper=6``):
+    the same values and gradients (0 where x ≤ 0 or x ≥ upper, as PyTorch's backward gives at
+    the kinks). With the C++ backend on CPU tensors, the backward is one op reading the output
+    instead of a bool mask (plinio/ops/activations.py)."""
+    if upper is not None and not upper > 0:
+        raise ValueError(f"plinio.ops.relu: upper must be positive (the output is clamped to "
+                         f"[0, upper]), got {upper}")
+    if x.device.type == "cpu" and _select("cpu") == "cpp":
+        return activations.relu_saving_output(x, upper)
+    return torch.relu(x) if upper is None else F.hardtanh(x, 0.0, upper)
+
+
+def dropout(x: Tensor, p: float) -> Tensor:
+    """Training-mode ``F.dropout(x, p)``. With the C++ backend on CPU tensors, the same noise
+    from the same generator times ``x``, without a bool mask (plinio/ops/activations.py)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"plinio.ops.dropout: p must be in [0, 1], got {p}")
+    if 0.0 < p < 1.0 and x.numel() > 0 and x.device.type == "cpu" and _select("cpu") == "cpp":
+        return activations.dropout_from_noise(x, p)
+    return F.dropout(x, p, training=True)
+
+
 def pit_masks(
     alpha: Optional[Tensor],
     beta: Optional[Tensor] = None,
@@ -228,7 +257,10 @@ def pit_masked_weight(
                                                 keep_alive)
         return outputs if return_masks else outputs[:2]
     backend = _select(weight.device.type)
-    if backend == "reference":
+    if backend == "cpp" and weight.device.type == "cpu" and torch.compiler.is_compiling():
+        w, b, channel, time = _masked_weight_in_graph(weight, bias, alpha, beta, gamma, threshold,
+                                                      keep_alive)
+    elif backend == "reference":
         w, b, channel, time = reference.pit_masked_weight(
             weight, bias, alpha, beta, gamma, threshold=threshold, keep_alive=keep_alive)
     else:
@@ -240,6 +272,29 @@ def pit_masked_weight(
     if return_masks:
         return w, b, channel, time
     return w, b
+
+
+def _masked_weight_in_graph(
+        weight: Tensor, bias: Optional[Tensor], alpha: Optional[Tensor], beta: Optional[Tensor],
+        gamma: Optional[Tensor], threshold: float, keep_alive: int,
+) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """pit_masked_weight while torch.compile traces a CPU graph: the masks from
+    :func:`pit_masks`, their product with the weight and bias left to the graph. Inductor runs
+    its CPU convolutions channels_last; it then computes the masked weight in that layout in
+    one kernel (and the weight's gradient, and the masks' gradient Σ grad·weight, in the layout
+    the convolution's backward gives), where the fused op's result and gradients would each be
+    converted. Same values (the masks are exact 0./1.); the mask parameters' gradients are
+    summed by inductor instead of the fused kernel (float rounding apart, the same)."""
+    taps = int(weight.shape[-1]) if beta is not None or gamma is not None else None
+    channel, time = pit_masks(alpha, beta, gamma, kernel_size=taps, threshold=threshold,
+                              keep_alive=keep_alive)
+    w, b = weight, bias
+    if channel is not None:
+        w = w * channel.view((-1,) + (1,) * (weight.dim() - 1))
+        b = b * channel if b is not None else None
+    if time is not None:
+        w = w * time
+    return w, b, channel, time
 
 
 def _masked_weight_in_wider_dtype(

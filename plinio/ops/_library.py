@@ -1,8 +1,9 @@
 """Python-side registrations of the compiled op library (plinio._C).
 
 The schemas, the CPU/CUDA kernels and the autograd formulas of ``plinio::combine``,
-``plinio::pit_masks`` and ``plinio::pit_masked_weight`` (plus their ``*_backward`` ops)
-come from the compiled library (csrc/plinio_ops.cpp, csrc/autograd.cpp: autograd in C++
+``plinio::pit_masks`` and ``plinio::pit_masked_weight`` (plus their ``*_backward`` ops), and
+of the two CPU ops of compiled graphs, ``plinio::relu_backward`` and ``plinio::dropout_noise``
+(plinio/ops/activations.py), come from the compiled library (csrc/plinio_ops.cpp, csrc/autograd.cpp: autograd in C++
 because a Python autograd registration costs more per call than these kernels). This
 module adds, once the library is loaded, the fake (meta) kernels for torch.compile /
 export, and the Autograd kernels of the ``*_backward`` ops: the differentiable formulas of
@@ -20,7 +21,7 @@ from . import _validate, double_backward
 from ._conventions import absent, first_given, masked_weight_format
 
 _OPS = ("combine", "combine_backward", "pit_masks", "pit_masks_backward",
-        "pit_masked_weight", "pit_masked_weight_backward")
+        "pit_masked_weight", "pit_masked_weight_backward", "relu_backward", "dropout_noise")
 
 _lock = threading.Lock()
 _registered = False
@@ -98,6 +99,20 @@ def _fake_pit_masked_weight_backward(
     return (gw, gb, *grads)
 
 
+def _fake_relu_backward(grad: Tensor, output: Tensor, upper: Optional[float] = None) -> Tensor:
+    if grad.shape != output.shape or grad.dtype != output.dtype:
+        raise ValueError(f"plinio::relu_backward: grad ({tuple(grad.shape)}, {grad.dtype}) and "
+                         f"the activation's output ({tuple(output.shape)}, {output.dtype}) must "
+                         "have the same shape and dtype")
+    return torch.empty_like(grad)
+
+
+def _fake_dropout_noise(input: Tensor, p: float) -> Tensor:
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"plinio::dropout_noise: p must be in (0, 1), got {p}")
+    return torch.empty_like(input)
+
+
 _DOUBLE_BACKWARD = {
     "combine_backward": double_backward.combine_backward,
     "pit_masks_backward": double_backward.pit_masks_backward,
@@ -111,6 +126,8 @@ _FAKES = {
     "pit_masks_backward": _fake_pit_masks_backward,
     "pit_masked_weight": _fake_pit_masked_weight,
     "pit_masked_weight_backward": _fake_pit_masked_weight_backward,
+    "relu_backward": _fake_relu_backward,
+    "dropout_noise": _fake_dropout_noise,
 }
 
 
