@@ -9,6 +9,7 @@ from plinio.checkpoint import validate_state_dict
 from plinio.cost.specs import CostArg
 from plinio.fast import fast_graph
 from plinio.fast.autocast import autocast_off
+from plinio.fast.compiled_activations import compiled_activations
 from plinio.fast.sparse_step import SparseExecution
 from plinio.graph.zero_gradients import gradient_facts
 from plinio.methods.dnas_base.cost_selection import CostSelection, RegularizerNames
@@ -148,7 +149,8 @@ class DNAS(nn.Module):
         when ``sparse``)."""
         runner = self._fast_runner[0] if self._fast_runner is not None else self.seed
         if self._sparse_runner is None or torch.compiler.is_compiling():
-            return runner(*args, **kwargs)
+            with compiled_activations(self._fast):  # a no-op unless torch.compile traces
+                return runner(*args, **kwargs)
         with self._sparse_runner[0].step():
             return runner(*args, **kwargs)
 
