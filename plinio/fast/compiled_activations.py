@@ -8,9 +8,10 @@ no bool tensor (plinio/ops/activations.py); on other devices they are PyTorch's 
 
 The wrappers enter :func:`compiled_activations` around the fast path's forward. While
 torch.compile traces, it is a ``TorchFunctionMode`` that sees every ``F.relu`` /
-``torch.relu`` / ``Tensor.relu`` (in place too), ``F.relu6`` and ``F.dropout`` call, of the
-converted graph and of every supernet branch the fast graph runs, without copying or
-rewriting either; in eager mode it does nothing.
+``torch.relu`` / ``Tensor.relu`` (in place too), ``F.relu6`` and ``F.hardtanh(x, 0, upper)``
+(``nn.ReLU6``), ``F.dropout`` and ``torch.dropout`` call, of the converted graph and of every
+supernet branch the fast graph runs, without copying or rewriting either; in eager mode it does
+nothing.
 """
 import contextlib
 from typing import Any, Callable, ContextManager, Dict, Optional, Sequence
@@ -39,13 +40,24 @@ def _relu6(input: Tensor, inplace: bool = False) -> Tensor:
     return _in_place(input, ops.relu(input, upper=6.0), inplace)
 
 
+def _hardtanh(input: Tensor, min_val: float = -1.0, max_val: float = 1.0,
+              inplace: bool = False) -> Optional[Tensor]:
+    """clamp(x, 0, upper) (``nn.ReLU6`` calls it): None for another lower bound."""
+    if min_val != 0.0 or not max_val > 0.0:
+        return None
+    return _in_place(input, ops.relu(input, upper=float(max_val)), inplace)
+
+
 def _dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False
              ) -> Optional[Tensor]:
-    """None where eager dropout returns its input untouched (evaluation, p = 0): the caller
-    then makes the original call."""
+    """None where eager dropout returns its input untouched (evaluation, p = 0)."""
     if not training or p == 0.0:
         return None
     return _in_place(input, ops.dropout(input, p), inplace)
+
+
+def _torch_dropout(input: Tensor, p: float, train: bool) -> Optional[Tensor]:
+    return _dropout(input, p, train)
 
 
 def _handler(func: Callable) -> Optional[Callable[..., Optional[Tensor]]]:
@@ -55,13 +67,18 @@ def _handler(func: Callable) -> Optional[Callable[..., Optional[Tensor]]]:
         return lambda input: _relu(input, inplace=True)
     if func is F.relu6:
         return _relu6
+    if func is F.hardtanh:
+        return _hardtanh
     if func is F.dropout:
         return _dropout
+    if func is torch.dropout:
+        return _torch_dropout
     return None
 
 
 class _CompiledActivations(TorchFunctionMode):
-    """Routes the activations named in the module docstring to their plinio versions."""
+    """Routes the activations named in the module docstring to their plinio versions (a
+    handler returning None leaves the call as it was)."""
 
     def __torch_function__(self, func: Callable, types: Sequence[type], args: Sequence[Any] = (),
                            kwargs: Optional[Dict[str, Any]] = None) -> Any:

@@ -4,8 +4,11 @@ the temperature or hard/soft mode causes no recompilation. Uses the ``aot_eager`
 import pytest
 import torch
 import torch._dynamo
+import torch.nn as nn
+import torch.nn.functional as F
 
 from plinio import ops
+from plinio.methods.pit_supernet import PITSuperNetModule
 from fast_helpers import RUNTIME_INPUT, OneSuperNet, branch, randomize, set_mode, traced_pair
 
 
@@ -129,3 +132,117 @@ def test_bench_model_search_step_compiles_cuda_inductor(name, ops_backend):
     if ops_backend not in ops.available_backends("cuda"):
         pytest.skip(f"plinio ops backend {ops_backend!r} is not available on CUDA")
     _search_step_compiles(name, device="cuda", backend="inductor", ops_backend=ops_backend)
+
+
+# ---------------------------------------------------------- activations of a compiled graph
+
+class _ActivationNet(nn.Module):
+    """Every activation plinio.fast.compiled_activations routes: ReLU6, a supernet whose
+    branches end in a ReLU (fused into combine) or hold one inside (in place), dropout,
+    F.relu, torch.dropout; PIT channel masks on every conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.act6 = nn.ReLU6()
+        self.sn = PITSuperNetModule([
+            nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()),
+            nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(inplace=True),
+                          nn.Conv2d(8, 8, 1), nn.ReLU())])
+        self.drop = nn.Dropout(0.3)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.drop(self.sn(self.act6(self.stem(x) * 4)))
+        x = torch.dropout(F.relu(self.conv(x)), 0.2, self.training)
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def _activation_search(fast: bool = True):
+    from plinio.methods import PITSuperNet
+
+    torch.manual_seed(0)
+    search = PITSuperNet(_ActivationNet(), input_shape=(3, 8, 8), regularizer="macs", fast=fast)
+    search.train()
+    return search
+
+
+def _step_results(forward, search, x, seed):
+    """Output and every gradient of one training step, the RNG seeded (dropout)."""
+    for p in search.parameters():
+        p.grad = None
+    torch.manual_seed(seed)
+    out = forward(x)
+    (out.square().sum() + 1e-6 * search.get_regularization_loss()).backward()
+    return out.detach(), {n: p.grad.clone() for n, p in search.named_parameters()
+                          if p.grad is not None}
+
+
+def _assert_compiled_equals_eager(backend, rtol, atol):
+    search = _activation_search()
+    x = torch.randn(4, 3, 8, 8)
+    torch._dynamo.reset()
+    compiled = torch.compile(search, fullgraph=True, backend=backend)
+    for seed in (1, 2):
+        want_out, want = _step_results(search, search, x, seed)
+        got_out, got = _step_results(compiled, search, x, seed)
+        # the same dropout masks: eager's noise from the same generator
+        torch.testing.assert_close(got_out, want_out, rtol=rtol, atol=atol)
+        assert got.keys() == want.keys()
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], rtol=rtol, atol=atol, msg=name)
+
+
+def test_compiled_activations_equal_eager_values_and_gradients():
+    """ReLU / ReLU6 (in place too) and dropout in training mode, compiled through the wrapper:
+    eager's values and gradients (the mask parameters' gradients are summed in another order:
+    float rounding)."""
+    _assert_compiled_equals_eager("aot_eager", rtol=1e-5, atol=1e-6)
+
+
+def test_inductor_step_equals_eager():
+    """With inductor's generated CPU code: its channels_last convolutions feed plinio's ops
+    directly (flexible layouts), the masked weights are computed in the graph."""
+    _assert_compiled_equals_eager("inductor", rtol=1e-4, atol=1e-5)
+
+
+def _saved_tensors_of_compiled_step(search):
+    """(forward graph, backward graph, tensors saved for backward) of a compiled step, with
+    the partitioner inductor uses."""
+    from functorch.compile import make_boxed_func, min_cut_rematerialization_partition
+    from torch._dynamo.backends.common import aot_autograd
+
+    graphs = []
+
+    def keep(gm, _):
+        graphs.append(gm)
+        return make_boxed_func(gm.forward)
+
+    backend = aot_autograd(fw_compiler=keep, bw_compiler=keep,
+                           partition_fn=min_cut_rematerialization_partition)
+    torch._dynamo.reset()
+    compiled = torch.compile(search, fullgraph=True, backend=backend)
+    _step_results(compiled, search, torch.randn(4, 3, 8, 8), seed=0)
+    forward, backward = graphs
+    saved = [n.meta["val"] for n in backward.graph.find_nodes(op="placeholder")
+             if isinstance(n.meta.get("val"), torch.Tensor)]
+    return forward, backward, saved
+
+
+def _calls(gm, op):
+    return len(gm.graph.find_nodes(op="call_function", target=op))
+
+
+def test_compiled_fast_path_saves_no_bool_activation_mask():
+    """The point of compiled_activations: no activation-sized bool tensor is saved for backward
+    (the reference path, compiled as it is, saves some: the check can fail); ReLU backwards are
+    plinio::relu_backward calls, the dropout noise comes from plinio::dropout_noise."""
+    forward, backward, saved = _saved_tensors_of_compiled_step(_activation_search())
+    assert not [t.shape for t in saved if t.dtype == torch.bool and t.numel() > 8]
+    assert _calls(forward, torch.ops.plinio.dropout_noise.default) == 2
+    # ReLU6, the in-place ReLU inside a branch, F.relu (the branches' last ReLUs are fused
+    # into combine)
+    assert _calls(backward, torch.ops.plinio.relu_backward.default) == 3
+    _, _, saved_reference = _saved_tensors_of_compiled_step(_activation_search(fast=False))
+    assert [t for t in saved_reference if t.dtype == torch.bool and t.numel() > 8]
