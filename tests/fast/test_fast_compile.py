@@ -138,8 +138,8 @@ def test_bench_model_search_step_compiles_cuda_inductor(name, ops_backend):
 
 class _ActivationNet(nn.Module):
     """Every activation plinio.fast.compiled_activations routes: ReLU6, a supernet whose
-    branches end in a ReLU (fused into combine) or hold one inside (in place), dropout,
-    F.relu, torch.dropout; PIT channel masks on every conv."""
+    branches end in a ReLU (fused into combine) or hold one inside (in place), dropout (in
+    place), F.relu, torch.dropout; PIT channel masks on every conv."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -149,7 +149,7 @@ class _ActivationNet(nn.Module):
             nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()),
             nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(inplace=True),
                           nn.Conv2d(8, 8, 1), nn.ReLU())])
-        self.drop = nn.Dropout(0.3)
+        self.drop = nn.Dropout(0.3, inplace=True)
         self.conv = nn.Conv2d(8, 8, 3, padding=1)
         self.head = nn.Linear(8, 4)
 
@@ -237,12 +237,17 @@ def _calls(gm, op):
 def test_compiled_fast_path_saves_no_bool_activation_mask():
     """The point of compiled_activations: no activation-sized bool tensor is saved for backward
     (the reference path, compiled as it is, saves some: the check can fail); ReLU backwards are
-    plinio::relu_backward calls, the dropout noise comes from plinio::dropout_noise."""
+    plinio::relu_backward calls, the dropout noise comes from plinio::dropout_noise; the
+    masked weights are products in the graph."""
     forward, backward, saved = _saved_tensors_of_compiled_step(_activation_search())
     assert not [t.shape for t in saved if t.dtype == torch.bool and t.numel() > 8]
     assert _calls(forward, torch.ops.plinio.dropout_noise.default) == 2
     # ReLU6, the in-place ReLU inside a branch, F.relu (the branches' last ReLUs are fused
     # into combine)
     assert _calls(backward, torch.ops.plinio.relu_backward.default) == 3
+    # masked weights: the masks from the op, their product in the graph (inductor fuses it
+    # with its layout change)
+    assert _calls(forward, torch.ops.plinio.pit_masked_weight.default) == 0
+    assert _calls(forward, torch.ops.plinio.pit_masks.default) > 0
     _, _, saved_reference = _saved_tensors_of_compiled_step(_activation_search(fast=False))
     assert [t for t in saved_reference if t.dtype == torch.bool and t.numel() > 8]
