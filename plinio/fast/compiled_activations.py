@@ -4,7 +4,10 @@ dropout run through :func:`plinio.ops.relu` / :func:`plinio.ops.dropout`.
 Inductor's CPU code stores and loads bool tensors slowly, and a compiled ReLU or dropout makes
 one per call (the ReLU's backward mask, saved from the forward; the dropout mask, drawn with
 inductor's own random numbers). The plinio versions keep the values and gradients and make
-no bool tensor (plinio/ops/activations.py); on other devices they are PyTorch's own calls.
+no bool tensor (plinio/ops/activations.py). Dropout then draws the very masks eager dropout
+draws (eager's kernel and generator), so a compiled step equals an eager one bit for bit when
+the graph draws no other random numbers (Gumbel sampling uses inductor's generator). Calls on
+other devices are left as they are.
 
 The wrappers enter :func:`compiled_activations` around the fast path's forward. While
 torch.compile traces, it is a ``TorchFunctionMode`` that sees every ``F.relu`` /
@@ -77,14 +80,15 @@ def _handler(func: Callable) -> Optional[Callable[..., Optional[Tensor]]]:
 
 
 class _CompiledActivations(TorchFunctionMode):
-    """Routes the activations named in the module docstring to their plinio versions (a
-    handler returning None leaves the call as it was)."""
+    """Routes the activations named in the module docstring, on CPU tensors, to their plinio
+    versions (a handler returning None leaves the call as it was)."""
 
     def __torch_function__(self, func: Callable, types: Sequence[type], args: Sequence[Any] = (),
                            kwargs: Optional[Dict[str, Any]] = None) -> Any:
         kwargs = kwargs or {}
         handler = _handler(func)
-        out = handler(*args, **kwargs) if handler is not None else None
+        on_cpu = bool(args) and isinstance(args[0], Tensor) and args[0].device.type == "cpu"
+        out = handler(*args, **kwargs) if handler is not None and on_cpu else None
         return out if out is not None else func(*args, **kwargs)
 
 
