@@ -246,3 +246,20 @@ def test_saved_for_backward_bytes_shrink_with_the_pruning(monkeypatch, name: str
         saved[(fraction, False)] = saved_activation_bytes(search)
     assert saved[(0.75, True)] < 0.9 * saved[(0.75, False)]
     assert saved[(0.0, True)] == saved[(0.0, False)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["tcn", "resnet8"])
+def test_cuda_sparse_equals_dense(monkeypatch, name: str) -> None:
+    """On a CUDA device: the same values and gradients, the index sets on the device."""
+    workload = workloads()[name]
+    torch.manual_seed(0)
+    sparse, dense = (s.cuda() for s in search_pair(workload.factory(), workload.input_shape))
+    prune_randomly((sparse, dense), 0.5, seed=0)
+    shape = RUNTIME_INPUT.get(name, workload.input_shape)
+    x = torch.randn((4,) + tuple(shape), generator=torch.Generator().manual_seed(0)).cuda()
+    with forced_sparse(monkeypatch) as calls:
+        got = results(sparse, x, 0)
+    assert calls.count > 0
+    assert all(sets.kept is None or sets.kept.is_cuda for sets in sparse._sparse_runner[0]._last[2].sites.values())
+    assert_same(got, results(dense, x, 0))
