@@ -263,3 +263,38 @@ def test_cuda_sparse_equals_dense(monkeypatch, name: str) -> None:
     assert calls.count > 0
     assert all(sets.kept is None or sets.kept.is_cuda for sets in sparse._sparse_runner[0]._last[2].sites.values())
     assert_same(got, results(dense, x, 0))
+
+
+class _ConcatAndReuse(nn.Module):
+    """A layer reading a channel concatenation of two pruned layers (one through a GELU: no
+    killer), and a layer called twice on inputs of the same group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 6, 3, padding=1)
+        self.b = nn.Conv2d(3, 4, 3, padding=1)
+        self.c = nn.Conv2d(10, 8, 3, padding=1)
+        self.d = nn.Conv2d(3, 8, 3, padding=1)
+        self.shared = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.cat([torch.relu(self.a(x)), nn.functional.gelu(self.b(x))], dim=1)
+        first = self.shared(torch.relu(self.c(y)))
+        second = self.shared(torch.relu(self.d(x)))
+        return self.head(torch.relu(first) + torch.relu(second))
+
+
+def test_concatenated_inputs_and_a_layer_called_twice(monkeypatch) -> None:
+    torch.manual_seed(0)
+    sparse, dense = search_pair(_ConcatAndReuse(), (3, 8, 8))
+    _randomize(sparse, 3)
+    dense.load_state_dict(sparse.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    with forced_sparse(monkeypatch) as calls:
+        got = results(sparse, x, 0)
+    assert_same(got, results(dense, x, 0))
+    sites = sparse._sparse_runner[0].sites
+    c, shared, b = (sites[sparse.seed.get_submodule(n)] for n in ("c", "shared", "b"))
+    assert type(c.live).__name__ == "Concat" and not shared.grad_pruned_rows and b.grad_pruned_rows
+    assert calls.count >= 4
