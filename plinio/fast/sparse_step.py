@@ -23,7 +23,7 @@ import contextlib
 import contextvars
 import math
 from dataclasses import dataclass
-from typing import Dict, Hashable, Iterator, List, Mapping, Optional, Tuple
+from typing import Dict, Hashable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -244,11 +244,17 @@ def _shared_gather(x: torch.Tensor, index: torch.Tensor, linear: bool) -> torch.
 class SparseExecution:
     """The sparse-execution state of one model: its channel masks (by id) and its sites
     (keyed by the object that runs them: a layer, a supernet's combiner). Holds no
-    parameter; the wrappers keep it outside the module tree."""
+    parameter; the wrappers keep it outside the module tree.
 
-    def __init__(self, masks: Mapping[int, ChannelMask], sites: Mapping[Hashable, SparseSite]) -> None:
+    ``assumptions``: (object, attribute, value) triples the masks and flags were derived
+    from (the layers' binarization thresholds); a step in which one no longer holds runs
+    dense."""
+
+    def __init__(self, masks: Mapping[int, ChannelMask], sites: Mapping[Hashable, SparseSite],
+                 assumptions: Sequence[Tuple[object, str, object]] = ()) -> None:
         self.masks = dict(masks)
         self.sites = dict(sites)
+        self.assumptions = tuple(assumptions)
         searched = [mid for mid, m in sorted(self.masks.items()) if m.param is not None]
         self.slices: Dict[int, Tuple[int, int]] = {}
         start = 0
@@ -292,6 +298,9 @@ class SparseExecution:
     @contextlib.contextmanager
     def step(self) -> Iterator[None]:
         """Within this context the sites run sparse where it pays (see the module docstring)."""
+        if any(getattr(owner, name) != value for owner, name, value in self.assumptions):
+            yield
+            return
         bits, device = self._bits()
         key = bits.tobytes()
         if self._last is not None and self._last[0] == key and self._last[1] == device:

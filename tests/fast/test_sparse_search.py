@@ -298,3 +298,17 @@ def test_concatenated_inputs_and_a_layer_called_twice(monkeypatch) -> None:
     c, shared, b = (sites[sparse.seed.get_submodule(n)] for n in ("c", "shared", "b"))
     assert type(c.live).__name__ == "Concat" and not shared.grad_pruned_rows and b.grad_pruned_rows
     assert calls.count >= 4
+
+
+def test_a_threshold_changed_after_wrapping_makes_the_step_dense(monkeypatch) -> None:
+    workload = workloads()["tcn"]
+    torch.manual_seed(0)
+    sparse, dense = search_pair(workload.factory(), workload.input_shape)
+    prune_randomly((sparse, dense), 0.5, seed=0)
+    for search in (sparse, dense):
+        search.seed.get_submodule("features.5").binarization_threshold = 0.3
+    x = torch.randn(2, *workload.input_shape)
+    with forced_sparse(monkeypatch) as calls:
+        got = results(sparse, x, 0)
+    assert calls.count == 0
+    assert_same(got, results(dense, x, 0))

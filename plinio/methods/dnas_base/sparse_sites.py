@@ -170,4 +170,6 @@ def build_sparse_execution(seed: fx.GraphModule, runner: fx.GraphModule, layers:
     sites.update(merged)
     if not sites:
         return None, "no layer has channels to skip"
-    return SparseExecution(masks, sites), ""
+    thresholds = [(layer, "binarization_threshold", layer.binarization_threshold) for _, layer in layers
+                  if hasattr(layer, "binarization_threshold")]
+    return SparseExecution(masks, sites, thresholds), ""
