@@ -20,7 +20,7 @@ from sparse_helpers import assert_same, forced_sparse, prune_randomly, results, 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))
 import random_models as rm  # noqa: E402  (the reliability tests' model generator)
 
-SETTINGS = settings(max_examples=12, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=20, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
@@ -31,19 +31,19 @@ def model_specs(draw: st.DrawFn) -> rm.ModelSpec:
     dims = draw(st.sampled_from([1, 2]))
     size = draw(st.integers(6, 12)) if dims == 1 else draw(st.integers(3, 6))
     kernels = [1, 3, 4, 5] if dims == 1 else [1, 3]
-    channels = in_channels = draw(st.integers(1, 4))
+    channels = in_channels = draw(st.integers(2, 5))
     blocks = []
     for _ in range(draw(st.integers(1, 3))):
         kind = draw(st.sampled_from(["conv", "residual", "supernet"]))
         dilation = draw(st.sampled_from([1, 2])) if dims == 1 else 1
         if kind == "conv":
-            block = rm.BlockSpec("conv", draw(st.integers(2, 8)), draw(st.sampled_from(kernels)), dilation,
+            block = rm.BlockSpec("conv", draw(st.integers(3, 8)), draw(st.sampled_from(kernels)), dilation,
                                  draw(st.booleans()), draw(st.booleans()), draw(st.booleans()))
         elif kind == "residual":
             block = rm.BlockSpec("residual", channels, draw(st.sampled_from(kernels)), dilation, draw(st.booleans()))
         else:
             branches = tuple(draw(st.lists(st.sampled_from(rm.BRANCH_KINDS), min_size=1, max_size=3)))
-            out = channels if "identity" in branches else draw(st.integers(2, 8))
+            out = channels if "identity" in branches else draw(st.integers(3, 8))
             block = rm.BlockSpec("supernet", out, branches=branches, gumbel=draw(st.booleans()))
         blocks.append(block)
         channels = rm.block_out_channels(block, channels)
