@@ -312,3 +312,25 @@ def test_a_threshold_changed_after_wrapping_makes_the_step_dense(monkeypatch) ->
         got = results(sparse, x, 0)
     assert calls.count == 0
     assert_same(got, results(dense, x, 0))
+
+
+def test_kept_sets_binarize_exactly_as_the_masked_weight_op() -> None:
+    """α at and around the threshold (±0.5, one ulp either side, -0.0, the keep-alive
+    channel below it): the step keeps exactly the rows pit_masked_weight keeps."""
+    import plinio.ops as ops
+
+    workload = workloads()["tcn"]
+    torch.manual_seed(0)
+    sparse, _ = search_pair(workload.factory(), workload.input_shape)
+    layer = sparse.seed.get_submodule("features.5")
+    masker = layer.out_features_masker
+    edge = torch.tensor([0.5, -0.5, 0.5 + 2 ** -24, 0.5 - 2 ** -25, -0.0, 0.0, 1.0, -0.7])
+    with torch.no_grad():
+        masker.alpha.copy_(edge.repeat(masker.alpha.numel() // edge.numel() + 1)[:masker.alpha.numel()])
+        masker.alpha[-1] = 0.1  # keep-alive: kept whatever α
+    sparse(torch.randn(2, *workload.input_shape))
+    step = sparse._sparse_runner[0]._last[2]
+    _, _, channel, _ = ops.pit_masked_weight(layer.weight, layer.bias, masker.alpha, *layer.fused_time_params(),
+                                             threshold=layer.binarization_threshold,
+                                             keep_alive=masker.keep_alive_channels, return_masks=True)
+    assert torch.equal(step.sites[layer].kept, torch.nonzero(channel > 0.5).flatten())
