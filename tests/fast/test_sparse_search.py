@@ -12,6 +12,7 @@ import torch.nn as nn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import plinio.ops as ops
 from bench.models import workloads
 from bench.search_step import build_setups, saved_activation_bytes
 from fast_helpers import RUNTIME_INPUT
@@ -317,8 +318,6 @@ def test_a_threshold_changed_after_wrapping_makes_the_step_dense(monkeypatch) ->
 def test_kept_sets_binarize_exactly_as_the_masked_weight_op() -> None:
     """α at and around the threshold (±0.5, one ulp either side, -0.0, the keep-alive
     channel below it): the step keeps exactly the rows pit_masked_weight keeps."""
-    import plinio.ops as ops
-
     workload = workloads()["tcn"]
     torch.manual_seed(0)
     sparse, _ = search_pair(workload.factory(), workload.input_shape)
