@@ -39,16 +39,16 @@ def _relu(input: Tensor, inplace: bool = False) -> Tensor:
     return _in_place(input, ops.relu(input), inplace)
 
 
-def _relu6(input: Tensor, inplace: bool = False) -> Tensor:
-    return _in_place(input, ops.relu(input, upper=6.0), inplace)
-
-
 def _hardtanh(input: Tensor, min_val: float = -1.0, max_val: float = 1.0,
               inplace: bool = False) -> Optional[Tensor]:
     """clamp(x, 0, upper) (``nn.ReLU6`` calls it): None for another lower bound."""
     if min_val != 0.0 or not max_val > 0.0:
         return None
     return _in_place(input, ops.relu(input, upper=float(max_val)), inplace)
+
+
+def _relu6(input: Tensor, inplace: bool = False) -> Optional[Tensor]:
+    return _hardtanh(input, 0.0, 6.0, inplace)
 
 
 def _dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False
@@ -60,6 +60,7 @@ def _dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool
 
 
 def _torch_dropout(input: Tensor, p: float, train: bool) -> Optional[Tensor]:
+    """``torch.dropout``'s signature (``train`` has no default)."""
     return _dropout(input, p, train)
 
 

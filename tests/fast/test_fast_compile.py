@@ -251,3 +251,77 @@ def test_compiled_fast_path_saves_no_bool_activation_mask():
     assert _calls(forward, torch.ops.plinio.pit_masks.default) > 0
     _, _, saved_reference = _saved_tensors_of_compiled_step(_activation_search(fast=False))
     assert [t for t in saved_reference if t.dtype == torch.bool and t.numel() > 8]
+
+
+_ROUTED = {
+    "nn.ReLU": lambda x: nn.ReLU()(x), "F.relu": F.relu, "torch.relu": torch.relu,
+    "Tensor.relu": lambda x: x.relu(), "torch.relu_": lambda x: torch.relu_(x * 1),
+    "Tensor.relu_": lambda x: (x * 1).relu_(), "nn.ReLU(inplace)": lambda x: nn.ReLU(True)(x * 1),
+    "nn.ReLU6": lambda x: nn.ReLU6()(x), "F.relu6": F.relu6,
+    "F.hardtanh(0, 3)": lambda x: F.hardtanh(x, 0.0, 3.0),
+}
+_LEFT_AS_THEY_ARE = {
+    "F.hardtanh(-1, 1)": lambda x: F.hardtanh(x, -1.0, 1.0), "F.leaky_relu": F.leaky_relu,
+}
+
+
+@pytest.mark.parametrize("name", sorted(_ROUTED) + sorted(_LEFT_AS_THEY_ARE))
+def test_activation_calls_routed_by_the_mode(name):
+    """Under the mode (entered directly here: the wrappers enter it only while torch.compile
+    traces), each ReLU / ReLU6 spelling runs plinio.ops.relu with PyTorch's values and
+    gradients; other activations keep PyTorch's own autograd node."""
+    from plinio.fast.compiled_activations import _CompiledActivations
+
+    fn = {**_ROUTED, **_LEFT_AS_THEY_ARE}[name]
+    x = (torch.randn(3, 4, 5, dtype=torch.float64) * 4).requires_grad_()
+    with torch.no_grad():
+        x[0, 0, :3] = torch.tensor([0.0, 3.0, 6.0])
+    g = torch.randn(3, 4, 5, dtype=torch.float64)
+    want = fn(x)
+    with _CompiledActivations():
+        got = fn(x)
+    routed = "ReLUSavingOutput" in type(got.grad_fn).__name__ or (
+        type(got.grad_fn).__name__ == "CopyBackwards"
+        and "ReLUSavingOutput" in type(got.grad_fn.next_functions[1][0]).__name__)
+    assert routed == (name in _ROUTED), type(got.grad_fn).__name__
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0],
+                               rtol=0, atol=0)
+
+
+def _dispatched_ops(fn, *args):
+    """(result, names of the ops ``fn`` dispatched)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    names = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            names.append(str(func.name()))
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        out = fn(*args)
+    return out, names
+
+
+def test_dropout_calls_routed_by_the_mode():
+    """Training-mode dropout (module, function, torch.dropout, in place) draws eager's noise
+    through plinio::dropout_noise under the mode; evaluation mode and p = 0 return the input
+    as PyTorch does."""
+    from plinio.fast.compiled_activations import _CompiledActivations
+
+    x = torch.randn(6, 7)
+    calls = [lambda t: nn.Dropout(0.3)(t), lambda t: F.dropout(t, 0.3),
+             lambda t: torch.dropout(t, 0.3, True), lambda t: nn.Dropout(0.3, inplace=True)(t * 1)]
+    for call in calls:
+        torch.manual_seed(4)
+        want = call(x)
+        torch.manual_seed(4)
+        with _CompiledActivations():
+            got, names = _dispatched_ops(call, x)
+        assert "plinio::dropout_noise" in names
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    with _CompiledActivations():
+        assert nn.Dropout(0.3).eval()(x) is x
+        assert torch.equal(F.dropout(x, 0.0), x)
