@@ -5,8 +5,10 @@ search then "finishes" with a meaningless architecture. Checking for that needs 
 device-to-host synchronisation, so it is not done on every step by default:
 
 - ``arch_export()`` always checks (exporting garbage is never wanted);
-- ``get_regularization_loss()`` checks only when debug checks are on, through
-  ``set_debug_checks(True)`` or the environment variable ``PLINIO_DEBUG_NANS=1``.
+- every cost call of a wrapper (``get_size()``, ``get_cost()``, ``get_regularization_loss()``,
+  ...) checks on CPU models, where it costs no device synchronisation; on an accelerator only
+  when debug checks are on, through ``set_debug_checks(True)`` or the environment variable
+  ``PLINIO_DEBUG_NANS=1``.
 
 The check concatenates the parameters and reduces them once, so it costs one small kernel
 and one synchronisation; only when it fails does it look for which parameter is bad.
@@ -89,16 +91,11 @@ def check_finite(named_tensors: Iterable[Tuple[str, torch.Tensor]], where: str) 
         raise FloatingPointError(_describe(name, tensor, where))
 
 
-def check_nas_parameters(model: Any, where: str, always: bool = True) -> None:
-    """Check every architectural parameter of a ``PIT``/``PITSuperNet`` wrapper.
-
-    ``always=False`` is the per-step form: it does nothing unless debug checks are on, and
-    nothing while ``torch.compile`` traces (a data-dependent raise would break the graph;
-    run the debug check eagerly).
+def check_nas_parameters(model: Any, where: str) -> None:
+    """Check every architectural parameter of a ``PIT``/``PITSuperNet`` wrapper. The callers
+    decide when: per step only where it costs no device synchronisation (see the module
+    docstring), never while ``torch.compile`` traces (a data-dependent raise breaks the graph).
     """
-    if not always:
-        if not debug_checks_enabled() or torch.compiler.is_compiling():
-            return
     named = getattr(model, "named_nas_parameters", None)
     if not callable(named):
         raise TypeError(f"check_nas_parameters needs a DNAS wrapper (PIT / PITSuperNet), got "

@@ -181,10 +181,9 @@ class DNAS(nn.Module):
 
     def get_regularization_loss(self) -> torch.Tensor:
         """The cost named by ``regularizer`` (``get_size()`` / ``get_macs()`` for the
-        built-ins), or with ``targets`` the target loss (README "Costs and budgets"). With
-        debug checks on (``plinio.safety``), NaN/Inf in an architectural parameter raises
-        FloatingPointError."""
-        check_nas_parameters(self, "get_regularization_loss", always=False)
+        built-ins), or with ``targets`` the target loss (README "Costs and budgets"). NaN/Inf
+        in an architectural parameter raises FloatingPointError, as for every cost call
+        (``checked_cost``)."""
         return self._cost_selection.loss(self.get_cost)
 
     def update_targets(self) -> None:
