@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-shot GPU check: build the CUDA extension in place, run the GPU tests, then the GPU
-# benchmarks (op library bandwidth, search step eager, search step compiled).
+# benchmarks (op library bandwidth, search step eager, eager in the pruned regime with sparse
+# execution against the dense fast path, search step compiled).
 #
 #   RESULTS_DIR=/some/folder bash bench/gpu_check.sh
 #
@@ -49,6 +50,8 @@ phase bench_ops_cuda 45 "$PY" bench/bench_ops.py --device cuda --backend cuda --
 phase bench_ops_triton 45 "$PY" bench/bench_ops.py --device cuda --backend triton --repeats 10
 phase search_step_eager 100 "$PY" bench/search_step.py --device cuda --batch-size 128 \
   --min-seconds 1 --repeats 20 --warmup 3
+phase search_step_pruned 90 "$PY" bench/search_step.py --device cuda --batch-size 128 --modes soft \
+  --prune 0,0.5,0.75 --min-seconds 1 --repeats 10 --warmup 3
 LEFT=$(( ${DEADLINE:-540} - SECONDS - 5 ))
 phase search_step_compiled "$(( LEFT > 30 ? LEFT : 30 ))" "$PY" bench/search_step.py --device cuda \
   --batch-size 128 --modes soft --compile --compile-only --compile-mode reduce-overhead \
