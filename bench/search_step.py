@@ -32,13 +32,14 @@ header giving the CPU, torch version, threads and date.
 ``--prune F[,F...]`` times each workload with a fraction F of every searched channel mask set
 below the binarization threshold (``bench/channel_pruning.py``: seeded, the same channels in
 all three searches, keep-alive channels excepted, a shared mask pruned once), one row per
-fraction. ``--compile`` adds rows where the fast search and the plain search each run their
-model and their regularizer under ``torch.compile(fullgraph=True)`` (``--compile-mode
-reduce-overhead`` adds CUDA graphs on a GPU); the dense search and the reference stay eager,
-the optimizer steps too, so that fast/dense is the compiled fast path against the eager one
-(without sparse execution, which a compiled graph does not run), timed interleaved;
-``--compile-only`` drops the eager rows. ``--clock cpu`` times with the process's CPU
-time instead of the wall clock (with one thread: robust to other jobs on a shared machine).
+fraction. ``--compile`` adds a second table: the fast search and the plain search, each eager
+and with its model and its regularizer under ``torch.compile(fullgraph=True)`` (the optimizer
+steps stay eager; ``--compile-mode reduce-overhead`` adds CUDA graphs on a GPU), the four timed
+interleaved, with compiled fast over compiled plain, over the faster plain of the two, and
+over eager fast (a compiled graph runs no sparse execution: with pruned channels, eager fast
+skips them and compiled fast does not). ``--compile-only`` drops the first table. ``--clock
+cpu`` times with the process's CPU time instead of the wall clock (with one thread: robust to
+other jobs on a shared machine).
 """
 import argparse
 import copy
@@ -257,14 +258,15 @@ class Row(NamedTuple):
 
 
 def loss_mismatch(setups: Dict[str, SearchSetup], rtol: float = 1e-4,
-                  atol: float = 1e-6) -> Optional[str]:
+                  atol: float = 1e-6, grad: bool = False) -> Optional[str]:
     """None when every setup computes the reference's loss on the batch (same random draws),
-    else which ones differ and by how much."""
+    else which ones differ and by how much. ``grad``: compute with gradients enabled (a
+    compiled search then checks the graph its steps run, not a second one)."""
     losses = {}
     for label, setup in setups.items():
         torch.manual_seed(1)
-        with torch.no_grad():
-            losses[label] = forward_loss(setup)
+        with torch.set_grad_enabled(grad):
+            losses[label] = forward_loss(setup).detach()
     oracle = "reference" if "reference" in losses else next(iter(losses))
     wrong = [f"{label} {float(loss):.7g} vs {oracle} {float(losses[oracle]):.7g}"
              for label, loss in losses.items()
@@ -289,25 +291,86 @@ def compiled(setup: SearchSetup, mode: Optional[str],
 
 
 def measure(name: str, mode: str, batch_size: int, device: str, repeats: int, warmup: int,
-            compile_searches: bool = False, min_seconds: float = 0.0,
-            compile_mode: Optional[str] = None, prune_fraction: float = 0.0,
-            clock: str = "wall") -> Row:
+            min_seconds: float = 0.0, prune_fraction: float = 0.0, clock: str = "wall") -> Row:
     """One table row: build the searches, check they agree, measure saved bytes, time."""
     setups = build_setups(name, batch_size, device, hard=(mode == "hard"),
                           prune_fraction=prune_fraction)
+    _check_losses(name, mode, prune_fraction, setups)
+    saved = {k: saved_activation_bytes(s) for k, s in setups.items()}
+    times = time_steps(setups, repeats, warmup, device, min_seconds, clock=clock)
+    return Row(name, mode, prune_fraction, {k: t * 1e3 for k, t in times.items()},
+               {k: b / 2 ** 20 for k, b in saved.items()})
+
+
+def _check_losses(name: str, mode: str, prune_fraction: float,
+                  setups: Dict[str, SearchSetup]) -> None:
     mismatch = loss_mismatch(setups)
     if mismatch:
         raise RuntimeError(f"{name} ({mode}, {prune_fraction:.0%} pruned): the searches compute "
                            f"different losses ({mismatch}); not timing a wrong result")
-    saved = {k: saved_activation_bytes(s) for k, s in setups.items()}
-    if compile_searches:
-        torch._dynamo.reset()  # a fresh compile per workload, as in a user's one-model search
-        for label in ("fast", "plain"):
-            setups[label] = compiled(setups[label], compile_mode)
+
+
+class CompileRow(NamedTuple):
+    """One row of the compile table: milliseconds per step of the fast and the plain search,
+    each eager and compiled (keys 'eager fast', 'compiled fast', 'eager plain',
+    'compiled plain')."""
+
+    workload: str
+    mode: str
+    pruned: float
+    ms: Dict[str, float]
+
+    def over(self, anchor: str) -> float:
+        """Compiled fast's step time over ``anchor``'s: a key of ``ms``, or 'best plain'
+        (the faster plain search, eager or compiled: the one a user would keep)."""
+        ms = (min(self.ms["eager plain"], self.ms["compiled plain"]) if anchor == "best plain"
+              else self.ms[anchor])
+        return self.ms["compiled fast"] / ms
+
+
+def measure_compiled(name: str, mode: str, batch_size: int, device: str, repeats: int,
+                     warmup: int, min_seconds: float = 0.0, compile_mode: Optional[str] = None,
+                     prune_fraction: float = 0.0, clock: str = "wall") -> CompileRow:
+    """One compile-table row. The eager searches must compute the reference's loss, and each
+    compiled search its eager twin's (a compiled plain search with dropout draws inductor's
+    random numbers, so it is checked in evaluation mode)."""
+    hard = mode == "hard"
+    eager = build_setups(name, batch_size, device, hard=hard, prune_fraction=prune_fraction,
+                         variants=("fast", "plain", "reference"))
+    _check_losses(name, mode, prune_fraction, eager)
+    del eager["reference"]
+    twins = build_setups(name, batch_size, device, hard=hard, prune_fraction=prune_fraction,
+                         variants=("fast", "plain"))
+    torch._dynamo.reset()  # a fresh compile per workload, as in a user's one-model search
+    setups: Dict[str, SearchSetup] = {}
+    for label in ("fast", "plain"):
+        setups[f"eager {label}"] = eager[label]
+        setups[f"compiled {label}"] = compiled(twins[label], compile_mode)
+    for label in ("fast", "plain"):
+        pair = {"eager": eager[label], "compiled": setups[f"compiled {label}"]}
+        random = label == "plain" and _has_dropout(eager[label].wrapper)
+        mismatch = _eval_loss_mismatch(pair) if random else loss_mismatch(pair, grad=True)
+        if mismatch:
+            raise RuntimeError(f"{name} ({mode}, {prune_fraction:.0%} pruned): compiled {label} "
+                               f"differs from eager ({mismatch}); not timing a wrong result")
     times = time_steps(setups, repeats, warmup, device, min_seconds, clock=clock)
-    label = f" (fast and plain compiled, {compile_mode or 'default'})" if compile_searches else ""
-    return Row(name, mode + label, prune_fraction, {k: t * 1e3 for k, t in times.items()},
-               {k: b / 2 ** 20 for k, b in saved.items()})
+    return CompileRow(name, mode + f" ({compile_mode or 'default'})", prune_fraction,
+                      {k: t * 1e3 for k, t in times.items()})
+
+
+def _has_dropout(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())
+
+
+def _eval_loss_mismatch(setups: Dict[str, SearchSetup]) -> Optional[str]:
+    """:func:`loss_mismatch` with every search in evaluation mode (no dropout), then back."""
+    for setup in setups.values():
+        setup.wrapper.eval()
+    try:
+        return loss_mismatch(setups)
+    finally:
+        for setup in setups.values():
+            setup.wrapper.train()
 
 
 TABLE_LEGEND = ("fast = plinio fast=True (sparse execution on, the default); dense = plinio fast=True, "
@@ -328,6 +391,26 @@ def format_table(rows: Sequence[Row]) -> str:
             f"{r.time_ratio('reference'):.2f} | {r.mib['fast']:.1f} | {r.mib['dense']:.1f} | {r.mib['plain']:.1f} | "
             f"{r.mib['reference']:.1f} | {r.bytes_ratio('dense'):.2f} | {r.bytes_ratio('plain'):.2f} | "
             f"{r.bytes_ratio('reference'):.2f} |")
+    return "\n".join(lines)
+
+
+COMPILE_LEGEND = ("compiled = model and regularizer under torch.compile(fullgraph=True), optimizer "
+                  "eager; fast = plinio fast=True; plain = plain-PyTorch search (bench/plain_supernet.py); "
+                  "best plain = the faster plain search, eager or compiled. Ratios: compiled fast / "
+                  "anchor, lower is better.")
+
+
+def format_compile_table(rows: Sequence[CompileRow]) -> str:
+    lines = ["| workload | mode | pruned | eager fast ms | compiled fast ms | eager plain ms | "
+             "compiled plain ms | **compiled fast / compiled plain** | compiled fast / best plain | "
+             "**compiled fast / eager fast** |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r.workload} | {r.mode} | {r.pruned:.0%} | {r.ms['eager fast']:.1f} | "
+            f"{r.ms['compiled fast']:.1f} | {r.ms['eager plain']:.1f} | {r.ms['compiled plain']:.1f} | "
+            f"**{r.over('compiled plain'):.2f}** | {r.over('best plain'):.2f} | "
+            f"**{r.over('eager fast'):.2f}** |")
     return "\n".join(lines)
 
 
@@ -361,7 +444,7 @@ def _fractions(text: str) -> List[float]:
     return values
 
 
-def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
+def main(argv: Optional[Sequence[str]] = None) -> List[NamedTuple]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu")
@@ -375,13 +458,13 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
                         help="comma-separated fractions of every channel mask to prune, one "
                              "row each (e.g. 0,0.5,0.75)")
     parser.add_argument("--compile", action="store_true",
-                        help="also time the fast and the plain search under "
-                             "torch.compile(fullgraph=True)")
+                        help="a second table: the fast and the plain search, eager and "
+                             "under torch.compile(fullgraph=True)")
     parser.add_argument("--compile-mode", default=None,
                         choices=["default", "reduce-overhead", "max-autotune"],
                         help="torch.compile mode of --compile (reduce-overhead: CUDA graphs)")
     parser.add_argument("--compile-only", action="store_true",
-                        help="with --compile, skip the eager rows")
+                        help="with --compile, only the compile table")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
@@ -398,29 +481,37 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
     modes = ["hard"] if args.hard else [m.strip() for m in args.modes.split(",") if m.strip()]
     print(f"# search step, batch {args.batch_size}, {describe_machine(args.device, args.threads)}")
     print(f"# command: python bench/search_step.py {' '.join(argv or sys.argv[1:])}")
-    print(f"# {TABLE_LEGEND}")
     rows: List[Row] = []
+    compile_rows: List[CompileRow] = []
+    timing = dict(batch_size=args.batch_size, device=args.device, repeats=args.repeats,
+                  warmup=args.warmup, min_seconds=args.min_seconds, clock=args.clock)
     for name in names:
         has_supernets = count_supernets(known[name].factory()) > 0
         for mode in modes:
             if mode == "hard" and not has_supernets:
                 continue
-            variants = [False, True] if args.compile else [False]
-            if args.compile and args.compile_only:
-                variants = [True]
             for fraction in args.prune:
-                for compile_searches in variants:
-                    row = measure(name, mode, args.batch_size, args.device, args.repeats,
-                                  args.warmup, compile_searches=compile_searches,
-                                  min_seconds=args.min_seconds, compile_mode=args.compile_mode,
-                                  prune_fraction=fraction, clock=args.clock)
+                if not args.compile_only:
+                    row = measure(name, mode, prune_fraction=fraction, **timing)
                     rows.append(row)
-                    print(f"#  {name} {row.mode} {fraction:.0%} pruned: fast/dense "
+                    print(f"#  {name} {mode} {fraction:.0%} pruned: fast/dense "
                           f"{row.time_ratio('dense'):.2f}, fast/plain "
                           f"{row.time_ratio('plain'):.2f}, fast/reference "
                           f"{row.time_ratio('reference'):.2f}", flush=True)
-    print(format_table(rows))
-    return rows
+                if args.compile:
+                    compile_row = measure_compiled(name, mode, compile_mode=args.compile_mode,
+                                                   prune_fraction=fraction, **timing)
+                    compile_rows.append(compile_row)
+                    print(f"#  {name} {mode} {fraction:.0%} pruned, compiled fast / compiled plain "
+                          f"{compile_row.over('compiled plain'):.2f}, / eager fast "
+                          f"{compile_row.over('eager fast'):.2f}", flush=True)
+    if rows:
+        print(f"# {TABLE_LEGEND}")
+        print(format_table(rows))
+    if compile_rows:
+        print(f"# {COMPILE_LEGEND}")
+        print(format_compile_table(compile_rows))
+    return rows + compile_rows
 
 
 if __name__ == "__main__":

@@ -199,6 +199,39 @@ def test_script_runs_with_tiny_settings(capsys):
     assert "| linear_supernet | hard | 50% |" in out
 
 
+def test_compile_table_times_the_four_searches(capsys, monkeypatch):
+    """--compile --compile-only: a row with eager and compiled fast and plain,
+    and the ratios of compiled fast to each anchor (backend eager: dynamo capture only)."""
+    import bench.search_step as search_step
+
+    monkeypatch.setattr(search_step, "compiled",
+                        lambda setup, mode: compiled(setup, mode, backend="eager"))
+    rows = main(["--batch-size", "2", "--workloads", "linear_supernet", "--modes", "soft",
+                 "--compile", "--compile-only", "--prune", "0.5", "--repeats", "1",
+                 "--min-seconds", "0"])
+    assert [(r.workload, r.mode, r.pruned) for r in rows] == [("linear_supernet", "soft (default)", 0.5)]
+    for row in rows:
+        assert sorted(row.ms) == ["compiled fast", "compiled plain", "eager fast", "eager plain"]
+        assert all(ms > 0 for ms in row.ms.values())
+        assert row.over("eager fast") == row.ms["compiled fast"] / row.ms["eager fast"]
+        best = min(row.ms["eager plain"], row.ms["compiled plain"])
+        assert row.over("best plain") == row.ms["compiled fast"] / best
+    out = capsys.readouterr().out
+    assert "best plain = the faster plain search" in out and "| fast ms |" not in out
+    assert f"| linear_supernet | soft (default) | 50% | {rows[0].ms['eager fast']:.1f} |" in out
+
+
+def test_compile_table_refuses_a_compiled_search_that_computes_something_else(monkeypatch):
+    import bench.search_step as search_step
+
+    def wrong(setup, mode):
+        return setup._replace(forward=lambda x: setup.forward(x) * 2)
+
+    monkeypatch.setattr(search_step, "compiled", wrong)
+    with pytest.raises(RuntimeError, match="compiled fast differs from eager"):
+        search_step.measure_compiled("linear_supernet", "soft", 2, "cpu", 1, 1)
+
+
 def test_script_rejects_bad_options():
     with pytest.raises(SystemExit):
         main(["--prune", "0,1.5"])
