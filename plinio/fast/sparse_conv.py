@@ -259,6 +259,14 @@ class SparsePlan:
     bias_rows: Optional[torch.Tensor]     # rows of gb' computed
     grad_in: Optional[torch.Tensor]       # input channels of gx computed
     one_backward_call: bool               # gx and gW' use the same gradient rows and input
+    compact_in: bool = False              # x holds only the forward_in channels (gx too)
+    compact_out: bool = False             # y holds only the kept rows (its gradient too)
+
+    def input_channels(self) -> int:
+        """Channels of the input a call receives."""
+        if self.compact_in and self.forward_in is not None:
+            return self.forward_in.numel()
+        return self.in_channels
 
 
 class _SparseMaskedConv(torch.autograd.Function):
@@ -269,12 +277,17 @@ class _SparseMaskedConv(torch.autograd.Function):
                 plan: SparsePlan, keep_full_input: bool, gathered: Optional[torch.Tensor]) -> torch.Tensor:
         k = plan.kernels
         dim = k.channel_dim
-        x_fwd = _gather(x, dim, plan.forward_in) if gathered is None else gathered
+        if plan.compact_in:
+            x_fwd = x
+        else:
+            x_fwd = _gather(x, dim, plan.forward_in) if gathered is None else gathered
         w_rows = _gather(weight, 0, plan.kept)
         w_fwd = w_rows if k.depthwise else _gather(w_rows, 1, plan.forward_in)
         b_fwd = None if bias is None else _gather(bias, 0, plan.kept)
-        y = _scatter(k.forward(x_fwd, w_fwd, b_fwd), dim, plan.kept, weight.shape[0])
-        if keep_full_input:
+        y = k.forward(x_fwd, w_fwd, b_fwd)
+        if not plan.compact_out:
+            y = _scatter(y, dim, plan.kept, weight.shape[0])
+        if plan.compact_in or keep_full_input:
             x_saved = x
         else:
             x_saved = x_fwd if plan.saved_in is plan.forward_in else _gather(x, dim, plan.saved_in)
@@ -299,13 +312,13 @@ class _SparseMaskedConv(torch.autograd.Function):
         plan: SparsePlan = ctx.plan
         k = plan.kernels
         dim = k.channel_dim
-        if ctx.keep_full_input:
+        if ctx.keep_full_input and not plan.compact_in:
             x_saved = _gather(x_saved, dim, plan.saved_in)
         needs_x, needs_w, needs_b = ctx.needs_input_grad[:3]
         grad = grad.contiguous()
-        grad_kept = _gather(grad, dim, plan.kept)
+        grad_kept = grad if plan.compact_out else _gather(grad, dim, plan.kept)
         in_shape = list(ctx.x_shape)
-        if plan.grad_in is not None:
+        if plan.grad_in is not None and not plan.compact_in:
             in_shape[dim] = plan.grad_in.numel()
         grad_x = grad_w = grad_b = None
         if needs_x and needs_w and plan.one_backward_call:
@@ -317,7 +330,7 @@ class _SparseMaskedConv(torch.autograd.Function):
                 grad_rows = grad_kept if plan.weight_rows is plan.kept else \
                     _gather(grad, dim, plan.weight_rows)
                 grad_w = k.weight_grad(grad_rows, x_saved)
-        if grad_x is not None:
+        if grad_x is not None and not plan.compact_in:
             grad_x = _scatter(grad_x, dim, plan.grad_in, ctx.x_shape[dim])
         if grad_w is not None:
             grad_w = _scatter_rows_cols(grad_w, plan.weight_rows, plan.weight_cols, ctx.w_shape)
@@ -373,7 +386,7 @@ def _check_shapes(plan: SparsePlan, x: torch.Tensor, weight: torch.Tensor,
                          f"{weight.shape[0]} output channels")
     kernels = plan.kernels
     if not isinstance(kernels, _ConvKernels):
-        if weight.dim() != 2 or x.dim() < 1 or x.shape[-1] != weight.shape[1] or \
+        if weight.dim() != 2 or x.dim() < 1 or x.shape[-1] != plan.input_channels() or \
                 tuple(weight.shape) != (plan.out_channels, plan.in_channels):
             raise ValueError(f"{_NAME}: a Linear layer (geometry=None) of {plan.in_channels} inputs and "
                              f"{plan.out_channels} outputs needs a weight (out, in) and an input (..., in); "
@@ -384,17 +397,34 @@ def _check_shapes(plan: SparsePlan, x: torch.Tensor, weight: torch.Tensor,
     if tuple(weight.shape) != expected:
         raise ValueError(f"{_NAME}: weight of shape {tuple(weight.shape)} does not match the "
                          f"geometry (expected {expected})")
-    if x.dim() != g.ndim + 2 or x.shape[1] != g.in_channels:
+    if x.dim() != g.ndim + 2 or x.shape[1] != plan.input_channels():
+        compact = " (compact: its live channels)" if plan.compact_in else ""
         raise ValueError(f"{_NAME}: input of shape {tuple(x.shape)} does not match a "
-                         f"{g.ndim}-D convolution of {g.in_channels} channels")
+                         f"{g.ndim}-D convolution of {plan.input_channels()} channels{compact}")
 
 
 def sparse_plan(geometry: Optional[ConvGeometry], out_channels: int, in_channels: int,
                 kept_out: Optional[torch.Tensor], live_in: Optional[torch.Tensor], *,
-                grad_pruned_rows: bool, grad_dead_inputs: bool, device: torch.device) -> SparsePlan:
+                grad_pruned_rows: bool, grad_dead_inputs: bool, device: torch.device,
+                compact_in: bool = False, compact_out: bool = False) -> SparsePlan:
     """The channel sets of a layer (see :func:`sparse_masked_conv` for the arguments),
     checked once: a caller running the same layer with the same masks many times (a search
-    step) makes the plan once and calls :func:`run_sparse_plan`."""
+    step) makes the plan once and calls :func:`run_sparse_plan`.
+
+    Compact execution (``plinio.fast.sparse_step``): with ``compact_in`` the input holds
+    only the channels the forward reads (``live_in``; ``kept_out`` for a depthwise conv)
+    and its gradient is returned for those channels only; with ``compact_out`` the output
+    holds only the ``kept_out`` rows and so does its gradient. Both leave out gradients
+    that are exactly 0 or reach nothing only under the flags' conditions: ``compact_out``
+    needs ``grad_pruned_rows=False``, ``compact_in`` of a non-depthwise layer needs
+    ``grad_dead_inputs=False``."""
+    if compact_out and grad_pruned_rows:
+        raise ValueError(f"{_NAME}: a compact output drops the gradient of the pruned rows; it needs "
+                         "grad_pruned_rows=False")
+    depthwise_geometry = geometry is not None and geometry.groups > 1
+    if compact_in and grad_dead_inputs and not depthwise_geometry:
+        raise ValueError(f"{_NAME}: a compact input drops the gradient of its dead channels; it needs "
+                         "grad_dead_inputs=False")
     kernels = _kernels_for(geometry)
     if geometry is not None and (geometry.out_channels, geometry.in_channels) != (out_channels, in_channels):
         raise ValueError(f"{_NAME}: {in_channels} input and {out_channels} output channels do not match "
@@ -407,20 +437,22 @@ def sparse_plan(geometry: Optional[ConvGeometry], out_channels: int, in_channels
         rows = live if grad_pruned_rows else kept
         return SparsePlan(kernels, out_channels, in_channels, kept=kept, forward_in=kept, saved_in=rows,
                           weight_rows=rows, weight_cols=None, bias_rows=None if grad_pruned_rows else kept,
-                          grad_in=kept, one_backward_call=not grad_pruned_rows)
+                          grad_in=kept, one_backward_call=not grad_pruned_rows, compact_in=compact_in,
+                          compact_out=compact_out)
     rows = None if grad_pruned_rows else kept
     grad_in = None if grad_dead_inputs else live
     return SparsePlan(kernels, out_channels, in_channels, kept=kept, forward_in=live, saved_in=live,
                       weight_rows=rows, weight_cols=live, bias_rows=rows, grad_in=grad_in,
-                      one_backward_call=rows is kept and grad_in is live)
+                      one_backward_call=rows is kept and grad_in is live, compact_in=compact_in,
+                      compact_out=compact_out)
 
 
 def run_sparse_plan(plan: SparsePlan, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *,
                     keep_full_input: bool = False, gathered_input: Optional[torch.Tensor] = None) -> torch.Tensor:
     """:func:`sparse_masked_conv` with a plan made by :func:`sparse_plan`."""
     _check_shapes(plan, x, weight, bias)
-    if gathered_input is not None and plan.kernels.depthwise:
-        raise ValueError(f"{_NAME}: gathered_input does not apply to a depthwise convolution")
+    if gathered_input is not None and (plan.kernels.depthwise or plan.compact_in):
+        raise ValueError(f"{_NAME}: gathered_input does not apply to a depthwise convolution or a compact input")
     if plan.forward_in is None:
         gathered_input = None  # every channel is read: x itself
     return _SparseMaskedConv.apply(x, weight, bias, plan, keep_full_input, gathered_input)

@@ -61,7 +61,9 @@ class SparseSite:
     descriptor whose groups are mask ids (channels outside the live set are exactly 0).
     ``grad_pruned_rows`` / ``grad_dead_inputs``: as in ``sparse_masked_conv``.
     ``keep_input``: save the input itself for backward (another op keeps it anyway, or may),
-    rather than a gathered copy of its live channels.
+    rather than a gathered copy of its live channels. ``compact_in`` / ``compact_out``: the
+    input holds only its live channels / the output only the kept rows (compact execution,
+    see :class:`SparseExecution`).
     """
 
     geometry: Optional[ConvGeometry]
@@ -72,15 +74,17 @@ class SparseSite:
     grad_pruned_rows: bool
     grad_dead_inputs: bool
     keep_input: bool = True
+    compact_in: bool = False
+    compact_out: bool = False
 
-    def positions(self, x: torch.Tensor, geometry: Optional[ConvGeometry]) -> Optional[int]:
+    def positions(self, x: torch.Tensor, geometry: Optional[ConvGeometry], channels: int) -> Optional[int]:
         """Output positions of one call on ``x`` (batch included), None when ``x`` does not
-        fit the site."""
+        have ``channels`` input channels or does not fit the site."""
         if geometry is None:
-            if x.dim() < 1 or x.shape[-1] != self.in_channels:
+            if x.dim() < 1 or x.shape[-1] != channels:
                 return None
             return math.prod(x.shape[:-1])
-        if x.dim() != geometry.ndim + 2 or x.shape[1] != self.in_channels:
+        if x.dim() != geometry.ndim + 2 or x.shape[1] != channels:
             return None
         sizes = [(n + off) // s + 1 for n, off, s in zip(x.shape[2:], geometry.size_offset, geometry.stride)]
         return x.shape[0] * math.prod(sizes) if min(sizes) > 0 else None
@@ -100,7 +104,7 @@ class SparseCall:
         device = (kept if kept is not None else live).device
         self.plan = sparse_plan(geometry, site.out_channels, site.in_channels, kept, live,
                                 grad_pruned_rows=site.grad_pruned_rows, grad_dead_inputs=site.grad_dead_inputs,
-                                device=device)
+                                device=device, compact_in=site.compact_in, compact_out=site.compact_out)
 
     def kept_rows(self, like: torch.Tensor) -> torch.Tensor:
         """0./1. vector over the output channels: 1 on the kept rows (``like``'s dtype and device)."""
@@ -112,7 +116,7 @@ class SparseCall:
         the convolutions reading it (a supernet's branches)."""
         gathered = None
         depthwise = self.geometry is not None and self.geometry.groups > 1
-        if self.live is not None and not depthwise:
+        if self.live is not None and not depthwise and not self.site.compact_in:
             gathered = _shared_gather(x, self.live, self.geometry is None)
         return run_sparse_plan(self.plan, x, weight, bias, keep_full_input=self.site.keep_input,
                                gathered_input=gathered)
@@ -144,9 +148,19 @@ class _SiteSets:
         site = self.site
         if self.kept is None and self.live is None:
             return None  # nothing to skip
-        positions = site.positions(x, geometry)
+        compact_in = site.compact_in and self.live is not None
+        compact = compact_in or site.compact_out and self.kept is not None
+        depthwise = geometry is not None and geometry.groups > 1
+        channels = (self.n_kept if depthwise else self.n_live) if compact_in else site.in_channels
+        positions = site.positions(x, geometry, channels)
         if positions is None:
+            if compact:
+                raise RuntimeError(f"plinio sparse execution: a compact layer of {site.in_channels} input channels "
+                                   f"({channels} live in this step) received an input of shape {tuple(x.shape)}; "
+                                   "build the wrapper with sparse=False (or set `.sparse = False`) for this model")
             return None
+        if compact:  # its input or its output holds only the live / kept channels: it must run compact
+            return SparseCall(site, geometry, self.kept, self.live)
         work = LayerWork(geometry, site.in_channels, site.out_channels, positions, backward, input_grad)
         if not sparse_pays(work, self.n_kept, self.n_live, site.grad_pruned_rows, site.grad_dead_inputs):
             return None
@@ -198,7 +212,9 @@ class _Step:
                                  f"its descriptor {site.live!r} describes {n_in}")
             n_live = site.in_channels if l_idx is None else l_idx.size
             host.append((key, site, k_idx, n_kept, l_idx, n_live))
+        compact = [(gid, kept.get(gid)) for gid in execution.compact_groups]
         arrays = [a for entry in host for a in (entry[2], entry[4]) if a is not None]
+        arrays += [idx for _, idx in compact if idx is not None]
         packed = _to_device(np.concatenate(arrays) if arrays else np.zeros(0, np.int64), device)
         self.sites: Dict[Hashable, _SiteSets] = {}
         offset = 0
@@ -208,6 +224,11 @@ class _Step:
                 views.append(None if idx is None else packed[offset:offset + idx.size])
                 offset += 0 if idx is None else idx.size
             self.sites[key] = _SiteSets(site, views[0], views[1], n_kept, n_live)
+        # the kept channels a compact tensor of each compact group holds (None: all)
+        self.compact: Dict[int, Optional[torch.Tensor]] = {}
+        for gid, idx in compact:
+            self.compact[gid] = None if idx is None else packed[offset:offset + idx.size]
+            offset += 0 if idx is None else idx.size
 
 
 def _to_device(indices: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -248,13 +269,28 @@ class SparseExecution:
 
     ``assumptions``: (object, attribute, value) triples the masks and flags were derived
     from (the layers' binarization thresholds); a step in which one no longer holds runs
-    dense."""
+    dense, and so does a step under autocast.
+
+    Compact execution: every tensor of a group in ``compact_groups`` holds only the kept
+    channels of the group's mask in a step (shape (N, |K|, ...)), so that every op between
+    the layers (activations, the supernet combine, pooling, adds) shrinks with the pruning
+    too; the sites with ``compact_in`` / ``compact_out`` read and write such tensors, and
+    ``runner`` (when given) is the graph to run in a step: the model's graph with the ops
+    that need the step's channel sets (dropout: :func:`compact_channels`) in place. Which
+    groups may be compact (values on their pruned channels exactly 0, gradients there
+    exactly 0 or reaching nothing) is decided by the builder of the sites."""
 
     def __init__(self, masks: Mapping[int, ChannelMask], sites: Mapping[Hashable, SparseSite],
-                 assumptions: Sequence[Tuple[object, str, object]] = ()) -> None:
+                 assumptions: Sequence[Tuple[object, str, object]] = (), compact_groups: Sequence[int] = (),
+                 runner: Optional[nn.Module] = None) -> None:
         self.masks = dict(masks)
         self.sites = dict(sites)
         self.assumptions = tuple(assumptions)
+        unknown = [gid for gid in compact_groups if gid not in self.masks or self.masks[gid].param is None]
+        if unknown:
+            raise ValueError(f"plinio.fast.sparse_step: compact groups {unknown} have no searched channel mask")
+        self.compact_groups = tuple(sorted(compact_groups))
+        self.runner = runner
         searched = [mid for mid, m in sorted(self.masks.items()) if m.param is not None]
         self.slices: Dict[int, Tuple[int, int]] = {}
         start = 0
@@ -295,10 +331,19 @@ class SparseExecution:
                                           torch.from_numpy(np.concatenate(thresholds)).to(device))
         return self._constants[device]
 
+    def _runs_dense(self) -> bool:
+        """A threshold changed since the sites were built, or autocast is on (the compact
+        convolutions would not cast)."""
+        if any(getattr(owner, name) != value for owner, name, value in self.assumptions):
+            return True
+        device = self.masks[self._searched[0]].values().device.type if self._searched else "cpu"
+        return torch.is_autocast_enabled(device)
+
     @contextlib.contextmanager
     def step(self) -> Iterator[None]:
-        """Within this context the sites run sparse where it pays (see the module docstring)."""
-        if any(getattr(owner, name) != value for owner, name, value in self.assumptions):
+        """Within this context the sites run sparse where it pays and the compact groups
+        run compact (see the module docstring and the class docstring)."""
+        if self._runs_dense():
             yield
             return
         bits, device = self._bits()
@@ -328,10 +373,22 @@ def sparse_call(owner: Hashable, x: torch.Tensor, weight_grad: bool, geometry: O
     if current is None:
         return None
     sets = current.sites.get(owner)
-    if sets is None or torch.is_autocast_enabled(x.device.type):
+    if sets is None:
         return None
     if sets.kept is not None and sets.kept.device != x.device or \
             sets.live is not None and sets.live.device != x.device:
+        if sets.site.compact_in or sets.site.compact_out:
+            raise RuntimeError(f"plinio sparse execution: a compact layer received an input on {x.device}, its "
+                               "channel masks are on another device; move the whole model to one device or "
+                               "build the wrapper with sparse=False")
         return None
     return sets.call_for(x, weight_grad, sets.site.geometry if geometry is None else geometry)
+
+
+def compact_channels(gid: int) -> Optional[torch.Tensor]:
+    """The kept channels a tensor of group ``gid`` holds in the current step (device indices),
+    or None: it holds every channel (no compact step, the group is not compact, or nothing
+    of it is pruned)."""
+    current = _ACTIVE.get()
+    return None if current is None else current.compact.get(gid)
 

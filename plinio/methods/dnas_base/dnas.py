@@ -151,7 +151,10 @@ class DNAS(nn.Module):
         if self._sparse_runner is None or torch.compiler.is_compiling():
             with compiled_activations(self._fast):  # a no-op unless torch.compile traces
                 return runner(*args, **kwargs)
-        with self._sparse_runner[0].step():
+        execution = self._sparse_runner[0]
+        if execution.runner is not None:  # the graph with the ops of compact execution in place
+            runner = execution.runner
+        with execution.step():
             return runner(*args, **kwargs)
 
     def get_size(self) -> torch.Tensor:

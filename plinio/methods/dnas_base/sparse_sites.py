@@ -6,16 +6,28 @@ padding and a supernet's conv tail all run them) and the merged convolution of e
 supernet (keyed by its combiner). Their channel sets come from the channel analysis of the
 conversion, their flags from ``plinio.graph.zero_gradients``, both computed on the converted
 graph ``seed``; the fast graph shares its layers and node names.
+
+Compact groups (docs/internals.md §7): a channel group runs compact — its tensors hold only
+the kept channels — when dropping its pruned channels changes no value and no gradient:
+every op reading or writing one of its tensors runs unchanged on compact tensors
+(``plinio.fast.compact_ops``; dropouts of the fast graph through
+``plinio.fast.compact_dropout``; layers and merged convolutions through their sites), every
+site writing it has a zero output gradient on pruned channels (``grad_pruned_rows`` False),
+every site reading it lets the gradient of dead inputs die (``grad_dead_inputs`` False; a
+depthwise conv needs neither), it does not reach the graph output, and it is never
+concatenated or flattened together with a group that stays full width.
 """
 from dataclasses import replace
-from typing import Any, Dict, Hashable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Hashable, List, Optional, Sequence, Set, Tuple
 
 import torch.fx as fx
 import torch.nn as nn
 
 from plinio.fast import ConvGeometry, FastSuperNet, conv_geometry
+from plinio.fast.compact_dropout import compact_dropouts
+from plinio.fast.compact_ops import runs_compact
 from plinio.fast.sparse_step import ChannelMask, SparseExecution, SparseSite
-from plinio.graph.channels import Desc, desc_groups
+from plinio.graph.channels import Desc, Group, desc_groups
 from plinio.graph.zero_gradients import GradientFacts
 
 Layers = Sequence[Tuple[str, nn.Module]]
@@ -88,8 +100,9 @@ def _site(geometry: Optional[ConvGeometry], cin: int, cout: int, kept: Optional[
 
 
 def _merged_sites(seed: fx.GraphModule, runner: fx.GraphModule, facts: GradientFacts,
-                  masks: Dict[int, ChannelMask]) -> Dict[Hashable, SparseSite]:
-    """The merged convolution of every supernet of the fast graph, keyed by its combiner."""
+                  masks: Dict[int, ChannelMask]) -> Tuple[Dict[Hashable, SparseSite], List[Set[int]]]:
+    """The merged convolution of every supernet of the fast graph, keyed by its combiner, and
+    per merged convolution the groups it reads or writes that it cannot hold compact."""
     seed_nodes = {n.name: n for n in seed.graph.nodes}
     combiner_nodes = {id(seed.get_submodule(n.target)): n for n in seed.graph.nodes if n.op == "call_module"}
 
@@ -104,11 +117,14 @@ def _merged_sites(seed: fx.GraphModule, runner: fx.GraphModule, facts: GradientF
         return seed_nodes.get(node.name) if isinstance(node, fx.Node) else None
 
     sites: Dict[Hashable, SparseSite] = {}
+    dense: List[Set[int]] = []
     for node in runner.graph.nodes:
         module = supernet(node)
         if module is None or module.merged is None or not node.args:
             continue
         combiner_node, x = in_seed(node), in_seed(node.args[0])
+        touched = _groups_of((combiner_node, x), facts)
+        dense.append(touched)
         if combiner_node is None or x is None:
             continue
         geometry = module.merged.geometry
@@ -120,7 +136,8 @@ def _merged_sites(seed: fx.GraphModule, runner: fx.GraphModule, facts: GradientF
                      facts.descs.get(x.name), masks, grad_pruned_rows, grad_dead_inputs)
         if site is not None:
             sites[module.combiner] = site
-    return sites
+            dense[-1] = _site_blocks(site, touched)
+    return sites, dense
 
 
 def _input_kept_elsewhere(node: fx.Node, seed: fx.GraphModule, gathering: Dict[str, nn.Module]) -> bool:
@@ -146,6 +163,70 @@ def _saving_policy(seed: fx.GraphModule, layers: Layers, sites: Dict[Hashable, S
         sites[layer] = replace(sites[layer], keep_input=keep)
 
 
+def _groups_of(nodes: Sequence[Any], facts: GradientFacts) -> Set[int]:
+    """Every group the values of ``nodes`` (None entries skipped) are made of."""
+    return {g for n in nodes if isinstance(n, fx.Node) and facts.descs.get(n.name) is not None
+            for g in desc_groups(facts.descs[n.name])}
+
+
+def _site_blocks(site: Optional[SparseSite], touched: Set[int]) -> Set[int]:
+    """The groups among ``touched`` (read or written by a layer or merged convolution) that
+    its site cannot hold compact (all of them when it has no site)."""
+    if site is None:
+        return set(touched)
+    depthwise = site.geometry is not None and site.geometry.groups > 1
+    out_ok = site.kept is not None and not site.grad_pruned_rows
+    allowed = {site.kept} if out_ok else set()
+    if out_ok if depthwise else not site.grad_dead_inputs:
+        allowed |= set(desc_groups(site.live))
+    return touched - allowed
+
+
+def _compact_groups(seed: fx.GraphModule, runner: fx.GraphModule, layers: Layers, facts: GradientFacts,
+                    masks: Dict[int, ChannelMask], sites: Dict[Hashable, SparseSite],
+                    calls: Dict[str, List[fx.Node]], dense_merged: List[Set[int]]
+                    ) -> Tuple[Set[int], Dict[str, Tuple[int, int]]]:
+    """(the groups that run compact, the dropout nodes of the fast graph that read them: node
+    name → (group, channels)); see the module docstring."""
+    blocked: Set[int] = set().union(*dense_merged) if dense_merged else set()
+    by_name = dict(layers)
+    modules = dict(seed.named_modules())
+    in_runner = {n.name: n for n in runner.graph.nodes if n.op == "call_module"}
+
+    def desc_of(arg: Any) -> Optional[Desc]:
+        return facts.descs.get(arg.name) if isinstance(arg, fx.Node) else None
+
+    dropouts: Dict[str, Tuple[int, int]] = {}
+    for name, layer in layers:
+        touched = _groups_of([n for call in calls.get(name, []) for n in (call, *call.args[:1])], facts)
+        blocked |= _site_blocks(sites.get(layer), touched)
+    for node in seed.graph.nodes:
+        touched = _groups_of([node] + node.all_input_nodes, facts)
+        if not touched or node.op == "call_module" and node.target in by_name:
+            continue
+        module = modules.get(node.target) if node.op == "call_module" else None
+        if getattr(type(module), "plinio_merges_inputs", False):
+            continue  # the supernet combiner: an n-ary add of its branches (one group)
+        if type(module) is nn.Dropout and isinstance(desc_of(node), Group) and node.name in in_runner \
+                and in_runner[node.name].target == node.target:
+            gid = desc_of(node).gid
+            if gid in masks:
+                dropouts[node.name] = (gid, masks[gid].size)
+                continue
+        if not runs_compact(node, modules, desc_of):
+            blocked |= touched
+    candidates = {gid for gid, mask in masks.items() if mask.param is not None} - blocked
+    changed = True
+    while changed:  # a concatenation or flatten holds its groups all compact or all full width
+        changed = False
+        for desc in facts.descs.values():
+            groups = set(desc_groups(desc)) if desc is not None else set()
+            if groups & candidates and not groups <= candidates:
+                candidates -= groups
+                changed = True
+    return candidates, {name: entry for name, entry in dropouts.items() if entry[0] in candidates}
+
+
 def build_sparse_execution(seed: fx.GraphModule, runner: fx.GraphModule, layers: Layers,
                            facts: GradientFacts) -> Tuple[Optional[SparseExecution], str]:
     """(the sparse execution of the model, '') or (None, why it does not apply)."""
@@ -162,7 +243,7 @@ def build_sparse_execution(seed: fx.GraphModule, runner: fx.GraphModule, layers:
         site = _layer_site(layer, calls.get(name, []), facts, masks)
         if site is not None:
             sites[layer] = site
-    merged = _merged_sites(seed, runner, facts, masks)
+    merged, dense_merged = _merged_sites(seed, runner, facts, masks)
     members = [layer for node in runner.graph.nodes if isinstance(_module(runner, node), FastSuperNet)
                and _module(runner, node).merged is not None
                for chain in _module(runner, node).merged.chains for layer, _ in chain]
@@ -170,6 +251,11 @@ def build_sparse_execution(seed: fx.GraphModule, runner: fx.GraphModule, layers:
     sites.update(merged)
     if not sites:
         return None, "no layer has channels to skip"
+    compact, dropouts = _compact_groups(seed, runner, layers, facts, masks, sites, calls, dense_merged)
+    for key, site in sites.items():
+        sites[key] = replace(site, compact_out=site.kept in compact,
+                             compact_in=any(g in compact for g in desc_groups(site.live)))
     thresholds = [(layer, "binarization_threshold", layer.binarization_threshold) for _, layer in layers
                   if hasattr(layer, "binarization_threshold")]
-    return SparseExecution(masks, sites, thresholds), ""
+    compact_runner = compact_dropouts(runner, dropouts) if dropouts else None
+    return SparseExecution(masks, sites, thresholds, sorted(compact), compact_runner), ""
