@@ -4,9 +4,11 @@ path's random numbers, and the graph pass that puts it in place of the model's d
 A compact tensor of a channel group holds only the group's kept channels. ``nn.Dropout`` on
 it would draw fewer random numbers than on the full-width tensor of the dense path, so every
 later draw (and the mask itself) would differ. :class:`CompactDropout` draws the noise of
-the full-width tensor with ``F.dropout`` itself (same shape, dtype, device and layout as the
-dense input: the same draws, the same generator state afterwards) and multiplies the kept
-channels by their noise: ``x_K · noise_K`` is ``(x · noise)_K`` bit for bit.
+the full-width tensor with ``F.dropout`` itself (same shape, dtype and device as the dense
+input, contiguous as the dense path's tensors are for a contiguous network input — the step
+runs dense for a channels_last one: the same draws, the same generator state afterwards) and
+multiplies the kept channels by their noise: ``x_K · noise_K`` is ``(x · noise)_K`` bit for
+bit, whatever the layout of the compact ``x``.
 """
 from typing import Dict, Tuple
 
@@ -37,9 +39,7 @@ class CompactDropout(nn.Module):
         if held is None or not dropout.training:
             return dropout(x)
         shape = (x.shape[0], self.channels) + tuple(x.shape[2:])
-        layout = torch.channels_last if x.dim() == 4 and not x.is_contiguous() and \
-            x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-        ones = torch.ones(shape, dtype=x.dtype, device=x.device).contiguous(memory_format=layout)
+        ones = torch.ones(shape, dtype=x.dtype, device=x.device)
         noise = F.dropout(ones, dropout.p, True).index_select(1, held)
         return x.mul_(noise) if dropout.inplace else x * noise
 

@@ -331,19 +331,24 @@ class SparseExecution:
                                           torch.from_numpy(np.concatenate(thresholds)).to(device))
         return self._constants[device]
 
-    def _runs_dense(self) -> bool:
-        """A threshold changed since the sites were built, or autocast is on (the compact
-        convolutions would not cast)."""
+    def _runs_dense(self, inputs: Sequence[object]) -> bool:
+        """A threshold changed since the sites were built, autocast is on (the compact
+        convolutions would not cast), or a network input is channels_last (compact dropout
+        draws its noise for the contiguous tensors of a contiguous input)."""
         if any(getattr(owner, name) != value for owner, name, value in self.assumptions):
+            return True
+        if any(isinstance(t, torch.Tensor) and t.dim() == 4 and not t.is_contiguous()
+               and t.is_contiguous(memory_format=torch.channels_last) for t in inputs):
             return True
         device = self.masks[self._searched[0]].values().device.type if self._searched else "cpu"
         return torch.is_autocast_enabled(device)
 
     @contextlib.contextmanager
-    def step(self) -> Iterator[None]:
+    def step(self, inputs: Sequence[object] = ()) -> Iterator[None]:
         """Within this context the sites run sparse where it pays and the compact groups
-        run compact (see the module docstring and the class docstring)."""
-        if self._runs_dense():
+        run compact (see the module docstring and the class docstring); ``inputs``: the
+        network's inputs of the step."""
+        if self._runs_dense(inputs):
             yield
             return
         bits, device = self._bits()

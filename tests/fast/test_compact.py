@@ -77,10 +77,8 @@ def test_dscnn_dropouts_run_compact_in_training_mode_with_the_dense_draws(monkey
 def test_compact_dropout_is_the_dense_dropout_on_the_kept_channels_bit_for_bit(monkeypatch, inplace: bool,
                                                                                   channels_last: bool) -> None:
     kept = torch.tensor([0, 3, 4, 6])
-    full = torch.randn(5, 8, 6, 7)
+    full = torch.randn(5, 8, 6, 7)  # the dense path's tensor: contiguous
     full[:, [1, 2, 5, 7]] = 0.0
-    if channels_last:
-        full = full.contiguous(memory_format=torch.channels_last)
     dropout = nn.Dropout(0.3, inplace=inplace)
     torch.manual_seed(0)
     want = dropout(full.clone())
@@ -194,3 +192,16 @@ def test_a_compact_layer_given_a_full_width_input_says_what_to_do(monkeypatch) -
     with forced_sparse(monkeypatch), _execution(sparse).step():
         with pytest.raises(RuntimeError, match="sparse=False"):
             layer(torch.randn(2, layer.in_channels, 16))
+
+
+def test_a_channels_last_network_input_runs_the_step_dense(monkeypatch) -> None:
+    """Compact dropout draws the noise of the contiguous tensors a contiguous input gives;
+    with a channels_last input the step runs dense (the same values and draws)."""
+    torch.manual_seed(0)
+    sparse, dense = search_pair(_MixedGroups(), (3, 8, 8))
+    prune_randomly((sparse, dense), 0.5, seed=2)
+    x = torch.randn(4, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    with forced_sparse(monkeypatch) as calls:
+        got = results(sparse, x, seed=3)
+    assert calls.count == 0
+    assert_same(got, results(dense, x, seed=3))

@@ -154,7 +154,7 @@ class DNAS(nn.Module):
         execution = self._sparse_runner[0]
         if execution.runner is not None:  # the graph with the ops of compact execution in place
             runner = execution.runner
-        with execution.step():
+        with execution.step(args + tuple(kwargs.values())):
             return runner(*args, **kwargs)
 
     def get_size(self) -> torch.Tensor:
