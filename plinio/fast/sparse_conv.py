@@ -183,17 +183,40 @@ class _ConvKernels(_CompactKernels):
     Symmetric padding goes to the convolution itself; asymmetric (or negative) padding is
     applied to the compact input with ``F.pad`` in forward and again in backward, so only
     the unpadded compact input is saved.
+
+    With ``channels_last`` the convolutions run in that memory format; a 1-D convolution then
+    runs as a 2-D one of height 1 (``channels_last`` exists for 4-D tensors only), on tensors
+    whose 1-D layout is (N, L, C) in memory, so that lifting them to 4-D copies nothing.
     """
 
     def __init__(self, geometry: ConvGeometry, channels_last: bool = False) -> None:
         self.geometry = geometry
-        if channels_last and geometry.ndim == 2:
-            self.memory_format = torch.channels_last
         self.depthwise = geometry.groups > 1
         symmetric = geometry.pad_left == geometry.pad_right and min(geometry.pad_left) >= 0
-        self.conv_padding = list(geometry.pad_left) if symmetric else [0] * geometry.ndim
+        padding = list(geometry.pad_left) if symmetric else [0] * geometry.ndim
         self.spec = None if symmetric else pad_spec(geometry.pad_left, geometry.pad_right)
-        self.conv = F.conv1d if geometry.ndim == 1 else F.conv2d
+        self.lifted = channels_last and geometry.ndim == 1
+        if channels_last:
+            self.memory_format = torch.channels_last
+        lead = [1] if self.lifted else []  # the height-1 dimension of a lifted 1-D convolution
+        self.stride = lead + list(geometry.stride)
+        self.dilation = lead + list(geometry.dilation)
+        self.conv_padding = [0] * len(lead) + padding
+        self.conv = F.conv1d if len(self.stride) == 1 else F.conv2d
+
+    def layout(self, t: torch.Tensor) -> torch.Tensor:
+        if self.lifted:
+            return t.unsqueeze(2).contiguous(memory_format=torch.channels_last).squeeze(2)
+        return super().layout(t)
+
+    def _lift(self, t: torch.Tensor) -> torch.Tensor:
+        return t.unsqueeze(2) if self.lifted else t
+
+    def _lifted_shape(self, shape: Shape) -> Shape:
+        return shape[:2] + (1,) + shape[2:] if self.lifted else shape
+
+    def _drop(self, t: torch.Tensor) -> torch.Tensor:
+        return t.squeeze(2) if self.lifted else t
 
     def output_shape(self, input_shape: Shape, channels: int) -> Shape:
         g = self.geometry
@@ -207,24 +230,27 @@ class _ConvKernels(_CompactKernels):
         return weight_rows if self.depthwise else 1
 
     def _padded(self, x: torch.Tensor) -> torch.Tensor:
+        """The lifted input with the asymmetric padding (the spec pads the last dims)."""
+        x = self._lift(x)
         return x if self.spec is None else F.pad(x, self.spec)
 
     def _unpad(self, grad_padded: torch.Tensor) -> torch.Tensor:
         # as F.pad's own backward gives: a dense tensor, not a strided view
-        return grad_padded if self.spec is None else F.pad(grad_padded, [-p for p in self.spec])
+        grad = grad_padded if self.spec is None else F.pad(grad_padded, [-p for p in self.spec])
+        return self._drop(grad)
 
     def _backward(self, grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                   mask: List[bool]) -> Tuple[Optional[torch.Tensor], ...]:
-        g = self.geometry
+        """aten's convolution backward on lifted tensors."""
         return torch.ops.aten.convolution_backward(
-            grad, x, weight, None, list(g.stride), self.conv_padding, list(g.dilation), False,
-            [0] * g.ndim, self._groups(weight.shape[0]), mask)
+            self._lift(grad), x, weight, None, self.stride, self.conv_padding, self.dilation, False,
+            [0] * len(self.stride), self._groups(weight.shape[0]), mask)
 
     def _forward(self, x: torch.Tensor, weight: torch.Tensor,
                  bias: Optional[torch.Tensor]) -> torch.Tensor:
-        g = self.geometry
-        return self.conv(self._padded(x), weight, bias, g.stride, self.conv_padding, g.dilation,
-                         self._groups(weight.shape[0]))
+        out = self.conv(self._padded(x), self._lift(weight), bias, self.stride, self.conv_padding,
+                        self.dilation, self._groups(weight.shape[0]))
+        return self._drop(out)
 
     def _input_grad(self, grad: torch.Tensor, weight: torch.Tensor,
                     input_shape: Shape) -> torch.Tensor:
@@ -233,19 +259,19 @@ class _ConvKernels(_CompactKernels):
             g = self.geometry
             padded_shape = input_shape[:2] + tuple(
                 n + pl + pr for n, pl, pr in zip(input_shape[2:], g.pad_left, g.pad_right))
-        like = grad.new_empty(1).expand(padded_shape)
-        return self._unpad(self._backward(grad, like, weight, [True, False, False])[0])
+        like = grad.new_empty(1).expand(self._lifted_shape(padded_shape))
+        return self._unpad(self._backward(grad, like, self._lift(weight), [True, False, False])[0])
 
     def _weight_grad(self, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        like = grad.new_empty(1).expand(self.weight_shape(grad.shape[1], x.shape[1]))
-        return self._backward(grad, self._padded(x), like, [False, True, False])[1]
+        like = grad.new_empty(1).expand(self._lifted_shape(self.weight_shape(grad.shape[1], x.shape[1])))
+        return self._drop(self._backward(grad, self._padded(x), like, [False, True, False])[1])
 
     def input_and_weight_grad(self, grad: torch.Tensor, x: torch.Tensor,
                               weight: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         if not (grad.shape[1] and x.shape[1]):
             return super().input_and_weight_grad(grad, x, weight)
-        grad_x, grad_w, _ = self._backward(grad, self._padded(x), weight, [True, True, False])
-        return self._unpad(grad_x), grad_w
+        grad_x, grad_w, _ = self._backward(grad, self._padded(x), self._lift(weight), [True, True, False])
+        return self._unpad(grad_x), self._drop(grad_w)
 
 
 # ----------------------------------------------------------------- the autograd function
