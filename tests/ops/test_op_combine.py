@@ -72,6 +72,29 @@ def test_channels_last_keeps_layout(backend_device):
     assert out.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("backend_device", [p for p in backend_params() if p.id in ("cpp-cpu", "cuda")])
+@pytest.mark.parametrize("relu", [[], [True, False, True]])
+def test_backward_returns_the_branch_layout(backend_device, relu):
+    """Channels-last branches (a compiled graph's convolutions) and a contiguous gradient: the
+    branch gradients come back channels_last, as the fake kernel says, with the values of
+    contiguous inputs (the compiled kernels; CUDA ReLU flags are refused)."""
+    backend, device = backend_device
+    require(backend, device)
+    if relu and device == "cuda":
+        pytest.skip("the ReLU fusion is a CPU kernel feature")
+    ys, theta = _branches(3, (2, 4, 5, 3), device)
+    ys_cl = [y.detach().to(memory_format=torch.channels_last) for y in ys]
+    grad = torch.randn(2, 4, 5, 3, generator=torch.Generator().manual_seed(2)).to(device)
+    args = (theta.detach(), [True, True, False], True, relu)
+    grads, theta_grad = torch.ops.plinio.combine_backward(grad, ys_cl, *args)
+    want, want_theta = torch.ops.plinio.combine_backward(grad, [y.detach() for y in ys], *args)
+    assert all(g.is_contiguous(memory_format=torch.channels_last) for g in grads[:2])
+    for got, expected in zip(grads[:2], want[:2]):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    torch.testing.assert_close(theta_grad, want_theta)
+    torch.library.opcheck(torch.ops.plinio.combine_backward, (grad, ys_cl, *args))
+
+
 @pytest.mark.parametrize("backend_device", backend_params())
 def test_non_contiguous_and_mixed_layouts(backend_device):
     backend, device = backend_device
