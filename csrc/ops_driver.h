@@ -91,13 +91,11 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> combine_backward(
               "plinio::combine_backward: the theta gradient and the ReLU gradients need all ", n,
               " branches");
   const at::ScalarType acc = accumulate_type(grad.scalar_type());
-  // the layout of the results: the forward's (branch 0's, when the branches are given),
-  // else grad's; that tensor itself when dense, else a dense copy of it (an expanded grad).
-  // Under torch.compile the branches come from channels_last convolutions and grad may not:
-  // aligning grad once beats copying every branch in and every gradient out again. A
-  // template allocated for nothing would cost a page-faulted buffer per call.
-  const at::Tensor& layout = branches.empty() ? grad : branches[0];
-  at::Tensor ref = layout.is_non_overlapping_and_dense() ? layout : at::empty_like(layout);
+  // the layout of the results: grad's own when dense, else a dense copy of it (an expanded
+  // grad); a template allocated for nothing would cost a page-faulted buffer per call. Not
+  // the branches' layout: under torch.compile inductor may hand channels_last branches (the
+  // flexible_layout tag) but checks the results against the strides it traced from grad.
+  at::Tensor ref = grad.is_non_overlapping_and_dense() ? grad : at::empty_like(grad);
   at::Tensor g = align_to(grad, ref);
   std::vector<at::Tensor> xs;
   std::vector<at::Tensor> grads;

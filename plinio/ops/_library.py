@@ -39,8 +39,7 @@ def _fake_combine(branches: List[Tensor], theta: Tensor, relu: Sequence[bool] = 
 def _fake_combine_backward(grad: Tensor, branches: List[Tensor], theta: Tensor,
                            branch_needs_grad: List[bool], theta_needs_grad: bool,
                            relu: Sequence[bool] = ()) -> Tuple[List[Tensor], Tensor]:
-    layout = branches[0] if branches else grad  # csrc/ops_driver.h: combine_backward
-    grads = [torch.empty_like(layout) if need else absent(grad) for need in branch_needs_grad]
+    grads = [torch.empty_like(grad) if need else absent(grad) for need in branch_needs_grad]
     return grads, (theta.new_empty(theta.shape) if theta_needs_grad else absent(theta))
 
 
