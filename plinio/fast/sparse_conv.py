@@ -87,6 +87,13 @@ def _scatter_rows_cols(values: torch.Tensor, rows: Optional[torch.Tensor],
     return _scatter(_scatter(values, 1, cols, shape[1]), 0, rows, shape[0])
 
 
+def _memory_format(t: torch.Tensor) -> torch.memory_format:
+    """channels_last for a 4-D tensor laid out so (and not also contiguous), else contiguous."""
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def _index_or_none(index: torch.Tensor, size: int) -> Optional[torch.Tensor]:
     """None when ``index`` (sorted, unique) covers every one of ``size`` channels."""
     return None if index.numel() == size else index
@@ -330,6 +337,7 @@ class _SparseMaskedConv(torch.autograd.Function):
         ctx.save_for_backward(x_saved, w_for_grad_in)
         ctx.plan, ctx.keep_full_input = plan, keep_full_input
         ctx.x_shape, ctx.w_shape = tuple(x.shape), tuple(weight.shape)
+        ctx.x_format = _memory_format(x)
         ctx.has_bias = bias is not None
         return y
 
@@ -366,7 +374,9 @@ class _SparseMaskedConv(torch.autograd.Function):
                     _gather(grad, dim, plan.weight_rows)
                 grad_w = k.weight_grad(grad_rows, x_saved)
         if grad_x is not None and not plan.compact_in:
-            grad_x = _scatter(grad_x, dim, plan.grad_in, ctx.x_shape[dim])
+            # in the input's layout: the op that produced it (e.g. a dense depthwise conv) runs
+            # its backward several times slower on a gradient of another layout
+            grad_x = _scatter(grad_x, dim, plan.grad_in, ctx.x_shape[dim]).contiguous(memory_format=ctx.x_format)
         if grad_w is not None:
             grad_w = _scatter_rows_cols(grad_w, plan.weight_rows, plan.weight_cols, ctx.w_shape)
         if needs_b and ctx.has_bias:
@@ -442,7 +452,7 @@ def _check_shapes(plan: SparsePlan, x: torch.Tensor, weight: torch.Tensor,
 def sparse_plan(geometry: Optional[ConvGeometry], out_channels: int, in_channels: int,
                 kept_out: Optional[torch.Tensor], live_in: Optional[torch.Tensor], *,
                 grad_pruned_rows: bool, grad_dead_inputs: bool, device: torch.device,
-                compact_in: bool = False, compact_out: bool = False) -> SparsePlan:
+                compact_in: bool = False, compact_out: bool = False, channels_last: bool = False) -> SparsePlan:
     """The channel sets of a layer (see :func:`sparse_masked_conv` for the arguments),
     checked once: a caller running the same layer with the same masks many times (a search
     step) makes the plan once and calls :func:`run_sparse_plan`.
@@ -453,7 +463,8 @@ def sparse_plan(geometry: Optional[ConvGeometry], out_channels: int, in_channels
     holds only the ``kept_out`` rows and so does its gradient. Both leave out gradients
     that are exactly 0 or reach nothing only under the flags' conditions: ``compact_out``
     needs ``grad_pruned_rows=False``, ``compact_in`` of a non-depthwise layer needs
-    ``grad_dead_inputs=False``."""
+    ``grad_dead_inputs=False``. ``channels_last``: a 2-D (or lifted 1-D) convolution runs in
+    that memory format even without a compact side (compact ones always do)."""
     if compact_out and grad_pruned_rows:
         raise ValueError(f"{_NAME}: a compact output drops the gradient of the pruned rows; it needs "
                          "grad_pruned_rows=False")
@@ -463,7 +474,7 @@ def sparse_plan(geometry: Optional[ConvGeometry], out_channels: int, in_channels
                          "grad_dead_inputs=False")
     # compact tensors live in channels_last: at the few channels pruning leaves, oneDNN's
     # convolutions and their gradients are several times faster in it than in NCHW
-    kernels = _kernels_for(geometry, channels_last=compact_in or compact_out)
+    kernels = _kernels_for(geometry, channels_last=channels_last or compact_in or compact_out)
     if geometry is not None and (geometry.out_channels, geometry.in_channels) != (out_channels, in_channels):
         raise ValueError(f"{_NAME}: {in_channels} input and {out_channels} output channels do not match "
                          f"the geometry ({geometry.in_channels} and {geometry.out_channels})")

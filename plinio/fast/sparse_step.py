@@ -63,7 +63,10 @@ class SparseSite:
     ``keep_input``: save the input itself for backward (another op keeps it anyway, or may),
     rather than a gathered copy of its live channels. ``compact_in`` / ``compact_out``: the
     input holds only its live channels / the output only the kept rows (compact execution,
-    see :class:`SparseExecution`).
+    see :class:`SparseExecution`). ``channels_last``: in a step where some group is compact
+    and pruned, a convolution with nothing to skip still runs through its plan, in
+    channels_last, so that it hands the compact layers around it their layout (at a few
+    channels, oneDNN is several times slower in NCHW or on mixed layouts).
     """
 
     geometry: Optional[ConvGeometry]
@@ -76,6 +79,7 @@ class SparseSite:
     keep_input: bool = True
     compact_in: bool = False
     compact_out: bool = False
+    channels_last: bool = False
 
     def positions(self, x: torch.Tensor, geometry: Optional[ConvGeometry], channels: int) -> Optional[int]:
         """Output positions of one call on ``x`` (batch included), None when ``x`` does not
@@ -101,10 +105,11 @@ class SparseCall:
         self.geometry = geometry
         self.kept = kept
         self.live = live
-        device = (kept if kept is not None else live).device
+        device = kept.device if kept is not None else live.device if live is not None else None
         self.plan = sparse_plan(geometry, site.out_channels, site.in_channels, kept, live,
                                 grad_pruned_rows=site.grad_pruned_rows, grad_dead_inputs=site.grad_dead_inputs,
-                                device=device, compact_in=site.compact_in, compact_out=site.compact_out)
+                                device=device, compact_in=site.compact_in, compact_out=site.compact_out,
+                                channels_last=site.channels_last)
 
     def kept_rows(self, like: torch.Tensor) -> torch.Tensor:
         """0./1. vector over the output channels: 1 on the kept rows (``like``'s dtype and device)."""
@@ -132,6 +137,7 @@ class _SiteSets:
         self.live = live
         self.n_kept = n_kept
         self.n_live = n_live
+        self.channels_last = False  # site.channels_last, in a step with compact work
         self._calls: Dict[Tuple[Tuple[int, ...], Optional[ConvGeometry], bool, bool], Optional[SparseCall]] = {}
 
     def call_for(self, x: torch.Tensor, weight_grad: bool, geometry: Optional[ConvGeometry]
@@ -146,8 +152,10 @@ class _SiteSets:
     def _decide(self, x: torch.Tensor, geometry: Optional[ConvGeometry], backward: bool,
                 input_grad: bool) -> Optional[SparseCall]:
         site = self.site
-        if self.kept is None and self.live is None:
-            return None  # nothing to skip
+        if self.kept is None and self.live is None:  # nothing to skip
+            if self.channels_last and site.positions(x, geometry, site.in_channels) is not None:
+                return SparseCall(site, geometry, None, None)
+            return None
         compact_in = site.compact_in and self.live is not None
         compact = compact_in or site.compact_out and self.kept is not None
         depthwise = geometry is not None and geometry.groups > 1
@@ -229,6 +237,9 @@ class _Step:
         for gid, idx in compact:
             self.compact[gid] = None if idx is None else packed[offset:offset + idx.size]
             offset += 0 if idx is None else idx.size
+        if any(idx is not None for idx in self.compact.values()):
+            for sets in self.sites.values():
+                sets.channels_last = sets.site.channels_last
 
 
 def _to_device(indices: np.ndarray, device: torch.device) -> torch.Tensor:

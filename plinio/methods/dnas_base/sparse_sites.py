@@ -253,8 +253,11 @@ def build_sparse_execution(seed: fx.GraphModule, runner: fx.GraphModule, layers:
         return None, "no layer has channels to skip"
     compact, dropouts = _compact_groups(seed, runner, layers, facts, masks, sites, calls, dense_merged)
     for key, site in sites.items():
-        sites[key] = replace(site, compact_out=site.kept in compact,
-                             compact_in=any(g in compact for g in desc_groups(site.live)))
+        compact_out = site.kept in compact
+        compact_in = any(g in compact for g in desc_groups(site.live))
+        sites[key] = replace(site, compact_out=compact_out, compact_in=compact_in,
+                             channels_last=site.geometry is not None and not (compact_in or compact_out)
+                             and bool(compact))
     thresholds = [(layer, "binarization_threshold", layer.binarization_threshold) for _, layer in layers
                   if hasattr(layer, "binarization_threshold")]
     compact_runner = compact_dropouts(runner, dropouts) if dropouts else None
