@@ -8,9 +8,19 @@ script prints the wall time of each phase and the architecture ``arch_export()``
 (the chosen branch of every supernet and the channels of every layer it keeps), and says
 whether each configuration found the same architecture as the first one.
 
+The digits model is tiny (8×8 images): its steps are dominated by per-op fixed costs. With
+``--workload NAME`` (a workload of ``bench/models.py``: dscnn, resnet8, ...) the same
+demo-style search runs on that network instead, where convolutions dominate: synthetic
+seeded data (``--batches`` batches of ``--batch-size`` inputs and random labels per epoch),
+the workload's wrapper with the MACs regularizer (``bench/search_step.build_wrapper``),
+warm-up of the weights, then the search at strength λ (cross-entropy + λ·MACs / initial MACs,
+the supernets' temperature annealed as in the demo) until the masks prune, and the export.
+Its accuracy column is not reported (random labels).
+
     python bench/search_time.py [--configs fast,dense,reference] [--strength 1]
                                 [--warmup-epochs 4] [--search-epochs 5] [--seed 0]
                                 [--threads 2] [--repeats 1]
+                                [--workload dscnn [--batches 8] [--batch-size 32]]
 
 A configuration is one entry of ``CONFIGURATIONS``: a name, a description and the keyword
 arguments given to ``PITSuperNet``. With ``--repeats N`` the configurations run N times in
@@ -29,13 +39,14 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.search_step import describe_machine  # noqa: E402
+from bench.models import workloads  # noqa: E402
+from bench.search_step import build_wrapper, describe_machine  # noqa: E402
 from plinio.demo.config import Schedule  # noqa: E402
 from plinio.demo.costs import model_cost  # noqa: E402
 from plinio.demo.data import load_digits_data  # noqa: E402
 from plinio.demo.model import supernet_cnn  # noqa: E402
 from plinio.demo.pipeline import reproducible  # noqa: E402
-from plinio.demo.search import chosen_branches, search, warm_up  # noqa: E402
+from plinio.demo.search import chosen_branches, search, temperature_at, warm_up  # noqa: E402
 from plinio.demo.training import evaluate  # noqa: E402
 from plinio.methods import PITSuperNet  # noqa: E402
 
@@ -74,10 +85,11 @@ class SearchRun:
         return self.conversion_s + self.warmup_s + self.search_s
 
 
-def exported_architecture(summary: Mapping[str, Any]) -> Dict[str, Any]:
+def exported_architecture(summary: Mapping[str, Any], demo: bool = True) -> Dict[str, Any]:
     """What ``arch_export()`` keeps, from ``arch_summary()``: each supernet's chosen branch
-    (kind and the in→out features of its layers) and the in→out features of the other layers."""
-    chosen = chosen_branches(summary)
+    (kind and the in→out features of its layers) and the in→out features of the other layers.
+    ``demo``: the demo network (branches named by kind); else a branch is named by its key."""
+    chosen = chosen_branches(summary) if demo else {}
     architecture: Dict[str, Any] = {}
     for name, entry in summary.items():
         if "supernet_branches" not in entry:
@@ -87,7 +99,7 @@ def exported_architecture(summary: Mapping[str, Any]) -> Dict[str, Any]:
         best = max(branches, key=lambda b: float(branches[b]["alpha"]))
         layers = {layer: f"{s['in_features']}->{s['out_features']}"
                   for layer, s in branches[best].items() if isinstance(s, Mapping)}
-        architecture[name] = {"branch": chosen[name], **layers}
+        architecture[name] = {"branch": chosen.get(name, best), **layers}
     return architecture
 
 
@@ -115,14 +127,75 @@ def run_search(name: str, schedule: Schedule, strength: float, seed: int) -> Sea
                      architecture, macs, val_accuracy)
 
 
+@dataclass(frozen=True)
+class SyntheticWorkload:
+    """A network of ``bench/models.py`` searched on seeded synthetic data."""
+
+    name: str
+    batches: int = 8
+    batch_size: int = 32
+
+
+def _step(net: torch.nn.Module, optimizers: Sequence[torch.optim.Optimizer], inputs: torch.Tensor,
+          labels: torch.Tensor, cost: Optional[Any] = None, strength: float = 0.0) -> None:
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
+    loss = torch.nn.functional.cross_entropy(net(inputs), labels)
+    if cost is not None:
+        loss = loss + strength * cost()
+    loss.backward()
+    for optimizer in optimizers:
+        optimizer.step()
+
+
+def run_workload_search(name: str, workload: SyntheticWorkload, schedule: Schedule, strength: float,
+                        seed: int) -> SearchRun:
+    """The demo-style search of ``workload`` with configuration ``name``, timed phase by phase."""
+    options = CONFIGURATIONS[name].options
+    spec = workloads()[workload.name]
+    with reproducible(seed, "cpu"):
+        model = spec.factory()
+        gen = torch.Generator().manual_seed(seed)
+        inputs = torch.randn((workload.batches, workload.batch_size) + tuple(spec.input_shape), generator=gen)
+        with torch.no_grad():
+            classes = model.eval()(inputs[0, :1]).shape[1]
+        model.train()
+        labels = torch.randint(0, classes, (workload.batches, workload.batch_size), generator=gen)
+        start = time.perf_counter()
+        net = build_wrapper(model, spec.input_shape, options["fast"], options.get("sparse", True))
+        reference_cost = float(net.get_regularization_loss().detach())
+        converted = time.perf_counter()
+        warm = [torch.optim.Adam(net.net_parameters(), lr=schedule.net_lr)]
+        for _ in range(schedule.warmup_epochs):
+            for batch in range(workload.batches):
+                _step(net, warm, inputs[batch], labels[batch])
+        warmed = time.perf_counter()
+        both = [torch.optim.Adam(net.net_parameters(), lr=schedule.net_lr),
+                torch.optim.Adam(net.nas_parameters(), lr=schedule.nas_lr)]
+        for epoch in range(schedule.search_epochs):
+            if hasattr(net, "update_softmax_options"):
+                net.update_softmax_options(temperature=temperature_at(epoch, schedule))
+            for batch in range(workload.batches):
+                _step(net, both, inputs[batch], labels[batch],
+                      lambda: net.get_regularization_loss() / reference_cost, strength)
+        searched = time.perf_counter()
+        if hasattr(net, "update_softmax_options"):
+            net.update_softmax_options(hard=True)
+        architecture = exported_architecture(net.arch_summary(), demo=False)
+        macs = model_cost(net.arch_export(), tuple(spec.input_shape)).macs
+    return SearchRun(name, converted - start, warmed - converted, searched - warmed,
+                     architecture, macs, float("nan"))
+
+
 def run_all(names: Sequence[str], schedule: Schedule, strength: float, seed: int,
-            repeats: int = 1) -> List[SearchRun]:
+            repeats: int = 1, workload: Optional[SyntheticWorkload] = None) -> List[SearchRun]:
     """Every configuration ``repeats`` times in alternating order; median times per
     configuration, the architecture of its first run (every repeat must find the same)."""
     runs: Dict[str, List[SearchRun]] = {n: [] for n in names}
     for repeat in range(repeats):
         for name in (names if repeat % 2 == 0 else list(reversed(names))):
-            runs[name].append(run_search(name, schedule, strength, seed))
+            runs[name].append(run_search(name, schedule, strength, seed) if workload is None
+                              else run_workload_search(name, workload, schedule, strength, seed))
     results = []
     for name in names:
         first = runs[name][0]
@@ -167,6 +240,10 @@ def main(argv: Optional[Sequence[str]] = None) -> List[SearchRun]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--workload", default="digits",
+                        help="digits (the demo) or a workload of bench/models.py on synthetic data")
+    parser.add_argument("--batches", type=int, default=8, help="synthetic batches per epoch (--workload)")
+    parser.add_argument("--batch-size", type=int, default=32, help="synthetic batch size (--workload)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONFIGURATIONS]
@@ -174,13 +251,22 @@ def main(argv: Optional[Sequence[str]] = None) -> List[SearchRun]:
         parser.error(f"unknown configurations {unknown}; choose from {list(CONFIGURATIONS)}")
     if args.warmup_epochs < 0 or args.search_epochs < 1 or args.repeats < 1:
         parser.error("--warmup-epochs must be >= 0, --search-epochs and --repeats >= 1")
+    workload = None
+    if args.workload != "digits":
+        if args.workload not in workloads():
+            parser.error(f"unknown workload {args.workload!r}; choose digits or one of {sorted(workloads())}")
+        if args.batches < 1 or args.batch_size < 1:
+            parser.error("--batches and --batch-size must be >= 1")
+        workload = SyntheticWorkload(args.workload, args.batches, args.batch_size)
     torch.set_num_threads(args.threads)
     schedule = Schedule(warmup_epochs=args.warmup_epochs, search_epochs=args.search_epochs)
-    print(f"# demo search, λ = {args.strength:g}, MACs regularizer, {args.warmup_epochs} "
-          f"warm-up + {args.search_epochs} search epochs, batch {schedule.batch_size}, seed "
+    data = "digits, batch {schedule.batch_size}" if workload is None else \
+        f"{workload.name} on synthetic data ({workload.batches} batches of {workload.batch_size} per epoch)"
+    print(f"# demo-style search of {data.format(schedule=schedule)}, λ = {args.strength:g}, MACs regularizer, "
+          f"{args.warmup_epochs} warm-up + {args.search_epochs} search epochs, seed "
           f"{args.seed}, {describe_machine('cpu', args.threads)}")
     print(f"# command: python bench/search_time.py {' '.join(argv or sys.argv[1:])}")
-    runs = run_all(names, schedule, args.strength, args.seed, args.repeats)
+    runs = run_all(names, schedule, args.strength, args.seed, args.repeats, workload)
     print(format_report(runs))
     return runs
 

@@ -58,3 +58,15 @@ def test_exported_architecture_keeps_the_largest_theta_branch():
 def test_search_time_rejects_unknown_configurations():
     with pytest.raises(SystemExit):
         search_time.main(["--configs", "fast,sparse"])
+
+
+def test_search_time_of_a_bench_workload_on_synthetic_data(capsys):
+    runs = search_time.main(["--workload", "tcn", "--configs", "fast,dense", "--warmup-epochs", "1",
+                             "--search-epochs", "1", "--batches", "2", "--batch-size", "4"])
+    assert [r.configuration for r in runs] == ["fast", "dense"]
+    assert runs[0].architecture == runs[1].architecture and "classifier" in runs[0].architecture
+    assert runs[0].exported_macs == runs[1].exported_macs > 0
+    assert all(r.search_s > 0 for r in runs)
+    assert "tcn on synthetic data (2 batches of 4 per epoch)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        search_time.main(["--workload", "nonexistent"])
