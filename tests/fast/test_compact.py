@@ -4,6 +4,8 @@ path's random numbers, and that groups where dropping channels could change a gr
 random draw stay full width — with the values and gradients of the dense fast path. (The
 random-model, workload, flip and DDP tests of test_sparse_search / test_sparse_ddp run the
 compact groups of their models too.)"""
+import functools
+
 import pytest
 import torch
 import torch.nn as nn
@@ -26,7 +28,10 @@ def _searched_groups(search: nn.Module):
     return sorted(g for g, m in _execution(search).masks.items() if m.param is not None)
 
 
+@functools.lru_cache(maxsize=None)
 def _compact_pair(name: str, fraction: float = 0.5):
+    """Sparse and dense searches of a workload, ``fraction`` of every mask pruned (built once:
+    the tests compute gradients, they change no parameter)."""
     workload = workloads()[name]
     torch.manual_seed(0)
     pair = search_pair(workload.factory(), workload.input_shape)
