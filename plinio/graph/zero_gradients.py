@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from plinio.graph.analysis import ChannelAnalysis
 from plinio.graph.channel_rules import METHOD_RULES, no_channels
-from plinio.graph.channels import Desc, Group, canonical
+from plinio.graph.channels import Desc, Flatten, Group, canonical
 
 Predicate = Callable[[Any], bool]
 
@@ -110,10 +110,14 @@ class _Walker:
         self._dies: Dict[fx.Node, bool] = {}
 
     def group(self, node: Any) -> Optional[int]:
-        """The unfrozen group of a node's output (None: constant width or unknown node)."""
+        """The unfrozen group of a node's output (None: constant width or unknown node). A
+        flatten of a group counts as the group: its dead features are the flattened dead
+        channels, so the gradient facts carry through it."""
         if not isinstance(node, fx.Node) or node not in self.analysis.descs:
             return None
         desc = self.analysis.descs[node]
+        while isinstance(desc, Flatten):
+            desc = desc.inner
         if not isinstance(desc, Group):
             return None
         gid = self.analysis.groups.find(desc.gid)

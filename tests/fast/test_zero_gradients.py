@@ -192,3 +192,25 @@ def test_the_network_output_and_layers_stop_the_proof() -> None:
     assert not _input_dies(facts, nodes["c"])
     assert not _input_dies(facts, nodes["d"])  # through leaky_relu back to a layer
     assert not _zero(facts, nodes["c"]) and not _zero(facts, nodes["d"])  # the output is frozen
+
+
+def test_the_facts_carry_through_a_flatten_of_several_features_per_channel() -> None:
+    """flatten(pool2x2(relu(conv))): each channel becomes 4 features, the dead features are the
+    flattened dead channels, so the linear layer's input gradient there dies at the ReLU."""
+
+    class Net(nn.Module):
+        def __init__(self, act: nn.Module) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.act = act
+            self.pool = nn.AdaptiveAvgPool2d(2)
+            self.fc = nn.Linear(32, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.flatten(self.pool(self.act(self.conv(x))), 1))
+
+    facts, nodes = _facts(Net(nn.ReLU()))
+    assert type(facts.descs[nodes["fc"].args[0].name]).__name__ == "Flatten"
+    assert _input_dies(facts, nodes["fc"]) and _zero(facts, nodes["conv"])
+    facts, nodes = _facts(Net(nn.GELU()))
+    assert not _input_dies(facts, nodes["fc"])
