@@ -11,13 +11,17 @@ convolution), the kept output rows and the live input channels, and moves all in
 the device in one copy. The sets are reused as long as no mask changes.
 
 During the step, a site asks :func:`sparse_call` for its call: None means "run the dense
-convolution" (no step active, ``torch.compile`` tracing, autocast on, the site unknown, or
-:func:`~plinio.fast.sparse_conv.sparse_pays` says the compact convolution would not be
-faster for this input size); otherwise a :class:`SparseCall` that runs the site's checked
-plan (:func:`~plinio.fast.sparse_conv.run_sparse_plan`, the computation of
+convolution" (no step active — ``torch.compile`` tracing, autocast on, a channels_last
+network input —, the site unknown, or :func:`~plinio.fast.sparse_conv.sparse_pays` says the
+compact convolution would not be faster for this input size); otherwise a
+:class:`SparseCall` that runs the site's checked plan
+(:func:`~plinio.fast.sparse_conv.run_sparse_plan`, the computation of
 :func:`~plinio.fast.sparse_conv.sparse_masked_conv`) with the site's flags. The flags come
 from ``plinio.graph.zero_gradients`` (which gradients are provably 0 on pruned channels), so
 values and gradients are those of the dense path.
+
+Compact execution (:class:`SparseExecution`): the tensors of the compact groups hold only
+their kept channels between the layers; a site reading or writing them always runs its plan.
 """
 import contextlib
 import contextvars
