@@ -326,7 +326,10 @@ class _SparseMaskedConv(torch.autograd.Function):
         b_fwd = None if bias is None else _gather(bias, 0, plan.kept)
         y = k.forward(x_fwd, w_fwd, b_fwd)
         if not plan.compact_out:
-            y = _scatter(y, dim, plan.kept, weight.shape[0])
+            # a full-width output in the layout the dense layer gives (contiguous for the
+            # contiguous input of a compact layer): only compact tensors are channels_last
+            dense_format = torch.contiguous_format if plan.compact_in else _memory_format(x)
+            y = _scatter(y, dim, plan.kept, weight.shape[0]).contiguous(memory_format=dense_format)
         if plan.compact_in:
             x_saved = x_fwd
         elif keep_full_input:

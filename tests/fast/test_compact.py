@@ -210,3 +210,32 @@ def test_a_channels_last_network_input_runs_the_step_dense(monkeypatch) -> None:
         got = results(sparse, x, seed=3)
     assert calls.count == 0
     assert_same(got, results(dense, x, seed=3))
+
+
+class _ConvHead(nn.Module):
+    """Compact groups ending in a convolution whose output is the network output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+def test_full_width_tensors_keep_the_dense_layout(monkeypatch) -> None:
+    """Compact tensors run in channels_last; what leaves them (the network output, the input
+    gradient) has the dense path's contiguous layout, so a view of it works as it does dense."""
+    torch.manual_seed(0)
+    sparse, dense = search_pair(_ConvHead(), (3, 8, 8))
+    prune_randomly((sparse, dense), 0.5, seed=2)
+    assert len(_execution(sparse).compact_groups) == 2
+    x = torch.randn(4, 3, 8, 8)
+    with forced_sparse(monkeypatch) as calls:
+        got = results(sparse, x, seed=3)
+    assert calls.count >= 3
+    assert got[0].is_contiguous() and got[2].is_contiguous()
+    assert got[0].view(4, -1).shape == (4, 4 * 8 * 8)
+    assert_same(got, results(dense, x, seed=3))
