@@ -58,6 +58,21 @@ class TinySuperNet(nn.Module):
         return outs[0] if len(outs) == 1 else self.mix(outs)
 
 
+class PlainCNN(nn.Module):
+    """1×6×6 -> conv1(4) -> ReLU -> MaxPool(2) -> conv2(8) -> flatten -> Linear(72, 5)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(4, 8, 3, padding=1)
+        self.fc = nn.Linear(72, 5)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.conv2(self.pool(self.relu(self.conv1(x)))), 1))
+
+
 class TinyTCN(nn.Module):
     """Causal pad -> conv(k3) -> relu -> causal pad -> dilated conv(k3, d2) -> add(relu, .)."""
 

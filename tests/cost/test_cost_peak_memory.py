@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from plinio.cost.peak_memory import Activation, ActivationSchedule, ChannelSum, PeakMemory, PeakMemoryCost, \
     schedule_from_graph
-from tests.cost.cost_helpers import TinySuperNet, TinyTCN, traced
+from tests.cost.cost_helpers import PlainCNN, TinySuperNet, TinyTCN, traced
 
 F64 = torch.float64
 
@@ -20,21 +20,6 @@ def counts(*values: float) -> torch.Tensor:
 def peak_and_grad(peak: PeakMemory, c: torch.Tensor, theta=None):
     value = peak(c, theta)
     return value.item(), torch.autograd.grad(value, c)[0].tolist()
-
-
-class PlainCNN(nn.Module):
-    """1×6×6 -> conv(4) -> ReLU -> MaxPool(2) -> conv(8) -> flatten -> Linear(72, 5)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
-        self.relu = nn.ReLU()
-        self.pool = nn.MaxPool2d(2)
-        self.conv2 = nn.Conv2d(4, 8, 3, padding=1)
-        self.fc = nn.Linear(72, 5)
-
-    def forward(self, x):
-        return self.fc(torch.flatten(self.conv2(self.pool(self.relu(self.conv1(x)))), 1))
 
 
 def test_plain_cnn():

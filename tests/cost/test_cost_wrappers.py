@@ -14,24 +14,10 @@ from plinio.cost import LatencyTable, LatencyTableCost, PeakMemoryCost, PerKindC
 from plinio.graph.tracing import propagate_shapes, trace
 from plinio.methods import PIT, PITSuperNet
 from plinio.methods.pit_supernet import PITSuperNetModule
+from tests.cost.cost_helpers import PlainCNN, TinyTCN
 from tests.models.toy import ToyModel
 
 F64 = torch.float64
-
-
-class PlainCNN(nn.Module):
-    """1×6×6 -> conv1(4) -> ReLU -> MaxPool(2) -> conv2(8) -> flatten -> Linear(72, 5)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
-        self.relu = nn.ReLU()
-        self.pool = nn.MaxPool2d(2)
-        self.conv2 = nn.Conv2d(4, 8, 3, padding=1)
-        self.fc = nn.Linear(72, 5)
-
-    def forward(self, x):
-        return self.fc(torch.flatten(self.conv2(self.pool(self.relu(self.conv1(x)))), 1))
 
 
 class ResidualNet(nn.Module):
@@ -66,20 +52,15 @@ class SuperNet(nn.Module):
         return self.head(self.sn(self.stem(x)))
 
 
-class TCN(nn.Module):
-    """Causal pad -> conv1(4, k3) -> relu -> causal pad -> conv2(4, k3, d2) -> add(relu, .) -> head(2)."""
+class TCN(TinyTCN):
+    """``TinyTCN`` with a head: -> head(2), so that the add's group feeds a searched layer."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.pad1 = nn.ConstantPad1d((2, 0), 0.0)
-        self.conv1 = nn.Conv1d(2, 4, 3)
-        self.pad2 = nn.ConstantPad1d((4, 0), 0.0)
-        self.conv2 = nn.Conv1d(4, 4, 3, dilation=2)
         self.head = nn.Conv1d(4, 2, 1)
 
     def forward(self, x):
-        y = torch.relu(self.conv1(self.pad1(x)))
-        return self.head(y + self.conv2(self.pad2(y)))
+        return self.head(super().forward(x))
 
 
 def set_param(search, path: str, values) -> None:
