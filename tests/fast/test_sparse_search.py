@@ -4,6 +4,7 @@ models and masks, on the benchmark workloads in soft, hard and Gumbel mode, when
 between steps; the switch; one host transfer per step; dense under torch.compile and
 autocast; double backward refused; saved-for-backward bytes."""
 import sys
+from typing import Tuple
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,18 @@ def model_specs(draw: st.DrawFn) -> rm.ModelSpec:
         blocks.append(block)
         channels = rm.block_out_channels(block, channels)
     return rm.ModelSpec(dims, in_channels, size, tuple(blocks))
+
+
+def tcn_pair(prune: float = 0.0) -> Tuple[nn.Module, nn.Module, Tuple[int, ...]]:
+    """The TCN workload searched with and without sparse execution from the same seed, with
+    ``prune`` of every searched channel mask below the threshold (the same channels in both);
+    also its input shape."""
+    workload = workloads()["tcn"]
+    torch.manual_seed(0)
+    sparse, dense = search_pair(workload.factory(), workload.input_shape)
+    if prune:
+        prune_randomly((sparse, dense), prune, seed=0)
+    return sparse, dense, workload.input_shape
 
 
 def _randomize(search: nn.Module, seed: int) -> None:
@@ -157,15 +170,12 @@ def test_masks_flipping_between_steps(monkeypatch) -> None:
 
 
 def test_one_host_transfer_per_step_and_sets_reused_until_a_mask_changes(monkeypatch) -> None:
-    workload = workloads()["tcn"]
-    torch.manual_seed(0)
-    sparse, _ = search_pair(workload.factory(), workload.input_shape)
-    prune_randomly((sparse,), 0.5, seed=0)
+    sparse, _, input_shape = tcn_pair(prune=0.5)
     execution = sparse._sparse_runner[0]
     transfers = []
     original = execution._bits
     monkeypatch.setattr(execution, "_bits", lambda: transfers.append(1) or original())
-    x = torch.randn(2, *workload.input_shape)
+    x = torch.randn(2, *input_shape)
     sparse(x)
     first = execution._last[2]
     sparse(x)
@@ -178,9 +188,7 @@ def test_one_host_transfer_per_step_and_sets_reused_until_a_mask_changes(monkeyp
 
 
 def test_the_switch(monkeypatch) -> None:
-    workload = workloads()["tcn"]
-    torch.manual_seed(0)
-    sparse, dense = search_pair(workload.factory(), workload.input_shape)
+    sparse, dense, input_shape = tcn_pair()
     assert sparse.sparse and not dense.sparse
     assert sparse.fast_plan["sparse"]["sites"] == 5 and sparse.fast_plan["sparse"]["reason"] == ""
     assert dense.fast_plan["sparse"] == {"sites": 0, "reason": "switched off (sparse=False)"}
@@ -193,7 +201,7 @@ def test_the_switch(monkeypatch) -> None:
         sparse.sparse = "yes"
     assert sparse.sparse
     prune_randomly((sparse, dense), 0.5, seed=0)
-    x = torch.randn(2, *workload.input_shape)
+    x = torch.randn(2, *input_shape)
     with forced_sparse(monkeypatch) as calls:
         sparse.sparse = False
         off = results(sparse, x, 0)
@@ -205,11 +213,8 @@ def test_the_switch(monkeypatch) -> None:
 
 
 def test_dense_under_torch_compile_and_autocast(monkeypatch) -> None:
-    workload = workloads()["tcn"]
-    torch.manual_seed(0)
-    sparse, dense = search_pair(workload.factory(), workload.input_shape)
-    prune_randomly((sparse, dense), 0.5, seed=0)
-    x = torch.randn(2, *workload.input_shape)
+    sparse, dense, input_shape = tcn_pair(prune=0.5)
+    x = torch.randn(2, *input_shape)
     with forced_sparse(monkeypatch) as calls:
         compiled = torch.compile(sparse, backend="eager", fullgraph=True)
         torch.testing.assert_close(compiled(x), dense(x), rtol=1e-5, atol=1e-6)
@@ -222,11 +227,8 @@ def test_dense_under_torch_compile_and_autocast(monkeypatch) -> None:
 
 
 def test_double_backward_is_refused_with_the_switch_named(monkeypatch) -> None:
-    workload = workloads()["tcn"]
-    torch.manual_seed(0)
-    sparse, dense = search_pair(workload.factory(), workload.input_shape)
-    prune_randomly((sparse, dense), 0.5, seed=0)
-    x = torch.randn(2, *workload.input_shape)
+    sparse, dense, input_shape = tcn_pair(prune=0.5)
+    x = torch.randn(2, *input_shape)
     with forced_sparse(monkeypatch):
         loss = sparse(x).square().sum()
         with pytest.raises(RuntimeError, match=r"double backward.*sparse=False"):
@@ -302,13 +304,10 @@ def test_concatenated_inputs_and_a_layer_called_twice(monkeypatch) -> None:
 
 
 def test_a_threshold_changed_after_wrapping_makes_the_step_dense(monkeypatch) -> None:
-    workload = workloads()["tcn"]
-    torch.manual_seed(0)
-    sparse, dense = search_pair(workload.factory(), workload.input_shape)
-    prune_randomly((sparse, dense), 0.5, seed=0)
+    sparse, dense, input_shape = tcn_pair(prune=0.5)
     for search in (sparse, dense):
         search.seed.get_submodule("features.5").binarization_threshold = 0.3
-    x = torch.randn(2, *workload.input_shape)
+    x = torch.randn(2, *input_shape)
     with forced_sparse(monkeypatch) as calls:
         got = results(sparse, x, 0)
     assert calls.count == 0
@@ -318,16 +317,14 @@ def test_a_threshold_changed_after_wrapping_makes_the_step_dense(monkeypatch) ->
 def test_kept_sets_binarize_exactly_as_the_masked_weight_op() -> None:
     """α at and around the threshold (±0.5, one ulp either side, -0.0, the keep-alive
     channel below it): the step keeps exactly the rows pit_masked_weight keeps."""
-    workload = workloads()["tcn"]
-    torch.manual_seed(0)
-    sparse, _ = search_pair(workload.factory(), workload.input_shape)
+    sparse, _, input_shape = tcn_pair()
     layer = sparse.seed.get_submodule("features.5")
     masker = layer.out_features_masker
     edge = torch.tensor([0.5, -0.5, 0.5 + 2 ** -24, 0.5 - 2 ** -25, -0.0, 0.0, 1.0, -0.7])
     with torch.no_grad():
         masker.alpha.copy_(edge.repeat(masker.alpha.numel() // edge.numel() + 1)[:masker.alpha.numel()])
         masker.alpha[-1] = 0.1  # keep-alive: kept whatever α
-    sparse(torch.randn(2, *workload.input_shape))
+    sparse(torch.randn(2, *input_shape))
     step = sparse._sparse_runner[0]._last[2]
     _, _, channel, _ = ops.pit_masked_weight(layer.weight, layer.bias, masker.alpha, *layer.fused_time_params(),
                                              threshold=layer.binarization_threshold,
