@@ -4,8 +4,8 @@ models and masks, on the benchmark workloads in soft, hard and Gumbel mode, when
 between steps; the switch; one host transfer per step; dense under torch.compile and
 autocast; double backward refused; saved-for-backward bytes."""
 import sys
-from typing import Tuple
 from pathlib import Path
+from typing import Tuple
 
 import pytest
 import torch
