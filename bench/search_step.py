@@ -380,20 +380,23 @@ TABLE_LEGEND = ("fast = plinio fast=True (sparse execution on, the default); den
                 "reference = plinio fast=False, the correctness oracle. Ratios: fast / anchor, lower is better.")
 
 
+def markdown_table(header: Sequence[str], text_columns: int, cells: Sequence[Sequence[str]]) -> str:
+    """A markdown table: the first ``text_columns`` columns left-aligned, numbers right-aligned."""
+    align = ["---"] * text_columns + ["---:"] * (len(header) - text_columns)
+    lines = ["| " + " | ".join(row) + " |" for row in [header, *cells]]
+    return "\n".join([lines[0], "|" + "|".join(align) + "|", *lines[1:]])
+
+
 def format_table(rows: Sequence[Row]) -> str:
-    lines = ["| workload | mode | pruned | fast ms | dense ms | plain ms | reference ms | fast/dense | "
-             "**fast/plain** | fast/reference | fast MiB | dense MiB | plain MiB | reference MiB | "
-             "saved fast/dense | saved fast/plain | saved fast/reference |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(
-            f"| {r.workload} | {r.mode} | {r.pruned:.0%} | {r.ms['fast']:.1f} | {r.ms['dense']:.1f} | "
-            f"{r.ms['plain']:.1f} | {r.ms['reference']:.1f} | {r.time_ratio('dense'):.2f} | "
-            f"**{r.time_ratio('plain'):.2f}** | "
-            f"{r.time_ratio('reference'):.2f} | {r.mib['fast']:.1f} | {r.mib['dense']:.1f} | {r.mib['plain']:.1f} | "
-            f"{r.mib['reference']:.1f} | {r.bytes_ratio('dense'):.2f} | {r.bytes_ratio('plain'):.2f} | "
-            f"{r.bytes_ratio('reference'):.2f} |")
-    return "\n".join(lines)
+    header = ["workload", "mode", "pruned", "fast ms", "dense ms", "plain ms", "reference ms", "fast/dense",
+              "**fast/plain**", "fast/reference", "fast MiB", "dense MiB", "plain MiB", "reference MiB",
+              "saved fast/dense", "saved fast/plain", "saved fast/reference"]
+    anchors = ("dense", "plain", "reference")
+    cells = [[r.workload, r.mode, f"{r.pruned:.0%}", *(f"{r.ms[v]:.1f}" for v in ("fast",) + anchors),
+              f"{r.time_ratio('dense'):.2f}", f"**{r.time_ratio('plain'):.2f}**", f"{r.time_ratio('reference'):.2f}",
+              *(f"{r.mib[v]:.1f}" for v in ("fast",) + anchors), *(f"{r.bytes_ratio(v):.2f}" for v in anchors)]
+             for r in rows]
+    return markdown_table(header, 2, cells)
 
 
 COMPILE_LEGEND = ("compiled = model and regularizer under torch.compile(fullgraph=True), optimizer "
@@ -403,17 +406,14 @@ COMPILE_LEGEND = ("compiled = model and regularizer under torch.compile(fullgrap
 
 
 def format_compile_table(rows: Sequence[CompileRow]) -> str:
-    lines = ["| workload | mode | pruned | eager fast ms | compiled fast ms | eager plain ms | "
-             "compiled plain ms | **compiled fast / compiled plain** | compiled fast / best plain | "
-             "**compiled fast / eager fast** |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(
-            f"| {r.workload} | {r.mode} | {r.pruned:.0%} | {r.ms['eager fast']:.1f} | "
-            f"{r.ms['compiled fast']:.1f} | {r.ms['eager plain']:.1f} | {r.ms['compiled plain']:.1f} | "
-            f"**{r.over('compiled plain'):.2f}** | {r.over('best plain'):.2f} | "
-            f"**{r.over('eager fast'):.2f}** |")
-    return "\n".join(lines)
+    header = ["workload", "mode", "pruned", "eager fast ms", "compiled fast ms", "eager plain ms",
+              "compiled plain ms", "**compiled fast / compiled plain**", "compiled fast / best plain",
+              "**compiled fast / eager fast**"]
+    searches = ("eager fast", "compiled fast", "eager plain", "compiled plain")
+    cells = [[r.workload, r.mode, f"{r.pruned:.0%}", *(f"{r.ms[v]:.1f}" for v in searches),
+              f"**{r.over('compiled plain'):.2f}**", f"{r.over('best plain'):.2f}", f"**{r.over('eager fast'):.2f}**"]
+             for r in rows]
+    return markdown_table(header, 2, cells)
 
 
 def describe_machine(device: str, threads: int) -> str:
