@@ -20,6 +20,12 @@ from .sparse_step import SparseCall
 
 # one element of a branch chain: the layer and its geometry (None for nn.Identity)
 ChainLayer = Tuple[nn.Module, Optional[ConvGeometry]]
+# rows and columns of a kernel (None: all of them)
+Block = Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]
+
+
+def _select(t: torch.Tensor, dim: int, index: Optional[torch.Tensor]) -> torch.Tensor:
+    return t if index is None else t.index_select(dim, index)
 
 
 def chain_weight_and_bias(layers: Sequence[ChainLayer]
@@ -81,12 +87,16 @@ class MergedConv:
         self.has_identity = any(all(geometry is None for _, geometry in chain) for chain in self.chains)
 
     def kernel_and_bias(self, theta: torch.Tensor, like: torch.Tensor,
-                        identity_rows: Optional[torch.Tensor] = None
+                        identity_rows: Optional[torch.Tensor] = None, block: Optional[Block] = None
                         ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Merged kernel Σ θ_i·place(W_i) and bias Σ θ_i·b_i for the plan's members, in the
         weights' dtype (``like``: a tensor of the dtype and device of the input, the dtype of
         an all-Identity kernel). ``identity_rows``: 0./1. per output channel multiplying the
-        Identity's Dirac kernel (sparse execution: its rows outside the kept set)."""
+        Identity's Dirac kernel (sparse execution: its rows outside the kept set).
+        ``block``: (rows, columns), None for all: only that block of the kernel and those
+        rows of the bias (each member is restricted before it is placed and summed, so a
+        pruned layer's merged kernel costs its kept part only)."""
+        rows, cols = block if block is not None else (None, None)
         members = [(member, chain_weight_and_bias(chain)) for member, chain in zip(self.plan.members, self.chains)]
         weights = [weight for _, (weight, _) in members if weight is not None]
         dtype = functools.reduce(torch.promote_types, (w.dtype for w in weights)) if weights else like.dtype
@@ -102,10 +112,11 @@ class MergedConv:
                     weight = weight * identity_rows.to(dtype).view((-1,) + (1,) * (weight.dim() - 1))
             else:
                 weight = weight.to(dtype)
+            weight = _select(_select(weight, 0, rows), 1, cols)
             placed.append(place_kernel(weight, member, self.geometry))
             thetas.append(t)
             if bias is not None:
-                biases.append(bias.to(dtype))
+                biases.append(_select(bias.to(dtype), 0, rows))
                 bias_thetas.append(t)
         kernel = torch.tensordot(torch.cat(thetas).to(dtype), torch.stack(placed), dims=1)
         merged_bias = None
@@ -123,11 +134,21 @@ class MergedConv:
         kept set are exactly 0 except the Identity's Dirac rows, which only carry ``x`` on
         channels that are dead (exactly 0) and their gradient to them; they are zeroed, which
         is exact where the sites allow it (``plinio.methods.dnas_base.sparse_sites``: the
-        output gradient is 0 there, or the input gradient dies there)."""
+        output gradient is 0 there, or the input gradient dies there). Where the call reads
+        only the kept rows and live columns (``SparseCall.weight_block``), only that block of
+        the kernel is built."""
+        block = None
+        if sparse is not None and self.geometry.groups == 1:
+            block = sparse.weight_block()
         with autocast_off(x.device):
-            rows = sparse.kept_rows(x) if sparse is not None and self.has_identity else None
-            kernel, bias = self.kernel_and_bias(theta, x, rows)
-        out = sparse(x, kernel, bias) if sparse is not None else reference_conv(x, kernel, bias, self.geometry)
+            rows = sparse.kept_rows(x) if sparse is not None and self.has_identity and block is None else None
+            kernel, bias = self.kernel_and_bias(theta, x, rows, block)
+        if sparse is None:
+            return self._promoted(reference_conv(x, kernel, bias, self.geometry), x)
+        return self._promoted(sparse(x, kernel, bias, compact_weight=block is not None), x)
+
+    def _promoted(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``out`` in the dtype the branches' sum has (an Identity member passes ``x`` on)."""
         if self.has_identity:
             out = out.to(torch.promote_types(out.dtype, x.dtype))
         return out

@@ -308,28 +308,42 @@ class SparsePlan:
             return self.forward_in.numel()
         return self.in_channels
 
+    @property
+    def takes_compact_weight(self) -> bool:
+        """Whether every computation of the layer reads only the weight rows ``kept`` and the
+        columns ``forward_in`` (no gradient of pruned rows, no input gradient of dead
+        channels; not depthwise), so that a caller building its weight from parts may build
+        only that block (``run_sparse_plan(..., compact_weight=True)``)."""
+        return not self.kernels.depthwise and self.weight_rows is self.kept and \
+            self.bias_rows is self.kept and self.grad_in is self.forward_in
+
 
 class _SparseMaskedConv(torch.autograd.Function):
     """conv(x, W', b') computing only the channel sets of a :class:`SparsePlan`."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                plan: SparsePlan, keep_full_input: bool, gathered: Optional[torch.Tensor]) -> torch.Tensor:
+                plan: SparsePlan, keep_full_input: bool, gathered: Optional[torch.Tensor],
+                compact_weight: bool) -> torch.Tensor:
         k = plan.kernels
         dim = k.channel_dim
         if plan.compact_in:
             x_fwd = k.layout(x)
         else:
             x_fwd = k.layout(_gather(x, dim, plan.forward_in) if gathered is None else gathered)
-        w_rows = _gather(weight, 0, plan.kept)
-        w_fwd = w_rows if k.depthwise else _gather(w_rows, 1, plan.forward_in)
-        b_fwd = None if bias is None else _gather(bias, 0, plan.kept)
+        if compact_weight:  # the caller built the block (kept, forward_in) only
+            w_rows = w_fwd = weight
+            b_fwd = bias
+        else:
+            w_rows = _gather(weight, 0, plan.kept)
+            w_fwd = w_rows if k.depthwise else _gather(w_rows, 1, plan.forward_in)
+            b_fwd = None if bias is None else _gather(bias, 0, plan.kept)
         y = k.forward(x_fwd, w_fwd, b_fwd)
         if not plan.compact_out:
             # a full-width output in the layout the dense layer gives (contiguous for the
             # contiguous input of a compact layer): only compact tensors are channels_last
             dense_format = torch.contiguous_format if plan.compact_in else _memory_format(x)
-            y = _scatter(y, dim, plan.kept, weight.shape[0]).contiguous(memory_format=dense_format)
+            y = _scatter(y, dim, plan.kept, plan.out_channels).contiguous(memory_format=dense_format)
         if plan.compact_in:
             x_saved = x_fwd
         elif keep_full_input:
@@ -338,7 +352,7 @@ class _SparseMaskedConv(torch.autograd.Function):
             x_saved = x_fwd if plan.saved_in is plan.forward_in else _gather(x, dim, plan.saved_in)
         w_for_grad_in = w_fwd if plan.grad_in is plan.forward_in else w_rows
         ctx.save_for_backward(x_saved, w_for_grad_in)
-        ctx.plan, ctx.keep_full_input = plan, keep_full_input
+        ctx.plan, ctx.keep_full_input, ctx.compact_weight = plan, keep_full_input, compact_weight
         ctx.x_shape, ctx.w_shape = tuple(x.shape), tuple(weight.shape)
         ctx.x_format = _memory_format(x)
         ctx.has_bias = bias is not None
@@ -380,13 +394,15 @@ class _SparseMaskedConv(torch.autograd.Function):
             # in the input's layout: the op that produced it (e.g. a dense depthwise conv) runs
             # its backward several times slower on a gradient of another layout
             grad_x = _scatter(grad_x, dim, plan.grad_in, ctx.x_shape[dim]).contiguous(memory_format=ctx.x_format)
-        if grad_w is not None:
+        if grad_w is not None and not ctx.compact_weight:
             grad_w = _scatter_rows_cols(grad_w, plan.weight_rows, plan.weight_cols, ctx.w_shape)
         if needs_b and ctx.has_bias:
             grad_rows = grad_kept if plan.bias_rows is plan.kept else \
                 _gather(grad, dim, plan.bias_rows)
-            grad_b = _scatter(k.bias_grad(grad_rows), 0, plan.bias_rows, ctx.w_shape[0])
-        return grad_x, grad_w, grad_b, None, None, None
+            grad_b = k.bias_grad(grad_rows)
+            if not ctx.compact_weight:
+                grad_b = _scatter(grad_b, 0, plan.bias_rows, ctx.w_shape[0])
+        return grad_x, grad_w, grad_b, None, None, None, None
 
 
 # ----------------------------------------------------------------- public entry point
@@ -427,25 +443,34 @@ def _kernels_for(geometry: Optional[ConvGeometry], channels_last: bool = False) 
     return _ConvKernels(g, channels_last)
 
 
+def _count(index: Optional[torch.Tensor], size: int) -> int:
+    return size if index is None else index.numel()
+
+
 def _check_shapes(plan: SparsePlan, x: torch.Tensor, weight: torch.Tensor,
-                  bias: Optional[torch.Tensor]) -> None:
-    """The tensors match the layer the plan was made for."""
+                  bias: Optional[torch.Tensor], compact_weight: bool) -> None:
+    """The tensors match the layer the plan was made for (with ``compact_weight``: its block
+    of rows ``kept`` and columns ``forward_in``)."""
+    rows, cols = plan.out_channels, plan.in_channels
+    if compact_weight:
+        rows, cols = _count(plan.kept, rows), _count(plan.forward_in, cols)
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]):
         raise ValueError(f"{_NAME}: bias of shape {tuple(bias.shape)} does not match "
                          f"{weight.shape[0]} output channels")
     kernels = plan.kernels
     if not isinstance(kernels, _ConvKernels):
         if weight.dim() != 2 or x.dim() < 1 or x.shape[-1] != plan.input_channels() or \
-                tuple(weight.shape) != (plan.out_channels, plan.in_channels):
+                tuple(weight.shape) != (rows, cols):
             raise ValueError(f"{_NAME}: a Linear layer (geometry=None) of {plan.in_channels} inputs and "
-                             f"{plan.out_channels} outputs needs a weight (out, in) and an input (..., in); "
+                             f"{plan.out_channels} outputs needs a weight ({rows}, {cols}) and an input (..., in); "
                              f"got weight {tuple(weight.shape)} and input {tuple(x.shape)}")
         return
     g = kernels.geometry
-    expected = (g.out_channels, g.in_channels // g.groups) + tuple(g.kernel)
+    expected = (rows, cols // g.groups) + tuple(g.kernel)
     if tuple(weight.shape) != expected:
+        block = " (the compact block of kept rows and live columns)" if compact_weight else ""
         raise ValueError(f"{_NAME}: weight of shape {tuple(weight.shape)} does not match the "
-                         f"geometry (expected {expected})")
+                         f"geometry (expected {expected}{block})")
     if x.dim() != g.ndim + 2 or x.shape[1] != plan.input_channels():
         compact = " (compact: its live channels)" if plan.compact_in else ""
         raise ValueError(f"{_NAME}: input of shape {tuple(x.shape)} does not match a "
@@ -500,14 +525,21 @@ def sparse_plan(geometry: Optional[ConvGeometry], out_channels: int, in_channels
 
 
 def run_sparse_plan(plan: SparsePlan, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *,
-                    keep_full_input: bool = False, gathered_input: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """:func:`sparse_masked_conv` with a plan made by :func:`sparse_plan`."""
-    _check_shapes(plan, x, weight, bias)
+                    keep_full_input: bool = False, gathered_input: Optional[torch.Tensor] = None,
+                    compact_weight: bool = False) -> torch.Tensor:
+    """:func:`sparse_masked_conv` with a plan made by :func:`sparse_plan`. ``compact_weight``
+    (only where ``plan.takes_compact_weight``): ``weight`` and ``bias`` are already the block
+    of rows ``plan.kept`` and columns ``plan.forward_in``, and their gradients are returned
+    for that block (a caller building its weight from parts then builds only that block)."""
+    if compact_weight and not plan.takes_compact_weight:
+        raise ValueError(f"{_NAME}: compact_weight needs a plan whose computations all read the kept rows and "
+                         "live columns only (no pruned-row or dead-input gradient, not depthwise)")
+    _check_shapes(plan, x, weight, bias, compact_weight)
     if gathered_input is not None and (plan.kernels.depthwise or plan.compact_in):
         raise ValueError(f"{_NAME}: gathered_input does not apply to a depthwise convolution or a compact input")
     if plan.forward_in is None:
         gathered_input = None  # every channel is read: x itself
-    return _SparseMaskedConv.apply(x, weight, bias, plan, keep_full_input, gathered_input)
+    return _SparseMaskedConv.apply(x, weight, bias, plan, keep_full_input, gathered_input, compact_weight)
 
 
 def sparse_masked_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],

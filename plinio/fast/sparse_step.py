@@ -120,15 +120,23 @@ class SparseCall:
         out = torch.zeros(self.site.out_channels, dtype=like.dtype, device=like.device)
         return out.fill_(1.0) if self.kept is None else out.index_fill_(0, self.kept, 1.0)
 
-    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    def weight_block(self) -> Optional[Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]]:
+        """(rows, columns) of the weight this call reads (None: all of them), or None when it
+        needs the whole weight; a caller building its weight from parts may build that block
+        only and pass ``compact_weight=True``."""
+        return (self.plan.kept, self.plan.forward_in) if self.plan.takes_compact_weight else None
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                 compact_weight: bool = False) -> torch.Tensor:
         """The convolution; the live channels of ``x`` are gathered once per forward for all
-        the convolutions reading it (a supernet's branches)."""
+        the convolutions reading it (a supernet's branches). ``compact_weight``: ``weight``
+        and ``bias`` are the block :meth:`weight_block` names."""
         gathered = None
         depthwise = self.geometry is not None and self.geometry.groups > 1
         if self.live is not None and not depthwise and not self.site.compact_in:
             gathered = _shared_gather(x, self.live, self.geometry is None)
         return run_sparse_plan(self.plan, x, weight, bias, keep_full_input=self.site.keep_input,
-                               gathered_input=gathered)
+                               gathered_input=gathered, compact_weight=compact_weight)
 
 
 class _SiteSets:

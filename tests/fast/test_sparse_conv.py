@@ -14,13 +14,14 @@ from hypothesis import strategies as st
 
 import plinio.ops as ops
 from plinio.fast.linear_ops import ConvGeometry, conv_geometry, reference_conv
-from plinio.fast.sparse_conv import LayerWork, sparse_masked_conv, sparse_pays
+from plinio.fast.sparse_conv import LayerWork, run_sparse_plan, sparse_masked_conv, sparse_pays, sparse_plan
 from plinio.ops.reference import dilation_levels
 
 SETTINGS = settings(max_examples=30, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
 TOL = {torch.float64: dict(rtol=1e-9, atol=1e-9), torch.float32: dict(rtol=2e-4, atol=2e-4)}
 KINDS = ("conv1d", "conv2d", "depthwise1d", "depthwise2d", "linear")
+KEEP_ALL = (0, 1, 2, 3, 4, 5)
 
 
 @dataclass
@@ -419,6 +420,44 @@ def test_bad_input_is_refused_with_a_clear_message():
         call(geometry=grouped, weight=w[:, :3])
     with pytest.raises(ValueError, match="Linear layer"):
         call(geometry=None)
+
+
+@pytest.mark.parametrize("kind", ("conv1d", "conv2d", "linear"))
+@pytest.mark.parametrize("kept, live", [((0, 2, 3), (1, 2, 4)), ((0, 1, 2, 3, 4, 5), (0, 3)), ((1,), KEEP_ALL)])
+def test_a_compact_weight_block_gives_the_values_and_the_block_of_the_gradients(kind, kept, live):
+    """A caller passing only the block (kept rows, live columns) of the weight gets the dense
+    output and input gradient, and the weight and bias gradients of that block."""
+    layer, x = _layer_and_input(kind, kept, live)
+    kept_idx, live_idx = torch.tensor(kept), torch.tensor(live)
+    in_channels = x.shape[-1] if layer.geometry is None else layer.geometry.in_channels
+    plan = sparse_plan(layer.geometry, 6, in_channels, kept_idx, live_idx, grad_pruned_rows=False,
+                       grad_dead_inputs=False, device=x.device)
+    assert plan.takes_compact_weight
+
+    def compact(t: torch.Tensor) -> torch.Tensor:
+        w, b, _ = layer.masked()
+        block = w.index_select(0, kept_idx).index_select(1, live_idx)
+        return run_sparse_plan(plan, t, block, b.index_select(0, kept_idx), compact_weight=True)
+
+    y_dense, g_dense = run(lambda t: layer.sparse(t, live_idx, False, False), x, layer.params())
+    y_block, g_block = run(compact, x, layer.params())
+    _assert_close(y_block, y_dense, "output")
+    for name in g_dense:
+        _assert_close(g_block[name], g_dense[name], f"gradient of {name}")
+
+
+def test_a_compact_weight_block_is_refused_where_a_computation_needs_the_whole_weight():
+    layer, x = _layer_and_input("conv2d", kept=(0, 2), live=(1, 2))
+    w, b, kept = layer.masked()
+    plan = sparse_plan(layer.geometry, 6, 6, kept, torch.tensor([1, 2]), grad_pruned_rows=True,
+                       grad_dead_inputs=False, device=x.device)
+    assert not plan.takes_compact_weight
+    with pytest.raises(ValueError, match="compact_weight needs a plan"):
+        run_sparse_plan(plan, x, w[kept][:, [1, 2]], b[kept], compact_weight=True)
+    plan = sparse_plan(layer.geometry, 6, 6, kept, torch.tensor([1, 2]), grad_pruned_rows=False,
+                       grad_dead_inputs=False, device=x.device)
+    with pytest.raises(ValueError, match="the compact block of kept rows and live columns"):
+        run_sparse_plan(plan, x, w, b, compact_weight=True)
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")

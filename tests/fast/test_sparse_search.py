@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import plinio.ops as ops
+from plinio.fast.merged_conv import MergedConv
 from bench.models import workloads
 from bench.search_step import build_setups, saved_activation_bytes
 from fast_helpers import RUNTIME_INPUT
@@ -140,6 +141,37 @@ def test_depthwise_and_pointwise_layers_and_merged_convs_run_sparse(workload_pai
     assert any(n.endswith("sn_input_layers.2.0.0") for n in names["dscnn"])  # depthwise
     assert any(n.endswith("sn_input_layers.2.1.0") for n in names["dscnn"])  # pointwise
     assert {"stack1.conv2.sn_combiner", "stack2.conv2.sn_combiner"} <= names["resnet8"]  # merged
+
+
+@pytest.mark.parametrize("name", ["resnet8", "linear_supernet"])
+def test_merged_convs_build_only_the_kept_block_of_their_kernel(monkeypatch, workload_pairs, name: str) -> None:
+    """A pruned merged convolution (ResNet-8's conv2 supernets, with an Identity member in
+    stack1) builds its kernel for the kept rows and live columns only, with the dense values
+    and gradients."""
+    sparse, dense = workload_pairs[name]
+    shape = RUNTIME_INPUT.get(name, workloads()[name].input_shape)
+    x = torch.randn((4,) + tuple(shape), generator=torch.Generator().manual_seed(3))
+    blocks = []
+    original = MergedConv.kernel_and_bias
+
+    def recorded(self, theta, like, identity_rows=None, block=None):
+        kernel, bias = original(self, theta, like, identity_rows, block)
+        if block is not None:
+            blocks.append((self.geometry, block, tuple(kernel.shape)))
+        return kernel, bias
+
+    monkeypatch.setattr(MergedConv, "kernel_and_bias", recorded)
+    for search in (sparse, dense):
+        search.train()
+        set_softmax(search, False)
+    with forced_sparse(monkeypatch):
+        got = results(sparse, x, seed=5)
+    assert_same(got, results(dense, x, seed=5))
+    assert blocks, "no merged convolution built a compact block"
+    for geometry, (rows, cols), kernel_shape in blocks:
+        expected = (geometry.out_channels if rows is None else rows.numel(),
+                    geometry.in_channels if cols is None else cols.numel())
+        assert kernel_shape[:2] == expected and expected != (geometry.out_channels, geometry.in_channels)
 
 
 def test_masks_flipping_between_steps(monkeypatch) -> None:
