@@ -28,6 +28,7 @@ header giving the CPU, torch version, threads and date.
                                 [--prune 0,0.5,0.75] [--clock cpu]
                                 [--compile [--compile-mode reduce-overhead] [--compile-only]]
                                 [--repeats 5] [--warmup 1] [--min-seconds 15]
+                                [--steps-per-round 2]
 
 ``--prune F[,F...]`` times each workload with a fraction F of every searched channel mask set
 below the binarization threshold (``bench/channel_pruning.py``: seeded, the same channels in
@@ -39,7 +40,11 @@ interleaved, with compiled fast over compiled plain, over the faster plain of th
 over eager fast (a compiled graph runs no sparse execution: with pruned channels, eager fast
 skips them and compiled fast does not). ``--compile-only`` drops the first table. ``--clock
 cpu`` times with the process's CPU time instead of the wall clock (with one thread: robust to
-other jobs on a shared machine).
+other jobs on a shared machine). In each round every search runs ``--steps-per-round`` (2)
+consecutive steps and the last one is timed, so a timed step follows a step of its own search
+as in a real search loop; ``--steps-per-round 1`` times steps that each follow another
+search's step (cold caches: up to 1.5 ms more per step on the TCN, which inflates the ratios
+of small, fast steps).
 """
 import argparse
 import copy
@@ -212,11 +217,18 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 def time_steps(setups: Dict[str, SearchSetup], repeats: int, warmup: int, device: str,
                min_seconds: float = 0.0, max_repeats: int = 50,
-               clock: str = "wall") -> Dict[str, float]:
-    """Median seconds per step of each setup, the setups' steps interleaved. Short steps are
-    repeated more (until about ``min_seconds`` per setup, at most ``max_repeats``) so that
+               clock: str = "wall", steps_per_round: int = 2) -> Dict[str, float]:
+    """Median seconds per step of each setup, the setups interleaved in rounds. Short steps
+    are repeated more (until about ``min_seconds`` per setup, at most ``max_repeats``) so that
     the median resists the noise of a shared machine. ``clock``: 'wall' or 'cpu' (the
-    process's CPU time)."""
+    process's CPU time).
+
+    In a round each setup runs ``steps_per_round`` consecutive steps and the last one is
+    timed: as in a search, where a step follows a step of the same model, not of another
+    search that evicted its data from the caches (with 1, every timed step follows another
+    setup's step: a cold start that costs small, fast steps the most)."""
+    if steps_per_round < 1:
+        raise ValueError(f"time_steps: steps_per_round must be at least 1, got {steps_per_round}")
     now = CLOCKS[clock]
     warm_times: List[float] = []
     for _ in range(max(warmup, 1)):
@@ -231,6 +243,8 @@ def time_steps(setups: Dict[str, SearchSetup], repeats: int, warmup: int, device
     times: Dict[str, List[float]] = {k: [] for k in setups}
     for _ in range(repeats):
         for label, setup in setups.items():
+            for _ in range(steps_per_round - 1):
+                search_step(setup)
             _sync(device)
             start = now()
             search_step(setup)
@@ -291,13 +305,15 @@ def compiled(setup: SearchSetup, mode: Optional[str],
 
 
 def measure(name: str, mode: str, batch_size: int, device: str, repeats: int, warmup: int,
-            min_seconds: float = 0.0, prune_fraction: float = 0.0, clock: str = "wall") -> Row:
+            min_seconds: float = 0.0, prune_fraction: float = 0.0, clock: str = "wall",
+            steps_per_round: int = 2) -> Row:
     """One table row: build the searches, check they agree, measure saved bytes, time."""
     setups = build_setups(name, batch_size, device, hard=(mode == "hard"),
                           prune_fraction=prune_fraction)
     _check_losses(name, mode, prune_fraction, setups)
     saved = {k: saved_activation_bytes(s) for k, s in setups.items()}
-    times = time_steps(setups, repeats, warmup, device, min_seconds, clock=clock)
+    times = time_steps(setups, repeats, warmup, device, min_seconds, clock=clock,
+                       steps_per_round=steps_per_round)
     return Row(name, mode, prune_fraction, {k: t * 1e3 for k, t in times.items()},
                {k: b / 2 ** 20 for k, b in saved.items()})
 
@@ -330,7 +346,7 @@ class CompileRow(NamedTuple):
 
 def measure_compiled(name: str, mode: str, batch_size: int, device: str, repeats: int,
                      warmup: int, min_seconds: float = 0.0, compile_mode: Optional[str] = None,
-                     prune_fraction: float = 0.0, clock: str = "wall") -> CompileRow:
+                     prune_fraction: float = 0.0, clock: str = "wall", steps_per_round: int = 2) -> CompileRow:
     """One compile-table row. The eager searches must compute the reference's loss, and each
     compiled search its eager twin's (a compiled search whose dropout draws inductor's random
     numbers, the plain one or any off the CPU, is checked in evaluation mode)."""
@@ -355,7 +371,8 @@ def measure_compiled(name: str, mode: str, batch_size: int, device: str, repeats
         if mismatch:
             raise RuntimeError(f"{name} ({mode}, {prune_fraction:.0%} pruned): compiled {label} "
                                f"differs from eager ({mismatch}); not timing a wrong result")
-    times = time_steps(setups, repeats, warmup, device, min_seconds, clock=clock)
+    times = time_steps(setups, repeats, warmup, device, min_seconds, clock=clock,
+                       steps_per_round=steps_per_round)
     return CompileRow(name, mode + f" ({compile_mode or 'default'})", prune_fraction,
                       {k: t * 1e3 for k, t in times.items()})
 
@@ -473,7 +490,12 @@ def main(argv: Optional[Sequence[str]] = None) -> List[NamedTuple]:
                         help="wall clock, or the process's CPU time (one thread: robust to other jobs)")
     parser.add_argument("--min-seconds", type=float, default=15.0,
                         help="repeat short steps until about this many seconds per search")
+    parser.add_argument("--steps-per-round", type=int, default=2,
+                        help="consecutive steps of each search per round, the last one timed (1: every "
+                             "timed step follows another search's step, cold caches)")
     args = parser.parse_args(argv)
+    if args.steps_per_round < 1:
+        parser.error(f"--steps-per-round must be at least 1, got {args.steps_per_round}")
     torch.set_num_threads(args.threads)
     known = workloads()
     names = [n.strip() for n in args.workloads.split(",") if n.strip()]
@@ -486,7 +508,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[NamedTuple]:
     rows: List[Row] = []
     compile_rows: List[CompileRow] = []
     timing = dict(batch_size=args.batch_size, device=args.device, repeats=args.repeats,
-                  warmup=args.warmup, min_seconds=args.min_seconds, clock=args.clock)
+                  warmup=args.warmup, min_seconds=args.min_seconds, clock=args.clock,
+                  steps_per_round=args.steps_per_round)
     for name in names:
         has_supernets = count_supernets(known[name].factory()) > 0
         for mode in modes:

@@ -232,7 +232,25 @@ def test_compile_table_refuses_a_compiled_search_that_computes_something_else(mo
         search_step.measure_compiled("linear_supernet", "soft", 2, "cpu", 1, 1)
 
 
+def test_each_round_times_the_last_of_its_consecutive_steps(monkeypatch):
+    """--steps-per-round N: every search runs N steps in a row per round, the last one timed."""
+    import bench.search_step as search_step
+
+    order = []
+    monkeypatch.setattr(search_step, "search_step", lambda setup: order.append(setup))
+    ticks = iter(range(1000))
+    monkeypatch.setitem(search_step.CLOCKS, "wall", lambda: float(next(ticks)))
+    times = search_step.time_steps({"a": "A", "b": "B"}, repeats=2, warmup=1, device="cpu",
+                                   steps_per_round=3)
+    assert order == ["A", "B"] + ["A", "A", "A", "B", "B", "B"] * 2
+    assert times == {"a": 1.0, "b": 1.0}  # one tick around each timed step, the untimed ones excluded
+    with pytest.raises(ValueError, match="steps_per_round must be at least 1"):
+        search_step.time_steps({"a": "A"}, repeats=1, warmup=1, device="cpu", steps_per_round=0)
+
+
 def test_script_rejects_bad_options():
+    with pytest.raises(SystemExit):
+        main(["--steps-per-round", "0"])
     with pytest.raises(SystemExit):
         main(["--prune", "0,1.5"])
     with pytest.raises(SystemExit):
