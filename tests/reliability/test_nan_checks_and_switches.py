@@ -100,6 +100,19 @@ def test_supernet_masks_inside_branches_are_checked_too():
         search.get_macs()
 
 
+def test_a_replaced_mask_parameter_is_the_one_checked():
+    """The check reads the parameters at call time: a parameter assigned after the wrapper
+    was built is checked, and it is the one named."""
+    torch.manual_seed(0)
+    search = PIT(PlainModel(), input_shape=(3, 8))
+    masker = search.seed.conv.out_features_masker
+    search.get_macs()
+    masker.alpha = nn.Parameter(torch.full_like(masker.alpha, float("nan")))
+    with pytest.raises(FloatingPointError, match=r"'seed\.conv\.out_features_masker\.alpha' holds 6 NaN"):
+        search.get_macs()
+    assert any(p is masker.alpha for p in search.nas_parameters())
+
+
 @pytest.mark.gpu
 def test_on_cuda_the_check_needs_debug_checks():
     search = PITSuperNet(SuperNetModel(), input_shape=(3, 8)).cuda()

@@ -1,6 +1,6 @@
 """DNAS base class shared by PIT and PIT-SuperNet (docs/behaviour.md §2, common part)."""
 import warnings
-from typing import TYPE_CHECKING, Any, ContextManager, Dict, Iterator, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Any, ContextManager, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.nn as nn
@@ -26,7 +26,7 @@ class DNAS(nn.Module):
     """Wraps the converted model (``self.seed``) and exposes the search interface.
 
     Subclasses implement ``get_size``, ``get_macs``, ``_evaluate_cost``, ``arch_export``,
-    ``arch_summary`` and ``_nas_parameter_ids`` (which parameters are architectural), call
+    ``arch_summary`` and ``_nas_parameter_list`` (which parameters are architectural), call
     ``_adopt`` with their conversion before the first ``fast`` assignment, and
     ``_cost_selection.bind(self.get_cost)`` once their costs can be evaluated.
     """
@@ -205,9 +205,13 @@ class DNAS(nn.Module):
             validate_state_dict(self, state_dict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
-    def _nas_parameter_ids(self) -> Set[int]:
-        """ids of the architectural parameters (read at call time: replaced parameters count)."""
+    def _nas_parameter_list(self) -> List[nn.Parameter]:
+        """The architectural parameters, read at call time (replaced parameters count), in no
+        particular order; the per-step NaN check reads them without building module names."""
         raise NotImplementedError
+
+    def _nas_parameter_ids(self) -> Set[int]:
+        return {id(p) for p in self._nas_parameter_list()}
 
     def named_nas_parameters(self, prefix: str = "", recurse: bool = False) -> Iterator[Tuple[str, nn.Parameter]]:
         """Every architectural parameter once, named as in ``named_parameters(prefix)``."""

@@ -1,5 +1,5 @@
 """The PIT wrapper (docs/behaviour.md §2.1)."""
-from typing import Any, Dict, Iterable, Optional, Sequence, Set
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -11,7 +11,7 @@ from plinio.methods.dnas_base.cost_selection import builtin_metric, evaluated
 from plinio.methods.pit.conversion import convert
 from plinio.methods.pit.export import export_graph
 from plinio.methods.pit.nn.conv1d import PITConv1d
-from plinio.methods.pit.nn.masker_base import PITMaskerBase
+from plinio.methods.pit.nn.masker_base import masker_parameters
 from plinio.methods.pit.nn.module import PITWeightedModule
 from plinio.methods.pit.network_costs import NetworkCosts
 from plinio.safety import check_nas_parameters
@@ -125,9 +125,8 @@ class PIT(DNAS):
         return evaluated(self, f"get_cost('{name}')",
                          lambda: network.per_row(binarized)[name].sum() + network.constant(name))
 
-    def _nas_parameter_ids(self) -> Set[int]:
-        return {id(p) for m in self.seed.modules() if isinstance(m, PITMaskerBase)
-                for p in m.parameters(recurse=False)}
+    def _nas_parameter_list(self) -> List[nn.Parameter]:
+        return masker_parameters(self.seed)
 
     # ---- results -----------------------------------------------------------------------------
     def arch_summary(self) -> Dict[str, Dict[str, Any]]:

@@ -1,7 +1,7 @@
 """The PIT-SuperNet wrapper (docs/behaviour.md §2.2): branch selection plus PIT inside and outside branches."""
 import copy
 import warnings
-from typing import Any, Dict, Iterable, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.fx as fx
@@ -15,7 +15,7 @@ from plinio.methods.dnas_base.cost_selection import builtin_metric, evaluated
 from plinio.methods.dnas_base.switches import checked_switch
 from plinio.methods.pit.conversion import convert
 from plinio.methods.pit.export import export_graph
-from plinio.methods.pit.nn.masker_base import PITMaskerBase
+from plinio.methods.pit.nn.masker_base import masker_parameters
 from plinio.methods.pit.nn.module import PITModule
 from plinio.methods.pit.network_costs import NetworkCosts
 from plinio.safety import check_nas_parameters
@@ -149,10 +149,8 @@ class PITSuperNet(DNAS):
         with self.cost_precision():
             return self.checked_cost(self._sn_costs.total_icv(eps, fast=self._fast), "get_total_icv")
 
-    def _nas_parameter_ids(self) -> Set[int]:
-        ids = {id(p) for m in self.seed.modules() if isinstance(m, PITMaskerBase)
-               for p in m.parameters(recurse=False)}
-        return ids | {id(c.alpha) for c in self._combiners}
+    def _nas_parameter_list(self) -> List[nn.Parameter]:
+        return masker_parameters(self.seed) + [c.alpha for c in self._combiners]
 
     # ---- results -----------------------------------------------------------------------------
     def _owner_supernet(self, target: str) -> Optional[str]:
