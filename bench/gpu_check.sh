@@ -49,12 +49,12 @@ phase tests_gpu 180 "$PY" -m pytest -q --maxfail=20 -p no:cacheprovider -m gpu t
 phase bench_ops_cuda 45 "$PY" bench/bench_ops.py --device cuda --backend cuda --repeats 10
 phase bench_ops_triton 45 "$PY" bench/bench_ops.py --device cuda --backend triton --repeats 10
 phase search_step_eager 100 "$PY" bench/search_step.py --device cuda --batch-size 128 \
-  --min-seconds 1 --repeats 20 --warmup 3
+  --min-seconds 1 --repeats 10 --steps-per-round 2 --warmup 3
 phase search_step_pruned 90 "$PY" bench/search_step.py --device cuda --batch-size 128 --modes soft \
-  --prune 0,0.5,0.75 --min-seconds 1 --repeats 10 --warmup 3
+  --prune 0,0.5,0.75 --min-seconds 1 --repeats 5 --steps-per-round 2 --warmup 3
 LEFT=$(( ${DEADLINE:-540} - SECONDS - 5 ))
 phase search_step_compiled "$(( LEFT > 30 ? LEFT : 30 ))" "$PY" bench/search_step.py --device cuda \
   --batch-size 128 --modes soft --compile --compile-only --compile-mode reduce-overhead \
-  --min-seconds 1 --repeats 20 --warmup 3 --workloads "${COMPILE_WORKLOADS:-seed,resnet8,dscnn,mobilenetv1,tcn}"
+  --min-seconds 1 --repeats 10 --steps-per-round 2 --warmup 3 --workloads "${COMPILE_WORKLOADS:-seed,resnet8,dscnn,mobilenetv1,tcn}"
 cat "$SUMMARY"
 exit $STATUS

@@ -28,7 +28,7 @@ header giving the CPU, torch version, threads and date.
                                 [--prune 0,0.5,0.75] [--clock cpu]
                                 [--compile [--compile-mode reduce-overhead] [--compile-only]]
                                 [--repeats 5] [--warmup 1] [--min-seconds 15]
-                                [--steps-per-round 2]
+                                [--steps-per-round 4]
 
 ``--prune F[,F...]`` times each workload with a fraction F of every searched channel mask set
 below the binarization threshold (``bench/channel_pruning.py``: seeded, the same channels in
@@ -40,11 +40,13 @@ interleaved, with compiled fast over compiled plain, over the faster plain of th
 over eager fast (a compiled graph runs no sparse execution: with pruned channels, eager fast
 skips them and compiled fast does not). ``--compile-only`` drops the first table. ``--clock
 cpu`` times with the process's CPU time instead of the wall clock (with one thread: robust to
-other jobs on a shared machine). In each round every search runs ``--steps-per-round`` (2)
-consecutive steps and the last one is timed, so a timed step follows a step of its own search
-as in a real search loop; ``--steps-per-round 1`` times steps that each follow another
-search's step (cold caches: up to 1.5 ms more per step on the TCN, which inflates the ratios
-of small, fast steps).
+other jobs on a shared machine). In each round every search runs ``--steps-per-round`` (4)
+consecutive steps and the last one is timed, so a timed step follows steps of its own search
+as in a real search loop; the rounds interleave the searches so that drifts of the machine's
+speed cancel out. Fewer steps per round time small, fast steps before they are back to their
+steady state after another search's large ones (the TCN's sparse step at 75 % pruned, 2
+threads: 5.6 ms with 2 steps per round, 3.8 with 4, 3.3 with 8 and in a run of its own; a
+ResNet-8 step does not move); ``--steps-per-round 1`` is the timing of the first tables.
 """
 import argparse
 import copy
@@ -217,14 +219,14 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 def time_steps(setups: Dict[str, SearchSetup], repeats: int, warmup: int, device: str,
                min_seconds: float = 0.0, max_repeats: int = 50,
-               clock: str = "wall", steps_per_round: int = 2) -> Dict[str, float]:
+               clock: str = "wall", steps_per_round: int = 4) -> Dict[str, float]:
     """Median seconds per step of each setup, the setups interleaved in rounds. Short steps
     are repeated more (until about ``min_seconds`` per setup, at most ``max_repeats``) so that
     the median resists the noise of a shared machine. ``clock``: 'wall' or 'cpu' (the
     process's CPU time).
 
     In a round each setup runs ``steps_per_round`` consecutive steps and the last one is
-    timed: as in a search, where a step follows a step of the same model, not of another
+    timed: as in a search, where a step follows steps of the same model, not of another
     search that evicted its data from the caches (with 1, every timed step follows another
     setup's step: a cold start that costs small, fast steps the most)."""
     if steps_per_round < 1:
@@ -306,7 +308,7 @@ def compiled(setup: SearchSetup, mode: Optional[str],
 
 def measure(name: str, mode: str, batch_size: int, device: str, repeats: int, warmup: int,
             min_seconds: float = 0.0, prune_fraction: float = 0.0, clock: str = "wall",
-            steps_per_round: int = 2) -> Row:
+            steps_per_round: int = 4) -> Row:
     """One table row: build the searches, check they agree, measure saved bytes, time."""
     setups = build_setups(name, batch_size, device, hard=(mode == "hard"),
                           prune_fraction=prune_fraction)
@@ -346,7 +348,7 @@ class CompileRow(NamedTuple):
 
 def measure_compiled(name: str, mode: str, batch_size: int, device: str, repeats: int,
                      warmup: int, min_seconds: float = 0.0, compile_mode: Optional[str] = None,
-                     prune_fraction: float = 0.0, clock: str = "wall", steps_per_round: int = 2) -> CompileRow:
+                     prune_fraction: float = 0.0, clock: str = "wall", steps_per_round: int = 4) -> CompileRow:
     """One compile-table row. The eager searches must compute the reference's loss, and each
     compiled search its eager twin's (a compiled search whose dropout draws inductor's random
     numbers, the plain one or any off the CPU, is checked in evaluation mode)."""
@@ -490,7 +492,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[NamedTuple]:
                         help="wall clock, or the process's CPU time (one thread: robust to other jobs)")
     parser.add_argument("--min-seconds", type=float, default=15.0,
                         help="repeat short steps until about this many seconds per search")
-    parser.add_argument("--steps-per-round", type=int, default=2,
+    parser.add_argument("--steps-per-round", type=int, default=4,
                         help="consecutive steps of each search per round, the last one timed (1: every "
                              "timed step follows another search's step, cold caches)")
     args = parser.parse_args(argv)
