@@ -16,16 +16,11 @@ from .autocast import autocast_off
 from .linear_ops import (ConvGeometry, compose, compose_weights, layer_weight_and_bias,
                          reference_conv)
 from .merge_plan import MemberPlacement, MergePlan
-from .sparse_step import SparseCall
+from .sparse_conv import select_channels
+from .sparse_step import Block, SparseCall
 
 # one element of a branch chain: the layer and its geometry (None for nn.Identity)
 ChainLayer = Tuple[nn.Module, Optional[ConvGeometry]]
-# rows and columns of a kernel (None: all of them)
-Block = Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]
-
-
-def _select(t: torch.Tensor, dim: int, index: Optional[torch.Tensor]) -> torch.Tensor:
-    return t if index is None else t.index_select(dim, index)
 
 
 def chain_weight_and_bias(layers: Sequence[ChainLayer]
@@ -112,11 +107,11 @@ class MergedConv:
                     weight = weight * identity_rows.to(dtype).view((-1,) + (1,) * (weight.dim() - 1))
             else:
                 weight = weight.to(dtype)
-            weight = _select(_select(weight, 0, rows), 1, cols)
+            weight = select_channels(select_channels(weight, 0, rows), 1, cols)
             placed.append(place_kernel(weight, member, self.geometry))
             thetas.append(t)
             if bias is not None:
-                biases.append(_select(bias.to(dtype), 0, rows))
+                biases.append(select_channels(bias.to(dtype), 0, rows))
                 bias_thetas.append(t)
         kernel = torch.tensordot(torch.cat(thetas).to(dtype), torch.stack(placed), dims=1)
         merged_bias = None

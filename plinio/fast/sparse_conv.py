@@ -65,7 +65,7 @@ Shape = Tuple[int, ...]
 
 
 # ----------------------------------------------------------------- gathers and scatters
-def _gather(t: torch.Tensor, dim: int, index: Optional[torch.Tensor]) -> torch.Tensor:
+def select_channels(t: torch.Tensor, dim: int, index: Optional[torch.Tensor]) -> torch.Tensor:
     """``t`` restricted to ``index`` along ``dim`` (None: every channel, no copy)."""
     return t if index is None else t.index_select(dim, index)
 
@@ -330,14 +330,14 @@ class _SparseMaskedConv(torch.autograd.Function):
         if plan.compact_in:
             x_fwd = k.layout(x)
         else:
-            x_fwd = k.layout(_gather(x, dim, plan.forward_in) if gathered is None else gathered)
+            x_fwd = k.layout(select_channels(x, dim, plan.forward_in) if gathered is None else gathered)
         if compact_weight:  # the caller built the block (kept, forward_in) only
             w_rows = w_fwd = weight
             b_fwd = bias
         else:
-            w_rows = _gather(weight, 0, plan.kept)
-            w_fwd = w_rows if k.depthwise else _gather(w_rows, 1, plan.forward_in)
-            b_fwd = None if bias is None else _gather(bias, 0, plan.kept)
+            w_rows = select_channels(weight, 0, plan.kept)
+            w_fwd = w_rows if k.depthwise else select_channels(w_rows, 1, plan.forward_in)
+            b_fwd = None if bias is None else select_channels(bias, 0, plan.kept)
         y = k.forward(x_fwd, w_fwd, b_fwd)
         if not plan.compact_out:
             # a full-width output in the layout the dense layer gives (contiguous for the
@@ -349,7 +349,7 @@ class _SparseMaskedConv(torch.autograd.Function):
         elif keep_full_input:
             x_saved = x
         else:
-            x_saved = x_fwd if plan.saved_in is plan.forward_in else _gather(x, dim, plan.saved_in)
+            x_saved = x_fwd if plan.saved_in is plan.forward_in else select_channels(x, dim, plan.saved_in)
         w_for_grad_in = w_fwd if plan.grad_in is plan.forward_in else w_rows
         ctx.save_for_backward(x_saved, w_for_grad_in)
         ctx.plan, ctx.keep_full_input, ctx.compact_weight = plan, keep_full_input, compact_weight
@@ -373,10 +373,10 @@ class _SparseMaskedConv(torch.autograd.Function):
         k = plan.kernels
         dim = k.channel_dim
         if ctx.keep_full_input and not plan.compact_in:
-            x_saved = k.layout(_gather(x_saved, dim, plan.saved_in))
+            x_saved = k.layout(select_channels(x_saved, dim, plan.saved_in))
         needs_x, needs_w, needs_b = ctx.needs_input_grad[:3]
         grad = k.layout(grad)
-        grad_kept = grad if plan.compact_out else _gather(grad, dim, plan.kept)
+        grad_kept = grad if plan.compact_out else select_channels(grad, dim, plan.kept)
         in_shape = list(ctx.x_shape)
         if plan.grad_in is not None and not plan.compact_in:
             in_shape[dim] = plan.grad_in.numel()
@@ -388,7 +388,7 @@ class _SparseMaskedConv(torch.autograd.Function):
                 grad_x = k.input_grad(grad_kept, w_for_grad_in, tuple(in_shape))
             if needs_w:
                 grad_rows = grad_kept if plan.weight_rows is plan.kept else \
-                    _gather(grad, dim, plan.weight_rows)
+                    select_channels(grad, dim, plan.weight_rows)
                 grad_w = k.weight_grad(grad_rows, x_saved)
         if grad_x is not None and not plan.compact_in:
             # in the input's layout: the op that produced it (e.g. a dense depthwise conv) runs
@@ -398,7 +398,7 @@ class _SparseMaskedConv(torch.autograd.Function):
             grad_w = _scatter_rows_cols(grad_w, plan.weight_rows, plan.weight_cols, ctx.w_shape)
         if needs_b and ctx.has_bias:
             grad_rows = grad_kept if plan.bias_rows is plan.kept else \
-                _gather(grad, dim, plan.bias_rows)
+                select_channels(grad, dim, plan.bias_rows)
             grad_b = k.bias_grad(grad_rows)
             if not ctx.compact_weight:
                 grad_b = _scatter(grad_b, 0, plan.bias_rows, ctx.w_shape[0])

@@ -98,6 +98,10 @@ class SparseSite:
         return x.shape[0] * math.prod(sizes) if min(sizes) > 0 else None
 
 
+# rows and columns of a weight (None: all of them)
+Block = Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]
+
+
 class SparseCall:
     """What one site computes in this step: its kept rows and live inputs (device index
     tensors, None: all) and its flags, as a checked plan. Calling it runs the plan
@@ -120,7 +124,7 @@ class SparseCall:
         out = torch.zeros(self.site.out_channels, dtype=like.dtype, device=like.device)
         return out.fill_(1.0) if self.kept is None else out.index_fill_(0, self.kept, 1.0)
 
-    def weight_block(self) -> Optional[Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]]:
+    def weight_block(self) -> Optional[Block]:
         """(rows, columns) of the weight this call reads (None: all of them), or None when it
         needs the whole weight; a caller building its weight from parts may build that block
         only and pass ``compact_weight=True``."""
