@@ -12,6 +12,7 @@
 #include <string>
 
 #include "cpu/cpu_loops.h"
+#include "cpu/small_conv_loops.h"
 
 namespace {
 // Layout tag of the ops whose kernels take inputs of any strides (a copy is made where a loop
@@ -66,6 +67,20 @@ TORCH_LIBRARY(plinio, m) {
   // Its strides are input's, so the graph must hand over input with the strides eager gives it.
   m.def("dropout_noise(Tensor input, float p) -> Tensor",
         {at::Tag::nondeterministic_seeded, at::Tag::needs_exact_strides});
+  // Direct convolution for the few channels of a pruned layer (CPU, float32): stride 1,
+  // groups 1, 1-D or 2-D, kernel width <= 7, zero padding per side (negative: cropped). The
+  // result has the layout of the tensor read (NCHW or channels_last). Used by sparse
+  // execution's compact convolutions (plinio/fast/sparse_conv.py), not differentiable itself:
+  // the two ops below are its gradients.
+  m.def(
+      "small_conv(Tensor input, Tensor weight, Tensor? bias, int[] padding_before, "
+      "int[] padding_after, int[] dilation) -> Tensor");
+  m.def(
+      "small_conv_input_grad(Tensor grad, Tensor weight, int[] input_size, int[] padding_before, "
+      "int[] padding_after, int[] dilation) -> Tensor");
+  m.def(
+      "small_conv_weight_grad(Tensor grad, Tensor input, int[] weight_size, int[] padding_before, "
+      "int[] padding_after, int[] dilation) -> Tensor");
 }
 
 namespace {
@@ -73,6 +88,14 @@ namespace {
 // plinio._C.cpu_isa(): which copy of the CPU loops this process runs ("avx2" or "base").
 PyObject* cpu_isa(PyObject*, PyObject*) {
   return PyUnicode_FromString(plinio::cpu::use_avx2() ? "avx2" : "base");
+}
+
+// plinio._C.small_conv_isa(): which copy of plinio::small_conv's loops this process runs.
+PyObject* small_conv_isa(PyObject*, PyObject*) {
+  const char* isa = plinio::cpu::use_avx512() ? "avx512"
+                    : plinio::cpu::use_avx2() ? "avx2"
+                                              : "base";
+  return PyUnicode_FromString(isa);
 }
 
 // plinio._C.torch_version(): the torch release this library was compiled against, which
@@ -87,6 +110,8 @@ PyObject* torch_version(PyObject*, PyObject*) {
 PyMethodDef module_methods[] = {
     {"cpu_isa", cpu_isa, METH_NOARGS,
      "Instruction set of the CPU kernels' loops in this process: 'avx2' or 'base'."},
+    {"small_conv_isa", small_conv_isa, METH_NOARGS,
+     "Instruction set of plinio::small_conv's loops in this process: 'avx512', 'avx2' or 'base'."},
     {"torch_version", torch_version, METH_NOARGS,
      "The torch release (major.minor.patch) this library was compiled against."},
     {nullptr, nullptr, 0, nullptr}};

@@ -4,6 +4,7 @@
 
 #include "../ops_common.h"
 #include "cpu_loops.h"
+#include "small_conv_loops.h"
 
 #if PLINIO_CPU_HAS_AVX2_COPY
 #if defined(__clang__)
@@ -14,6 +15,11 @@
 
 #define PLINIO_CPU_ISA avx2
 #include "cpu_loops_impl.h"
+#define PLINIO_SMALL_CONV_LANES 8
+#define PLINIO_SMALL_CONV_REGISTERS 16
+#include "small_conv_loops_impl.h"
+#undef PLINIO_SMALL_CONV_LANES
+#undef PLINIO_SMALL_CONV_REGISTERS
 #undef PLINIO_CPU_ISA
 
 #if defined(__clang__)

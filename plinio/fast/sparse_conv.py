@@ -57,6 +57,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from . import small_conv
 from .linear_ops import ConvGeometry
 from .padded_conv import pad_spec
 
@@ -194,6 +195,10 @@ class _ConvKernels(_CompactKernels):
     With ``channels_last`` the convolutions run in that memory format; a 1-D convolution then
     runs as a 2-D one of height 1 (``channels_last`` exists for 4-D tensors only), on tensors
     whose 1-D layout is (N, L, C) in memory, so that lifting them to 4-D copies nothing.
+
+    A convolution of few enough channels runs ``plinio::small_conv`` instead (see
+    ``plinio.fast.small_conv``): it takes the padding and the tensors as they are, in either
+    layout, and gives its results in the layout it read.
     """
 
     def __init__(self, geometry: ConvGeometry, channels_last: bool = False) -> None:
@@ -210,6 +215,11 @@ class _ConvKernels(_CompactKernels):
         self.dilation = lead + list(geometry.dilation)
         self.conv_padding = [0] * len(lead) + padding
         self.conv = F.conv1d if len(self.stride) == 1 else F.conv2d
+        self.small = small_conv.geometry_fits(geometry)
+        self.small_args = (list(geometry.pad_left), list(geometry.pad_right), list(geometry.dilation))
+
+    def _runs_small(self, t: torch.Tensor, channels_a: int, channels_b: int, out_width: int) -> bool:
+        return self.small and small_conv.runs_direct(t, channels_a, channels_b, out_width)
 
     def layout(self, t: torch.Tensor) -> torch.Tensor:
         if self.lifted:
@@ -255,12 +265,16 @@ class _ConvKernels(_CompactKernels):
 
     def _forward(self, x: torch.Tensor, weight: torch.Tensor,
                  bias: Optional[torch.Tensor]) -> torch.Tensor:
+        if self._runs_small(x, x.shape[1], weight.shape[0], x.shape[-1] + self.geometry.size_offset[-1] + 1):
+            return torch.ops.plinio.small_conv(x, weight, bias, *self.small_args)
         out = self.conv(self._padded(x), self._lift(weight), bias, self.stride, self.conv_padding,
                         self.dilation, self._groups(weight.shape[0]))
         return self._drop(out)
 
     def _input_grad(self, grad: torch.Tensor, weight: torch.Tensor,
                     input_shape: Shape) -> torch.Tensor:
+        if self._runs_small(grad, grad.shape[1], weight.shape[1], grad.shape[-1]):
+            return torch.ops.plinio.small_conv_input_grad(grad, weight, list(input_shape), *self.small_args)
         padded_shape = input_shape
         if self.spec is not None:
             g = self.geometry
@@ -270,12 +284,15 @@ class _ConvKernels(_CompactKernels):
         return self._unpad(self._backward(grad, like, self._lift(weight), [True, False, False])[0])
 
     def _weight_grad(self, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        like = grad.new_empty(1).expand(self._lifted_shape(self.weight_shape(grad.shape[1], x.shape[1])))
+        shape = self.weight_shape(grad.shape[1], x.shape[1])
+        if self._runs_small(grad, grad.shape[1], x.shape[1], grad.shape[-1]):
+            return torch.ops.plinio.small_conv_weight_grad(grad, x, list(shape), *self.small_args)
+        like = grad.new_empty(1).expand(self._lifted_shape(shape))
         return self._drop(self._backward(grad, self._padded(x), like, [False, True, False])[1])
 
     def input_and_weight_grad(self, grad: torch.Tensor, x: torch.Tensor,
                               weight: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        if not (grad.shape[1] and x.shape[1]):
+        if not (grad.shape[1] and x.shape[1]) or self._runs_small(grad, grad.shape[1], x.shape[1], grad.shape[-1]):
             return super().input_and_weight_grad(grad, x, weight)
         grad_x, grad_w, _ = self._backward(grad, self._padded(x), self._lift(weight), [True, True, False])
         return self._unpad(grad_x), self._drop(grad_w)

@@ -1,10 +1,12 @@
 """Python-side registrations of the compiled op library (plinio._C).
 
 The schemas, the CPU/CUDA kernels and the autograd formulas of ``plinio::combine``,
-``plinio::pit_masks`` and ``plinio::pit_masked_weight`` (plus their ``*_backward`` ops), and
-of the two CPU ops of compiled graphs, ``plinio::relu_backward`` and ``plinio::dropout_noise``
-(plinio/ops/activations.py), come from the compiled library (csrc/plinio_ops.cpp, csrc/autograd.cpp: autograd in C++
-because a Python autograd registration costs more per call than these kernels). This
+``plinio::pit_masks`` and ``plinio::pit_masked_weight`` (plus their ``*_backward`` ops), of
+the two CPU ops of compiled graphs, ``plinio::relu_backward`` and ``plinio::dropout_noise``
+(plinio/ops/activations.py), and of sparse execution's direct convolution
+``plinio::small_conv`` and its two gradients (plinio/fast/small_conv.py), come from the
+compiled library (csrc/plinio_ops.cpp, csrc/autograd.cpp: autograd in C++ because a Python
+autograd registration costs more per call than these kernels). This
 module adds, once the library is loaded, the fake (meta) kernels for torch.compile /
 export, and the Autograd kernels of the ``*_backward`` ops: the differentiable formulas of
 plinio/ops/double_backward.py, which csrc/autograd.cpp calls when a backward must itself
@@ -21,7 +23,8 @@ from . import _validate, double_backward
 from ._conventions import absent, first_given, masked_weight_format
 
 _OPS = ("combine", "combine_backward", "pit_masks", "pit_masks_backward",
-        "pit_masked_weight", "pit_masked_weight_backward", "relu_backward", "dropout_noise")
+        "pit_masked_weight", "pit_masked_weight_backward", "relu_backward", "dropout_noise",
+        "small_conv", "small_conv_input_grad", "small_conv_weight_grad")
 
 _lock = threading.Lock()
 _registered = False
@@ -113,6 +116,41 @@ def _fake_dropout_noise(input: Tensor, p: float) -> Tensor:
     return torch.empty_like(input)
 
 
+def _empty_in_layout_of(like: Tensor, sizes: Sequence[int]) -> Tensor:
+    """An empty tensor of ``sizes`` in the layout of ``like`` (N, C, *spatial) as
+    ``plinio::small_conv`` gives it: channels_last where ``like`` (lifted to 4-D) suggests it."""
+    lifted = like.unsqueeze(2) if like.dim() == 3 else like
+    channels_last = lifted.is_contiguous(memory_format=torch.channels_last) and not lifted.is_contiguous()
+    out_sizes = list(sizes[:2]) + [1] + list(sizes[2:]) if like.dim() == 3 else list(sizes)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out = torch.empty(out_sizes, dtype=like.dtype, device=like.device, memory_format=fmt)
+    return out.squeeze(2) if like.dim() == 3 else out
+
+
+def _small_conv_sizes(input_shape: Sequence[int], kernel: Sequence[int], padding_before: Sequence[int],
+                      padding_after: Sequence[int], dilation: Sequence[int]) -> List[int]:
+    return [n + pb + pa - d * (k - 1) for n, k, pb, pa, d in
+            zip(input_shape, kernel, padding_before, padding_after, dilation)]
+
+
+def _fake_small_conv(input: Tensor, weight: Tensor, bias: Optional[Tensor], padding_before: Sequence[int],
+                     padding_after: Sequence[int], dilation: Sequence[int]) -> Tensor:
+    spatial = _small_conv_sizes(input.shape[2:], weight.shape[2:], padding_before, padding_after, dilation)
+    return _empty_in_layout_of(input, [input.shape[0], weight.shape[0]] + spatial)
+
+
+def _fake_small_conv_input_grad(grad: Tensor, weight: Tensor, input_size: Sequence[int],
+                                padding_before: Sequence[int], padding_after: Sequence[int],
+                                dilation: Sequence[int]) -> Tensor:
+    return _empty_in_layout_of(grad, input_size)
+
+
+def _fake_small_conv_weight_grad(grad: Tensor, input: Tensor, weight_size: Sequence[int],
+                                 padding_before: Sequence[int], padding_after: Sequence[int],
+                                 dilation: Sequence[int]) -> Tensor:
+    return input.new_empty(weight_size)
+
+
 _DOUBLE_BACKWARD = {
     "combine_backward": double_backward.combine_backward,
     "pit_masks_backward": double_backward.pit_masks_backward,
@@ -128,6 +166,9 @@ _FAKES = {
     "pit_masked_weight_backward": _fake_pit_masked_weight_backward,
     "relu_backward": _fake_relu_backward,
     "dropout_noise": _fake_dropout_noise,
+    "small_conv": _fake_small_conv,
+    "small_conv_input_grad": _fake_small_conv_input_grad,
+    "small_conv_weight_grad": _fake_small_conv_weight_grad,
 }
 
 

@@ -2,8 +2,9 @@
 (x, W, b and the mask parameters α, β, γ through ``plinio.ops.pit_masked_weight``) on random
 layers and masks, the two flags and the conditions under which leaving them off is exact,
 saved-for-backward bytes, bad input, and the per-layer decision rule."""
+import contextlib
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 import torch
@@ -571,3 +572,132 @@ def test_cuda_values_and_gradients_without_a_host_sync(kind):
     _assert_close(y, y_dense, "output")
     for got, name in zip(grads, ("x", "w", "b")):
         _assert_close(got, g_dense[name], f"gradient of {name}")
+
+
+# ------------------------------------------------------------------ the direct small convolution
+@contextlib.contextmanager
+def _direct_decisions() -> Iterator[List[bool]]:
+    """Records each decision of ``small_conv.runs_direct`` (True: plinio::small_conv ran)."""
+    from plinio.fast import small_conv
+
+    decisions: List[bool] = []
+    decide = small_conv.runs_direct
+
+    def spy(*args):
+        decisions.append(decide(*args))
+        return decisions[-1]
+
+    small_conv.runs_direct = spy
+    try:
+        yield decisions
+    finally:
+        small_conv.runs_direct = decide
+
+
+def _needs_direct_kernel():
+    from plinio.fast import small_conv
+
+    if small_conv.channel_limit() == 0:
+        pytest.skip("plinio::small_conv does not run here (extension not built, or baseline loops only)")
+
+
+@st.composite
+def direct_cases(draw: st.DrawFn) -> Tuple[MaskedLayer, torch.Tensor, torch.Tensor]:
+    """Layers whose compact convolutions are small enough for the direct kernel: float32,
+    stride 1, 3 to 7 taps per row, rows of 16+ outputs, up to 8 channels of 12 kept/live."""
+    kind = draw(st.sampled_from(("conv1d", "conv2d")))
+    kernel, dilation = draw(st.integers(3, 7)), draw(st.integers(1, 2))
+    total = dilation * (kernel - 1)
+    pad_left = draw(st.integers(-1, total))
+    pad_right = draw(st.integers(0, total))
+    kept, live = torch.zeros(12, dtype=torch.bool), torch.zeros(12, dtype=torch.bool)
+    kept[draw(st.lists(st.integers(0, 11), min_size=1, max_size=8, unique=True))] = True
+    live[draw(st.lists(st.integers(0, 11), min_size=1, max_size=8, unique=True))] = True
+    seed = draw(st.integers(0, 2 ** 16))
+    layer = make_layer(kind, 12, 12, kernel, 1, dilation, pad_left, pad_right, draw(st.booleans()), kept,
+                       0, seed, torch.float32)
+    size = total + 16 - pad_left - pad_right + draw(st.integers(0, 20))
+    x = make_input(layer, live, draw(st.integers(1, 3)), size, seed)
+    return layer, x, torch.nonzero(live).flatten()
+
+
+@SETTINGS
+@given(direct_cases())
+def test_compact_convolutions_on_the_direct_kernel_equal_the_dense_layer(case):
+    _needs_direct_kernel()
+    from plinio.fast import small_conv
+
+    layer, x, live = case
+    y_dense, g_dense = run(layer.dense, x, layer.params())
+    with _direct_decisions() as decisions:
+        for flags in ((True, True), (False, False)):
+            y_sparse, g_sparse = run(lambda t: layer.sparse(t, live, *flags), x, layer.params())
+            _assert_close(y_sparse, y_dense, "output")
+            if flags == (True, True):
+                for name in g_dense:
+                    _assert_close(g_sparse[name], g_dense[name], f"gradient of {name}")
+    kept = int((layer.alpha.detach().abs() > 0.5).sum())
+    if max(kept, live.numel()) <= small_conv.channel_limit():
+        assert any(decisions), "the direct kernel should have run"
+
+
+def test_direct_kernel_runs_where_the_rule_says_and_gives_the_aten_path_values(monkeypatch):
+    _needs_direct_kernel()
+    from plinio.fast import small_conv
+
+    kept = torch.zeros(16, dtype=torch.bool)
+    kept[[1, 6, 9, 14]] = True
+    live = torch.zeros(16, dtype=torch.bool)
+    live[[0, 3, 6, 7]] = True
+    layer = make_layer("conv2d", 16, 16, 5, 1, 1, 2, 2, True, kept, 0, 5, torch.float32)
+    x = make_input(layer, live, 4, 32, 5)
+    live_idx = torch.nonzero(live).flatten()
+    with _direct_decisions() as decisions:
+        got, got_grads = run(lambda t: layer.sparse(t, live_idx, False, False), x, layer.params())
+    assert decisions and all(decisions)  # forward, input and weight gradient: 4 channels
+    monkeypatch.setattr(small_conv, "channel_limit", lambda: 0)
+    with _direct_decisions() as decisions:
+        want, want_grads = run(lambda t: layer.sparse(t, live_idx, False, False), x, layer.params())
+    assert decisions and not any(decisions)
+    _assert_close(got, want, "output")
+    for name in want_grads:
+        _assert_close(got_grads[name], want_grads[name], f"gradient of {name}")
+
+
+@pytest.mark.parametrize("change, fits", [
+    ({}, True), ({"stride": (2, 2)}, False), ({"groups": 8}, False), ({"kernel": (1, 1)}, False),
+    ({"kernel": (3, 8)}, False), ({"kernel": (3, 2)}, False), ({"kernel": (9, 3)}, True),
+    ({"ndim": 3}, False)])
+def test_geometries_the_direct_kernel_takes(change, fits):
+    from plinio.fast import small_conv
+
+    fields = dict(ndim=2, in_channels=8, out_channels=8, groups=1, kernel=(5, 5), stride=(1, 1),
+                  dilation=(2, 1), pad_left=(3, 0), pad_right=(1, 4), has_bias=True)
+    assert small_conv.geometry_fits(ConvGeometry(**{**fields, **change})) is fits
+
+
+def test_sizes_and_tensors_the_direct_kernel_takes(monkeypatch):
+    from plinio.fast import small_conv
+
+    monkeypatch.setattr(small_conv, "channel_limit", lambda: 8)
+    t = torch.empty(0)
+    assert small_conv.runs_direct(t, 8, 3, 16)
+    assert not small_conv.runs_direct(t, 9, 3, 16)    # too many channels
+    assert not small_conv.runs_direct(t, 4, 4, 15)    # rows too short
+    assert not small_conv.runs_direct(t.double(), 4, 4, 32)
+    assert not small_conv.runs_direct(t.to(torch.bfloat16), 4, 4, 32)
+    monkeypatch.setattr(small_conv, "channel_limit", lambda: 0)
+    assert not small_conv.runs_direct(t, 1, 1, 64)
+
+
+def test_the_small_conv_benchmark_prints_one_row_per_size(capsys):
+    _needs_direct_kernel()
+    from bench.bench_small_conv import SHAPES, main
+
+    threads = torch.get_num_threads()
+    try:
+        main(["--threads", "1", "--repeats", "1", "--batch", "2"])
+    finally:
+        torch.set_num_threads(threads)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == len(SHAPES) + 1  # the header and one row per size

@@ -1,0 +1,120 @@
+"""When does ``plinio::small_conv`` (the direct convolution of few channels) beat aten's?
+
+    python bench/bench_small_conv.py [--threads 1] [--repeats 7] [--batch 32] [--clock cpu|wall]
+
+For compact convolutions of the sizes pruning leaves (2-D images of 8 to 32 pixels, 1-D
+sequences of 128, 1 to 32 channels), each round times, in a shuffled order, the forward, the
+input gradient and the weight gradient of one convolution (stride 1, "same" padding)
+- with aten's kernels (oneDNN) on channels_last tensors, what sparse execution otherwise
+  runs for compact tensors (``plinio.fast.sparse_conv``),
+- with ``plinio::small_conv`` and its two gradient ops on the same tensors.
+Reported: the median and range over rounds of the per-round ratio direct / aten (below 1: the
+direct kernel is faster), the aten time, and whether ``plinio.fast.small_conv.runs_direct``
+picks the direct kernel for that size in this process, so the table shows where the rule is
+right. The CPU model and the instruction set of the direct kernel's loops head the table.
+"""
+import argparse
+import datetime
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.bench_sparse_conv import cpu_model  # noqa: E402
+from plinio import _extension  # noqa: E402
+from plinio.fast import small_conv  # noqa: E402
+
+# (input channels, output channels, kernel size, spatial size); ndim = len(spatial)
+SHAPES: List[Tuple[int, int, int, Tuple[int, ...]]] = [
+    (3, 4, 5, (32, 32)), (4, 4, 5, (32, 32)), (4, 4, 3, (32, 32)), (4, 4, 1, (32, 32)),
+    (4, 8, 5, (32, 32)), (8, 8, 5, (32, 32)), (8, 8, 3, (32, 32)), (8, 8, 5, (16, 16)),
+    (8, 8, 3, (16, 16)), (12, 12, 3, (16, 16)), (16, 16, 3, (16, 16)), (16, 16, 5, (8, 8)),
+    (4, 4, 5, (128,)), (8, 8, 5, (128,)), (16, 16, 5, (128,)), (32, 32, 5, (128,)),
+]
+
+
+def channels_last(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in the channels_last layout sparse execution gives compact tensors (1-D: (N, L, C))."""
+    if t.dim() == 4:
+        return t.contiguous(memory_format=torch.channels_last)
+    return t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def step_functions(ci: int, co: int, k: int, spatial: Tuple[int, ...],
+                   batch: int) -> Dict[str, Callable[[], object]]:
+    nd = len(spatial)
+    pad = [k // 2] * nd
+    pad_after = [k - 1 - k // 2] * nd
+    ones, zeros = [1] * nd, [0] * nd
+    x = channels_last(torch.randn(batch, ci, *spatial))
+    w = torch.randn(co, ci, *([k] * nd))
+    out = [n + p + q - (k - 1) for n, p, q in zip(spatial, pad, pad_after)]
+    gy = channels_last(torch.randn(batch, co, *out))
+    conv = torch.nn.functional.conv1d if nd == 1 else torch.nn.functional.conv2d
+    x_padded = torch.nn.functional.pad(x, [p for pair in zip(pad_after, pad) for p in pair][::-1])
+    w_aten = w.contiguous(memory_format=torch.channels_last) if nd == 2 else w
+    ops = torch.ops.plinio
+
+    def aten() -> object:
+        conv(x_padded, w_aten)
+        return torch.ops.aten.convolution_backward(gy, x_padded, w_aten, None, ones, zeros, ones, False, zeros, 1,
+                                                   [True, True, False])
+
+    def direct() -> object:
+        ops.small_conv(x, w, None, pad, pad_after, ones)
+        ops.small_conv_input_grad(gy, w, list(x.shape), pad, pad_after, ones)
+        return ops.small_conv_weight_grad(gy, x, list(w.shape), pad, pad_after, ones)
+
+    return {"aten": aten, "direct": direct}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
+    args = parser.parse_args(argv)
+    if not _extension.load():
+        raise SystemExit(f"plinio::small_conv needs the compiled extension: {_extension.load_error()}")
+    torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    import plinio._C as ext
+    print(f"# plinio::small_conv vs aten, batch {args.batch}, torch {torch.__version__}, CPU {cpu_model()}, "
+          f"{args.threads} threads, {args.clock} clock, direct loops {ext.small_conv_isa()}, "
+          f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print(f"# command: python bench/bench_small_conv.py {' '.join(sys.argv[1:] if argv is None else argv)}")
+    print("# one sample = forward + input gradient + weight gradient; ratio = direct / aten "
+          "(channels_last), per round")
+    print("| in | out | kernel | size | aten µs | direct/aten median | range | rule picks direct |")
+    print("|---:|---:|---:|---|---:|---:|---|---|")
+    rng = random.Random(0)
+    for ci, co, k, spatial in SHAPES:
+        fns = step_functions(ci, co, k, spatial, args.batch)
+        for fn in fns.values():
+            fn()
+        times: Dict[str, List[float]] = {name: [] for name in fns}
+        for _ in range(args.repeats):
+            order = list(fns)
+            rng.shuffle(order)
+            for name in order:
+                start = clock()
+                fns[name]()
+                times[name].append(clock() - start)
+        ratios = sorted(d / a for d, a in zip(times["direct"], times["aten"]))
+        probe = torch.empty(0)
+        picks = small_conv.MIN_KERNEL_WIDTH <= k <= small_conv.MAX_KERNEL_WIDTH and \
+            small_conv.runs_direct(probe, ci, co, spatial[-1])
+        size = "×".join(map(str, spatial))
+        print(f"| {ci} | {co} | {k} | {size} | {1e6 * statistics.median(times['aten']):.0f} | "
+              f"{statistics.median(ratios):.2f} | {ratios[0]:.2f}–{ratios[-1]:.2f} | {'yes' if picks else 'no'} |")
+
+
+if __name__ == "__main__":
+    main()
