@@ -450,12 +450,13 @@ def describe_machine(device: str, threads: int) -> str:
 
 
 def _cpu_loops() -> str:
-    """Which copy of the compiled CPU loops runs (baseline or AVX2), when built."""
+    """Which copies of the compiled CPU loops run (baseline, AVX2; AVX-512 for the small
+    convolution of sparse execution), when built."""
     if "cpp" not in ops.available_backends("cpu"):
         return ", no compiled CPU kernels"
     from plinio import _C
 
-    return f", CPU kernel loops {_C.cpu_isa()}"
+    return f", CPU kernel loops {_C.cpu_isa()}, small-conv loops {_C.small_conv_isa()}"
 
 
 def _fractions(text: str) -> List[float]:

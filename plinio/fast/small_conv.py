@@ -30,12 +30,13 @@ _CHANNEL_LIMIT = {"avx512": 8, "avx2": 4}
 
 @functools.lru_cache(maxsize=None)
 def channel_limit() -> int:
-    """Most input/output channels at which the direct kernel runs in this process (0: never,
-    e.g. the extension is not built or only its baseline loops run here)."""
+    """Most input/output channels at which the direct kernel runs in this process (0: never:
+    the extension is not built, predates the kernel, or only its baseline loops run here)."""
     if not _extension.load():
         return 0
     import plinio._C as ext  # loaded by _extension.load()
-    return _CHANNEL_LIMIT.get(ext.small_conv_isa(), 0)
+    isa = getattr(ext, "small_conv_isa", None)
+    return _CHANNEL_LIMIT.get(isa(), 0) if isa is not None else 0
 
 
 def geometry_fits(geometry: ConvGeometry) -> bool:
