@@ -94,14 +94,13 @@ at::Tensor convolve(const at::Tensor& x, const at::Tensor& w, const float* bias,
   TORCH_CHECK(ho >= 1 && wo >= 1, "plinio::small_conv: the padded input (", h, " x ", wi,
               ") is smaller than the dilated kernel (", kh, " x ", kw, ")");
   at::Tensor out = empty_like_layout(x, {n, co, ho, wo});
-  const cpu::SmallConvShape s{ci,    co,    kh, kw,
-                              sp.dh, sp.dw, ho, round_up(wo, cpu::small_conv_loops().lanes)};
+  const auto& loops = cpu::small_conv_loops();
+  const cpu::SmallConvShape s{ci, co, kh, kw, sp.dh, sp.dw, ho, round_up(wo, loops.lanes)};
   const int64_t in_strides[3] = {x.stride(1), x.stride(2), x.stride(3)};
   const int64_t osn = out.stride(0), osc = out.stride(1), osh = out.stride(2), osw = out.stride(3);
   const float* xp = x.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  const auto& loops = cpu::small_conv_loops();
   at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> in(ci * s.hp() * s.wp()), res(co * ho * s.wv);
     for (int64_t b = begin; b < end; ++b) {
@@ -199,16 +198,15 @@ at::Tensor small_conv_weight_grad_cpu(const at::Tensor& grad, const at::Tensor& 
               op, ": grad of shape ", grad.sizes(),
               " is not the output of a convolution of an input ", input.sizes(), " by a kernel ",
               weight_size, " with this padding and dilation");
-  const cpu::SmallConvShape s{ci,    co,    kh, kw,
-                              sp.dh, sp.dw, ho, round_up(wo, cpu::small_conv_loops().lanes)};
-  const int64_t taps = co * ci * kh * kw;
+  const auto& loops = cpu::small_conv_loops();
+  const cpu::SmallConvShape s{ci, co, kh, kw, sp.dh, sp.dw, ho, round_up(wo, loops.lanes)};
+  const int64_t taps = co * ci * kh * kw, lanes = loops.lanes;
   const int64_t chunks = (n + kSamplesPerChunk - 1) / kSamplesPerChunk;
-  std::vector<float> partial(chunks * taps, 0.f);
+  std::vector<float> partial(chunks * taps * lanes, 0.f);
   const int64_t x_strides[3] = {x.stride(1), x.stride(2), x.stride(3)};
   const int64_t g_strides[3] = {g.stride(1), g.stride(2), g.stride(3)};
   const float* xp = x.data_ptr<float>();
   const float* gp = g.data_ptr<float>();
-  const auto& loops = cpu::small_conv_loops();
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> in(ci * s.hp() * s.wp()), gb(co * ho * s.wv);
     for (int64_t chunk = begin; chunk < end; ++chunk) {
@@ -217,14 +215,15 @@ at::Tensor small_conv_weight_grad_cpu(const at::Tensor& grad, const at::Tensor& 
         pack(xp + b * x.stride(0), x_strides, ci, x.size(2), x.size(3), sp.pad_top, sp.pad_left,
              in.data(), s.hp(), s.wp());
         pack(gp + b * g.stride(0), g_strides, co, ho, wo, 0, 0, gb.data(), ho, s.wv);
-        loops.weight_grad(s, gb.data(), in.data(), partial.data() + chunk * taps);
+        loops.weight_grad(s, gb.data(), in.data(), partial.data() + chunk * taps * lanes);
       }
     }
   });
   at::Tensor out = at::zeros(weight_size, input.options());
   float* o = out.data_ptr<float>();
   for (int64_t chunk = 0; chunk < chunks; ++chunk)
-    for (int64_t t = 0; t < taps; ++t) o[t] += partial[chunk * taps + t];
+    for (int64_t t = 0; t < taps; ++t)
+      for (int64_t l = 0; l < lanes; ++l) o[t] += partial[(chunk * taps + t) * lanes + l];
   return out;
 }
 

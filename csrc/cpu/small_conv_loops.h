@@ -35,8 +35,8 @@ struct SmallConvLoops {
   int64_t lanes;  // floats per vector register
   // out[co][oh][ow] = Σ_{ci,i,j} w[co][ci][i][j] * in[ci][oh + dh*i][ow + dw*j]
   void (*forward)(const SmallConvShape& s, const float* in, const float* w, float* out);
-  // grad_w[co][ci][i][j] += Σ_{oh,ow} grad[co][oh][ow] * in[ci][oh + dh*i][ow + dw*j]
-  // (s.kw <= kMaxKernelWidth)
+  // grad_w[co][ci][i][j][l] += Σ_{oh, ow ≡ l mod lanes} grad[co][oh][ow] * in[ci][oh + dh*i][ow +
+  // dw*j] (per-lane partial sums: the caller adds up the lanes l; s.kw <= kMaxKernelWidth)
   void (*weight_grad)(const SmallConvShape& s, const float* grad, const float* in, float* grad_w);
 };
 

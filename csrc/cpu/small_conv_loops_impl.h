@@ -32,12 +32,6 @@ inline void load(Vec& v, const float* p) { __builtin_memcpy(&v, p, sizeof(v)); }
 
 inline void store(float* p, const Vec& v) { __builtin_memcpy(p, &v, sizeof(v)); }
 
-inline float lane_sum(const Vec& v) {
-  float sum = 0.f;
-  for (int l = 0; l < kLanes; ++l) sum += v[l];
-  return sum;
-}
-
 // One output tile of V vectors of columns × CB output channels from co0, at row oh, column ow0.
 template <int CB, int V>
 void forward_tile(const SmallConvShape& s, const float* in, const float* w, float* out, int64_t oh,
@@ -97,7 +91,9 @@ void forward(const SmallConvShape& s, const float* in, const float* w, float* ou
   }
 }
 
-// grad_w rows co0..co0+CB-1 of input channel ci and kernel row i, for a kernel width KW.
+// grad_w rows co0..co0+CB-1 of input channel ci and kernel row i, for a kernel width KW, kept
+// per lane: the horizontal sums are left to the driver, once per call instead of once per tile
+// (a 1-D convolution has a single row per tile, where they would cost more than the products).
 template <int KW, int CB>
 void weight_grad_tile(const SmallConvShape& s, const float* grad, const float* in, float* grad_w,
                       int64_t co0, int64_t ci, int64_t i) {
@@ -119,8 +115,12 @@ void weight_grad_tile(const SmallConvShape& s, const float* grad, const float* i
     }
   }
   for (int c = 0; c < CB; ++c) {
-    float* out = grad_w + (((co0 + c) * s.ci + ci) * s.kh + i) * KW;
-    for (int j = 0; j < KW; ++j) out[j] += lane_sum(acc[c][j]);
+    float* out = grad_w + (((co0 + c) * s.ci + ci) * s.kh + i) * KW * kLanes;
+    for (int j = 0; j < KW; ++j) {
+      Vec sum;
+      load(sum, out + j * kLanes);
+      store(out + j * kLanes, sum + acc[c][j]);
+    }
   }
 }
 
