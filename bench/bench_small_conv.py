@@ -108,7 +108,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 fns[name]()
                 times[name].append(clock() - start)
         ratios = sorted(d / a for d, a in zip(times["direct"], times["aten"]))
-        probe = torch.empty(0)
+        probe = torch.empty((1, 1) + (1,) * len(spatial))  # the rule reads dtype, device and ndim
         picks = small_conv.MIN_KERNEL_WIDTH <= k <= small_conv.MAX_KERNEL_WIDTH and \
             small_conv.runs_direct(probe, ci, co, spatial[-1])
         size = "×".join(map(str, spatial))

@@ -4,15 +4,17 @@ convolution for a few channels, ``csrc/cpu/small_conv_cpu.cpp``) instead of aten
 oneDNN runs a convolution of a few channels at a fraction of its usual speed (a 4 -> 4
 channel 5×5 convolution of 32×32 images: ~20 GMAC/s on a core that runs a 64-channel one at
 ~100), and a heavily pruned layer keeps exactly that few. The direct kernel vectorizes along
-the image rows instead of the channels, so its speed does not depend on the channel count;
-it supports what such layers use: stride 1, groups 1, any dilation and padding, kernel width
-2 to 7, float32, 1-D and 2-D.
+the image rows instead of the channels, so its rate hardly depends on the channel count, and
+it splits the batch among the threads; it takes stride 1, groups 1, any dilation and
+per-side padding, kernel rows of 1 to 7 taps, float32, 1-D and 2-D.
 
 The rule below comes from ``bench/bench_small_conv.py`` (forward + both gradients, batch 32,
-1 thread; the ranges are in bench/RESULTS.md). With the AVX-512 copy of the loops it is
-faster than oneDNN up to 8 input and output channels on rows of 16+ outputs with a kernel
-of 3+ taps per row (a 1×1 or 1×2 kernel is a small matrix product, which oneDNN does well);
-with the AVX2 copy up to 4 channels; the baseline copy is never used.
+1 and 2 threads; the tables are in bench/RESULTS.md). The direct kernel is faster than oneDNN
+on rows of 16+ outputs with a kernel of 3+ taps per row (a 1×1 or 1×2 kernel is a small
+matrix product, which oneDNN does well) up to a channel count that depends on its loops and,
+for 1-D convolutions, on the threads: a second thread speeds it up (it splits the batch) more
+than oneDNN's 1-D convolution (16 channels: 1.15 of oneDNN's time with 1 thread, 0.78 with
+2). The baseline copy of the loops is never used.
 """
 import functools
 
@@ -25,18 +27,28 @@ from .linear_ops import ConvGeometry
 MIN_ROW = 16        # output positions per row (shorter rows leave the vectors part empty)
 MIN_KERNEL_WIDTH = 3
 MAX_KERNEL_WIDTH = 7  # the weight-gradient loops unroll up to this many taps per row
-_CHANNEL_LIMIT = {"avx512": 8, "avx2": 4}
+# most input/output channels, per copy of the loops: {(ndim, more than one thread): channels}
+_CHANNEL_LIMITS = {
+    "avx512": {(2, False): 8, (2, True): 8, (1, False): 8, (1, True): 16},
+    "avx2": {(2, False): 4, (2, True): 4, (1, False): 8, (1, True): 8},
+}
 
 
 @functools.lru_cache(maxsize=None)
-def channel_limit() -> int:
-    """Most input/output channels at which the direct kernel runs in this process (0: never:
-    the extension is not built, predates the kernel, or only its baseline loops run here)."""
+def loops_isa() -> str:
+    """The copy of the direct kernel's loops this process runs ('avx512', 'avx2', 'base'), or
+    'none' when the extension is not built or predates the kernel."""
     if not _extension.load():
-        return 0
+        return "none"
     import plinio._C as ext  # loaded by _extension.load()
     isa = getattr(ext, "small_conv_isa", None)
-    return _CHANNEL_LIMIT.get(isa(), 0) if isa is not None else 0
+    return isa() if isa is not None else "none"
+
+
+def channel_limit(ndim: int, threads: int) -> int:
+    """Most input/output channels at which a ``ndim``-D convolution runs the direct kernel with
+    ``threads`` threads (0: never)."""
+    return _CHANNEL_LIMITS.get(loops_isa(), {}).get((ndim, threads > 1), 0)
 
 
 def geometry_fits(geometry: ConvGeometry) -> bool:
@@ -50,4 +62,4 @@ def runs_direct(t: torch.Tensor, channels_a: int, channels_b: int, row: int) -> 
     """Whether a convolution between ``channels_a`` and ``channels_b`` channels with output
     rows of ``row`` positions, on tensors like ``t``, runs the direct kernel."""
     return t.dtype == torch.float32 and t.device.type == "cpu" and row >= MIN_ROW \
-        and max(channels_a, channels_b) <= channel_limit()
+        and max(channels_a, channels_b) <= channel_limit(t.dim() - 2, torch.get_num_threads())

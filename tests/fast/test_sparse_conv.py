@@ -597,7 +597,7 @@ def _direct_decisions() -> Iterator[List[bool]]:
 def _needs_direct_kernel():
     from plinio.fast import small_conv
 
-    if small_conv.channel_limit() == 0:
+    if small_conv.channel_limit(2, 1) == 0:
         pytest.skip("plinio::small_conv does not run here (extension not built, or baseline loops only)")
 
 
@@ -637,7 +637,7 @@ def test_compact_convolutions_on_the_direct_kernel_equal_the_dense_layer(case):
                 for name in g_dense:
                     _assert_close(g_sparse[name], g_dense[name], f"gradient of {name}")
     kept = int((layer.alpha.detach().abs() > 0.5).sum())
-    if max(kept, live.numel()) <= small_conv.channel_limit():
+    if max(kept, live.numel()) <= small_conv.channel_limit(x.dim() - 2, torch.get_num_threads()):
         assert any(decisions), "the direct kernel should have run"
 
 
@@ -655,7 +655,7 @@ def test_direct_kernel_runs_where_the_rule_says_and_gives_the_aten_path_values(m
     with _direct_decisions() as decisions:
         got, got_grads = run(lambda t: layer.sparse(t, live_idx, False, False), x, layer.params())
     assert decisions and all(decisions)  # forward, input and weight gradient: 4 channels
-    monkeypatch.setattr(small_conv, "channel_limit", lambda: 0)
+    monkeypatch.setattr(small_conv, "channel_limit", lambda ndim, threads: 0)
     with _direct_decisions() as decisions:
         want, want_grads = run(lambda t: layer.sparse(t, live_idx, False, False), x, layer.params())
     assert decisions and not any(decisions)
@@ -679,15 +679,28 @@ def test_geometries_the_direct_kernel_takes(change, fits):
 def test_sizes_and_tensors_the_direct_kernel_takes(monkeypatch):
     from plinio.fast import small_conv
 
-    monkeypatch.setattr(small_conv, "channel_limit", lambda: 8)
-    t = torch.empty(0)
+    monkeypatch.setattr(small_conv, "loops_isa", lambda: "avx512")
+    t = torch.empty(1, 1, 1, 1)
     assert small_conv.runs_direct(t, 8, 3, 16)
     assert not small_conv.runs_direct(t, 9, 3, 16)    # too many channels
     assert not small_conv.runs_direct(t, 4, 4, 15)    # rows too short
     assert not small_conv.runs_direct(t.double(), 4, 4, 32)
     assert not small_conv.runs_direct(t.to(torch.bfloat16), 4, 4, 32)
-    monkeypatch.setattr(small_conv, "channel_limit", lambda: 0)
-    assert not small_conv.runs_direct(t, 1, 1, 64)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # 1-D: 16 channels only where a second thread speeds it up
+        assert not small_conv.runs_direct(torch.empty(1, 1, 1), 16, 16, 128)
+        torch.set_num_threads(2)
+        assert small_conv.runs_direct(torch.empty(1, 1, 1), 16, 16, 128)
+        assert not small_conv.runs_direct(t, 16, 16, 128)
+    finally:
+        torch.set_num_threads(threads)
+    assert small_conv.channel_limit(2, 1) == 8
+    monkeypatch.setattr(small_conv, "loops_isa", lambda: "avx2")
+    assert (small_conv.channel_limit(2, 2), small_conv.channel_limit(1, 1)) == (4, 8)
+    for isa in ("base", "none"):
+        monkeypatch.setattr(small_conv, "loops_isa", lambda: isa)
+        assert not small_conv.runs_direct(t, 1, 1, 64)
 
 
 def test_the_small_conv_benchmark_prints_one_row_per_size(capsys):
