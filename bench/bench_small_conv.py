@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_sparse_conv import cpu_model  # noqa: E402
 from plinio import _extension  # noqa: E402
 from plinio.fast import small_conv  # noqa: E402
+from plinio.fast.linear_ops import ConvGeometry  # noqa: E402
 
 # (input channels, output channels, kernel size, spatial size); ndim = len(spatial)
 SHAPES: List[Tuple[int, int, int, Tuple[int, ...]]] = [
@@ -108,9 +109,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 fns[name]()
                 times[name].append(clock() - start)
         ratios = sorted(d / a for d, a in zip(times["direct"], times["aten"]))
-        probe = torch.empty((1, 1) + (1,) * len(spatial))  # the rule reads dtype, device and ndim
-        picks = small_conv.MIN_KERNEL_WIDTH <= k <= small_conv.MAX_KERNEL_WIDTH and \
-            small_conv.runs_direct(probe, ci, co, spatial[-1])
+        nd = len(spatial)
+        geometry = ConvGeometry(nd, ci, co, 1, (k,) * nd, (1,) * nd, (1,) * nd, (k // 2,) * nd,
+                                (k - 1 - k // 2,) * nd, False)
+        probe = torch.empty((1, 1) + (1,) * nd)  # the rule reads dtype, device and ndim
+        picks = small_conv.geometry_fits(geometry) and small_conv.runs_direct(probe, ci, co, spatial[-1])
         size = "×".join(map(str, spatial))
         print(f"| {ci} | {co} | {k} | {size} | {1e6 * statistics.median(times['aten']):.0f} | "
               f"{statistics.median(ratios):.2f} | {ratios[0]:.2f}–{ratios[-1]:.2f} | {'yes' if picks else 'no'} |")
