@@ -148,32 +148,16 @@ void weight_grad_width(const SmallConvShape& s, const float* grad, const float* 
   }
 }
 
+// weight_grad_width<KW> for KW = 1 .. kMaxKernelWidth (the driver refuses other widths)
+using WeightGradLoop = void (*)(const SmallConvShape&, const float*, const float*, float*);
+constexpr WeightGradLoop kWeightGradByWidth[] = {
+    &weight_grad_width<1>, &weight_grad_width<2>, &weight_grad_width<3>, &weight_grad_width<4>,
+    &weight_grad_width<5>, &weight_grad_width<6>, &weight_grad_width<7>};
+static_assert(sizeof(kWeightGradByWidth) / sizeof(kWeightGradByWidth[0]) == kMaxKernelWidth,
+              "one weight-gradient loop per kernel width");
+
 void weight_grad(const SmallConvShape& s, const float* grad, const float* in, float* grad_w) {
-  switch (s.kw) {
-    case 1:
-      weight_grad_width<1>(s, grad, in, grad_w);
-      break;
-    case 2:
-      weight_grad_width<2>(s, grad, in, grad_w);
-      break;
-    case 3:
-      weight_grad_width<3>(s, grad, in, grad_w);
-      break;
-    case 4:
-      weight_grad_width<4>(s, grad, in, grad_w);
-      break;
-    case 5:
-      weight_grad_width<5>(s, grad, in, grad_w);
-      break;
-    case 6:
-      weight_grad_width<6>(s, grad, in, grad_w);
-      break;
-    case 7:
-      weight_grad_width<7>(s, grad, in, grad_w);
-      break;
-    default:
-      break;  // the driver refuses wider kernels
-  }
+  kWeightGradByWidth[s.kw - 1](s, grad, in, grad_w);
 }
 
 }  // namespace small_conv
