@@ -3,8 +3,9 @@
     python bench/bench_small_conv.py [--threads 1] [--repeats 7] [--batch 32] [--clock cpu|wall]
 
 For compact convolutions of the sizes pruning leaves (2-D images of 8 to 32 pixels, 1-D
-sequences of 128, 1 to 32 channels), each round times, in a shuffled order, the forward, the
-input gradient and the weight gradient of one convolution (stride 1, "same" padding)
+sequences of 128, 1 to 32 channels; stride 1 or 2, groups 1 or depthwise), each round times,
+in a shuffled order, the forward, the input gradient and the weight gradient of one
+convolution ("same" padding)
 - with aten's kernels (oneDNN) on channels_last tensors, what sparse execution otherwise
   runs for compact tensors (``plinio.fast.sparse_conv``),
 - with ``plinio::small_conv`` and its two gradient ops on the same tensors.
@@ -20,7 +21,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -31,12 +32,29 @@ from plinio import _extension  # noqa: E402
 from plinio.fast import small_conv  # noqa: E402
 from plinio.fast.linear_ops import ConvGeometry  # noqa: E402
 
-# (input channels, output channels, kernel size, spatial size); ndim = len(spatial)
-SHAPES: List[Tuple[int, int, int, Tuple[int, ...]]] = [
-    (3, 4, 5, (32, 32)), (4, 4, 5, (32, 32)), (4, 4, 3, (32, 32)), (4, 4, 1, (32, 32)),
-    (4, 8, 5, (32, 32)), (8, 8, 5, (32, 32)), (8, 8, 3, (32, 32)), (8, 8, 5, (16, 16)),
-    (8, 8, 3, (16, 16)), (12, 12, 3, (16, 16)), (16, 16, 3, (16, 16)), (16, 16, 5, (8, 8)),
-    (4, 4, 5, (128,)), (8, 8, 5, (128,)), (16, 16, 5, (128,)), (32, 32, 5, (128,)),
+class Shape(NamedTuple):
+    """One benchmarked convolution; ndim = len(spatial), depthwise when groups > 1."""
+
+    ci: int
+    co: int
+    k: int
+    spatial: Tuple[int, ...]
+    stride: int = 1
+    groups: int = 1
+
+
+SHAPES: List[Shape] = [
+    Shape(3, 4, 5, (32, 32)), Shape(4, 4, 5, (32, 32)), Shape(4, 4, 3, (32, 32)), Shape(4, 4, 1, (32, 32)),
+    Shape(4, 8, 5, (32, 32)), Shape(8, 8, 5, (32, 32)), Shape(8, 8, 3, (32, 32)), Shape(8, 8, 5, (16, 16)),
+    Shape(8, 8, 3, (16, 16)), Shape(12, 12, 3, (16, 16)), Shape(16, 16, 3, (16, 16)), Shape(16, 16, 5, (8, 8)),
+    Shape(4, 4, 5, (128,)), Shape(8, 8, 5, (128,)), Shape(16, 16, 5, (128,)), Shape(32, 32, 5, (128,)),
+    # strided
+    Shape(4, 8, 5, (32, 32), 2), Shape(4, 8, 3, (32, 32), 2), Shape(8, 16, 5, (32, 32), 2),
+    Shape(8, 16, 3, (16, 16), 2), Shape(8, 16, 5, (16, 16), 2),
+    # depthwise
+    Shape(4, 4, 3, (32, 32), 1, 4), Shape(8, 8, 3, (32, 32), 1, 8), Shape(8, 8, 3, (16, 16), 1, 8),
+    Shape(16, 16, 3, (16, 16), 1, 16), Shape(32, 32, 3, (16, 16), 1, 32), Shape(4, 4, 3, (32, 32), 2, 4),
+    Shape(8, 8, 3, (32, 32), 2, 8), Shape(16, 16, 3, (32, 32), 2, 16),
 ]
 
 
@@ -47,30 +65,31 @@ def channels_last(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(1, 2).contiguous().transpose(1, 2)
 
 
-def step_functions(ci: int, co: int, k: int, spatial: Tuple[int, ...],
-                   batch: int) -> Dict[str, Callable[[], object]]:
+def step_functions(shape: Shape, batch: int) -> Dict[str, Callable[[], object]]:
+    ci, co, k, spatial, stride, groups = shape
     nd = len(spatial)
     pad = [k // 2] * nd
     pad_after = [k - 1 - k // 2] * nd
-    ones, zeros = [1] * nd, [0] * nd
+    ones, zeros, strides = [1] * nd, [0] * nd, [stride] * nd
     x = channels_last(torch.randn(batch, ci, *spatial))
-    w = torch.randn(co, ci, *([k] * nd))
-    out = [n + p + q - (k - 1) for n, p, q in zip(spatial, pad, pad_after)]
+    w = torch.randn(co, ci // groups, *([k] * nd))
+    out = [(n + p + q - k) // stride + 1 for n, p, q in zip(spatial, pad, pad_after)]
     gy = channels_last(torch.randn(batch, co, *out))
     conv = torch.nn.functional.conv1d if nd == 1 else torch.nn.functional.conv2d
     x_padded = torch.nn.functional.pad(x, [p for pair in zip(pad_after, pad) for p in pair][::-1])
     w_aten = w.contiguous(memory_format=torch.channels_last) if nd == 2 else w
     ops = torch.ops.plinio
+    args = (strides, pad, pad_after, ones, groups)
 
     def aten() -> object:
-        conv(x_padded, w_aten)
-        return torch.ops.aten.convolution_backward(gy, x_padded, w_aten, None, ones, zeros, ones, False, zeros, 1,
-                                                   [True, True, False])
+        conv(x_padded, w_aten, None, strides, 0, 1, groups)
+        return torch.ops.aten.convolution_backward(gy, x_padded, w_aten, None, strides, zeros, ones, False,
+                                                   zeros, groups, [True, True, False])
 
     def direct() -> object:
-        ops.small_conv(x, w, None, pad, pad_after, ones)
-        ops.small_conv_input_grad(gy, w, list(x.shape), pad, pad_after, ones)
-        return ops.small_conv_weight_grad(gy, x, list(w.shape), pad, pad_after, ones)
+        ops.small_conv(x, w, None, *args)
+        ops.small_conv_input_grad(gy, w, list(x.shape), *args)
+        return ops.small_conv_weight_grad(gy, x, list(w.shape), *args)
 
     return {"aten": aten, "direct": direct}
 
@@ -93,11 +112,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print(f"# command: python bench/bench_small_conv.py {' '.join(sys.argv[1:] if argv is None else argv)}")
     print("# one sample = forward + input gradient + weight gradient; ratio = direct / aten "
           "(channels_last), per round")
-    print("| in | out | kernel | size | aten µs | direct/aten median | range | rule picks direct |")
-    print("|---:|---:|---:|---|---:|---:|---|---|")
+    print("| in | out | kernel | size | stride | groups | aten µs | direct/aten median | range | rule picks direct |")
+    print("|---:|---:|---:|---|---:|---:|---:|---:|---|---|")
     rng = random.Random(0)
-    for ci, co, k, spatial in SHAPES:
-        fns = step_functions(ci, co, k, spatial, args.batch)
+    for shape in SHAPES:
+        fns = step_functions(shape, args.batch)
         for fn in fns.values():
             fn()
         times: Dict[str, List[float]] = {name: [] for name in fns}
@@ -109,15 +128,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 fns[name]()
                 times[name].append(clock() - start)
         ratios = sorted(d / a for d, a in zip(times["direct"], times["aten"]))
+        ci, co, k, spatial, stride, groups = shape
         nd = len(spatial)
-        geometry = ConvGeometry(nd, ci, co, 1, (k,) * nd, (1,) * nd, (1,) * nd, (k // 2,) * nd,
+        geometry = ConvGeometry(nd, ci, co, groups, (k,) * nd, (stride,) * nd, (1,) * nd, (k // 2,) * nd,
                                 (k - 1 - k // 2,) * nd, False)
         probe = torch.empty((1, 1) + (1,) * nd)  # the rule reads dtype, device and ndim
-        picks = small_conv.geometry_fits(geometry) and small_conv.runs_direct(probe, ci, co, spatial[-1])
+        picks = small_conv.geometry_fits(geometry) and small_conv.runs_direct(probe, geometry, ci, co, spatial[-1])
         size = "×".join(map(str, spatial))
-        print(f"| {ci} | {co} | {k} | {size} | {1e6 * statistics.median(times['aten']):.0f} | "
+        print(f"| {ci} | {co} | {k} | {size} | {stride} | {groups} | {1e6 * statistics.median(times['aten']):.0f} | "
               f"{statistics.median(ratios):.2f} | {ratios[0]:.2f}–{ratios[-1]:.2f} | {'yes' if picks else 'no'} |")
-
 
 if __name__ == "__main__":
     main()

@@ -67,20 +67,21 @@ TORCH_LIBRARY(plinio, m) {
   // Its strides are input's, so the graph must hand over input with the strides eager gives it.
   m.def("dropout_noise(Tensor input, float p) -> Tensor",
         {at::Tag::nondeterministic_seeded, at::Tag::needs_exact_strides});
-  // Direct convolution for the few channels of a pruned layer (CPU, float32): stride 1,
-  // groups 1, 1-D or 2-D, kernel width <= 7, zero padding per side (negative: cropped). The
-  // result has the layout of the tensor read (NCHW or channels_last). Used by sparse
-  // execution's compact convolutions (plinio/fast/sparse_conv.py), not differentiable itself:
-  // the two ops below are its gradients.
+  // Direct convolution for the few channels of a pruned layer (CPU, float32): any stride
+  // (strided dimensions need dilation 1), any dilation at stride 1, groups, 1-D or 2-D, kernel
+  // width <= 7, zero padding per side (negative: cropped). The result has the layout of the
+  // tensor read (NCHW or channels_last). Used by sparse execution's compact convolutions
+  // (plinio/fast/sparse_conv.py), not differentiable itself: the two ops below are its
+  // gradients.
   m.def(
-      "small_conv(Tensor input, Tensor weight, Tensor? bias, int[] padding_before, "
-      "int[] padding_after, int[] dilation) -> Tensor");
+      "small_conv(Tensor input, Tensor weight, Tensor? bias, int[] stride, int[] padding_before, "
+      "int[] padding_after, int[] dilation, int groups) -> Tensor");
   m.def(
-      "small_conv_input_grad(Tensor grad, Tensor weight, int[] input_size, int[] padding_before, "
-      "int[] padding_after, int[] dilation) -> Tensor");
+      "small_conv_input_grad(Tensor grad, Tensor weight, int[] input_size, int[] stride, "
+      "int[] padding_before, int[] padding_after, int[] dilation, int groups) -> Tensor");
   m.def(
-      "small_conv_weight_grad(Tensor grad, Tensor input, int[] weight_size, int[] padding_before, "
-      "int[] padding_after, int[] dilation) -> Tensor");
+      "small_conv_weight_grad(Tensor grad, Tensor input, int[] weight_size, int[] stride, "
+      "int[] padding_before, int[] padding_after, int[] dilation, int groups) -> Tensor");
 }
 
 namespace {

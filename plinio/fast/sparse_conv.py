@@ -216,10 +216,11 @@ class _ConvKernels(_CompactKernels):
         self.conv_padding = [0] * len(lead) + padding
         self.conv = F.conv1d if len(self.stride) == 1 else F.conv2d
         self.small = small_conv.geometry_fits(geometry)
-        self.small_args = (list(geometry.pad_left), list(geometry.pad_right), list(geometry.dilation))
+        self.small_args = (list(geometry.stride), list(geometry.pad_left), list(geometry.pad_right),
+                           list(geometry.dilation))
 
     def _runs_small(self, t: torch.Tensor, channels_a: int, channels_b: int, out_width: int) -> bool:
-        return self.small and small_conv.runs_direct(t, channels_a, channels_b, out_width)
+        return self.small and small_conv.runs_direct(t, self.geometry, channels_a, channels_b, out_width)
 
     def layout(self, t: torch.Tensor) -> torch.Tensor:
         if self.lifted:
@@ -265,8 +266,9 @@ class _ConvKernels(_CompactKernels):
 
     def _forward(self, x: torch.Tensor, weight: torch.Tensor,
                  bias: Optional[torch.Tensor]) -> torch.Tensor:
-        if self._runs_small(x, x.shape[1], weight.shape[0], x.shape[-1] + self.geometry.size_offset[-1] + 1):
-            return torch.ops.plinio.small_conv(x, weight, bias, *self.small_args)
+        g = self.geometry
+        if self._runs_small(x, x.shape[1], weight.shape[0], (x.shape[-1] + g.size_offset[-1]) // g.stride[-1] + 1):
+            return torch.ops.plinio.small_conv(x, weight, bias, *self.small_args, self._groups(weight.shape[0]))
         out = self.conv(self._padded(x), self._lift(weight), bias, self.stride, self.conv_padding,
                         self.dilation, self._groups(weight.shape[0]))
         return self._drop(out)
@@ -274,7 +276,8 @@ class _ConvKernels(_CompactKernels):
     def _input_grad(self, grad: torch.Tensor, weight: torch.Tensor,
                     input_shape: Shape) -> torch.Tensor:
         if self._runs_small(grad, grad.shape[1], weight.shape[1], grad.shape[-1]):
-            return torch.ops.plinio.small_conv_input_grad(grad, weight, list(input_shape), *self.small_args)
+            return torch.ops.plinio.small_conv_input_grad(grad, weight, list(input_shape), *self.small_args,
+                                                          self._groups(weight.shape[0]))
         padded_shape = input_shape
         if self.spec is not None:
             g = self.geometry
@@ -286,7 +289,8 @@ class _ConvKernels(_CompactKernels):
     def _weight_grad(self, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         shape = self.weight_shape(grad.shape[1], x.shape[1])
         if self._runs_small(grad, grad.shape[1], x.shape[1], grad.shape[-1]):
-            return torch.ops.plinio.small_conv_weight_grad(grad, x, list(shape), *self.small_args)
+            return torch.ops.plinio.small_conv_weight_grad(grad, x, list(shape), *self.small_args,
+                                                           self._groups(grad.shape[1]))
         like = grad.new_empty(1).expand(self._lifted_shape(shape))
         return self._drop(self._backward(grad, self._padded(x), like, [False, True, False])[1])
 

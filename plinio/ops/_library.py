@@ -127,27 +127,31 @@ def _empty_in_layout_of(like: Tensor, sizes: Sequence[int]) -> Tensor:
     return out.squeeze(2) if like.dim() == 3 else out
 
 
-def _small_conv_sizes(input_shape: Sequence[int], kernel: Sequence[int], padding_before: Sequence[int],
-                      padding_after: Sequence[int], dilation: Sequence[int]) -> List[int]:
-    return [n + pb + pa - d * (k - 1) for n, k, pb, pa, d in
-            zip(input_shape, kernel, padding_before, padding_after, dilation)]
+def _small_conv_sizes(input_shape: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
+                      padding_before: Sequence[int], padding_after: Sequence[int],
+                      dilation: Sequence[int]) -> List[int]:
+    return [(n + pb + pa - d * (k - 1) - 1) // s + 1 for n, k, s, pb, pa, d in
+            zip(input_shape, kernel, stride, padding_before, padding_after, dilation)]
 
 
-def _fake_small_conv(input: Tensor, weight: Tensor, bias: Optional[Tensor], padding_before: Sequence[int],
-                     padding_after: Sequence[int], dilation: Sequence[int]) -> Tensor:
-    spatial = _small_conv_sizes(input.shape[2:], weight.shape[2:], padding_before, padding_after, dilation)
+def _fake_small_conv(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
+                     padding_before: Sequence[int], padding_after: Sequence[int], dilation: Sequence[int],
+                     groups: int) -> Tensor:
+    spatial = _small_conv_sizes(input.shape[2:], weight.shape[2:], stride, padding_before, padding_after,
+                                dilation)
     return _empty_in_layout_of(input, [input.shape[0], weight.shape[0]] + spatial)
 
 
-def _fake_small_conv_input_grad(grad: Tensor, weight: Tensor, input_size: Sequence[int],
+def _fake_small_conv_input_grad(grad: Tensor, weight: Tensor, input_size: Sequence[int], stride: Sequence[int],
                                 padding_before: Sequence[int], padding_after: Sequence[int],
-                                dilation: Sequence[int]) -> Tensor:
+                                dilation: Sequence[int], groups: int) -> Tensor:
     return _empty_in_layout_of(grad, input_size)
 
 
 def _fake_small_conv_weight_grad(grad: Tensor, input: Tensor, weight_size: Sequence[int],
-                                 padding_before: Sequence[int], padding_after: Sequence[int],
-                                 dilation: Sequence[int]) -> Tensor:
+                                 stride: Sequence[int], padding_before: Sequence[int],
+                                 padding_after: Sequence[int], dilation: Sequence[int],
+                                 groups: int) -> Tensor:
     return input.new_empty(weight_size)
 
 

@@ -604,9 +604,11 @@ def _needs_direct_kernel():
 @st.composite
 def direct_cases(draw: st.DrawFn) -> Tuple[MaskedLayer, torch.Tensor, torch.Tensor]:
     """Layers whose compact convolutions are small enough for the direct kernel: float32,
-    stride 1, 3 to 7 taps per row, rows of 16+ outputs, up to 8 channels of 12 kept/live."""
-    kind = draw(st.sampled_from(("conv1d", "conv2d")))
-    kernel, dilation = draw(st.integers(3, 7)), draw(st.integers(1, 2))
+    3 to 7 taps per row, rows of 16+ outputs, up to 8 channels of 12 kept/live; stride 1 with
+    dilation 1 or 2, or stride 2; groups 1 or depthwise."""
+    kind = draw(st.sampled_from(("conv1d", "conv2d", "depthwise2d")))
+    kernel, stride = draw(st.integers(3, 7)), draw(st.sampled_from((1, 2)))
+    dilation = 1 if stride > 1 else draw(st.integers(1, 2))
     total = dilation * (kernel - 1)
     pad_left = draw(st.integers(-1, total))
     pad_right = draw(st.integers(0, total))
@@ -614,9 +616,9 @@ def direct_cases(draw: st.DrawFn) -> Tuple[MaskedLayer, torch.Tensor, torch.Tens
     kept[draw(st.lists(st.integers(0, 11), min_size=1, max_size=8, unique=True))] = True
     live[draw(st.lists(st.integers(0, 11), min_size=1, max_size=8, unique=True))] = True
     seed = draw(st.integers(0, 2 ** 16))
-    layer = make_layer(kind, 12, 12, kernel, 1, dilation, pad_left, pad_right, draw(st.booleans()), kept,
+    layer = make_layer(kind, 12, 12, kernel, stride, dilation, pad_left, pad_right, draw(st.booleans()), kept,
                        0, seed, torch.float32)
-    size = total + 16 - pad_left - pad_right + draw(st.integers(0, 20))
+    size = total + 1 + 15 * stride - pad_left - pad_right + draw(st.integers(0, 20))
     x = make_input(layer, live, draw(st.integers(1, 3)), size, seed)
     return layer, x, torch.nonzero(live).flatten()
 
@@ -637,11 +639,13 @@ def test_compact_convolutions_on_the_direct_kernel_equal_the_dense_layer(case):
                 for name in g_dense:
                     _assert_close(g_sparse[name], g_dense[name], f"gradient of {name}")
     kept = int((layer.alpha.detach().abs() > 0.5).sum())
-    if max(kept, live.numel()) <= small_conv.channel_limit(x.dim() - 2, torch.get_num_threads()):
+    limit = small_conv.channel_limit(x.dim() - 2, torch.get_num_threads(), small_conv.kind(layer.geometry))
+    if max(kept, live.numel()) <= limit:
         assert any(decisions), "the direct kernel should have run"
 
 
-def test_direct_kernel_runs_where_the_rule_says_and_gives_the_aten_path_values(monkeypatch):
+@pytest.mark.parametrize("kind, stride", [("conv2d", 1), ("conv2d", 2), ("depthwise2d", 1), ("depthwise2d", 2)])
+def test_direct_kernel_runs_where_the_rule_says_and_gives_the_aten_path_values(monkeypatch, kind, stride):
     _needs_direct_kernel()
     from plinio.fast import small_conv
 
@@ -649,13 +653,15 @@ def test_direct_kernel_runs_where_the_rule_says_and_gives_the_aten_path_values(m
     kept[[1, 6, 9, 14]] = True
     live = torch.zeros(16, dtype=torch.bool)
     live[[0, 3, 6, 7]] = True
-    layer = make_layer("conv2d", 16, 16, 5, 1, 1, 2, 2, True, kept, 0, 5, torch.float32)
+    layer = make_layer(kind, 16, 16, 5, stride, 1, 2, 2, True, kept, 0, 5, torch.float32)
+    if small_conv.channel_limit(2, torch.get_num_threads(), small_conv.kind(layer.geometry)) < 4:
+        pytest.skip(f"the direct kernel does not take 4-channel {kind} convolutions of stride {stride} here")
     x = make_input(layer, live, 4, 32, 5)
     live_idx = torch.nonzero(live).flatten()
     with _direct_decisions() as decisions:
         got, got_grads = run(lambda t: layer.sparse(t, live_idx, False, False), x, layer.params())
     assert decisions and all(decisions)  # forward, input and weight gradient: 4 channels
-    monkeypatch.setattr(small_conv, "channel_limit", lambda ndim, threads: 0)
+    monkeypatch.setattr(small_conv, "channel_limit", lambda ndim, threads, kind: 0)
     with _direct_decisions() as decisions:
         want, want_grads = run(lambda t: layer.sparse(t, live_idx, False, False), x, layer.params())
     assert decisions and not any(decisions)
@@ -665,15 +671,21 @@ def test_direct_kernel_runs_where_the_rule_says_and_gives_the_aten_path_values(m
 
 
 @pytest.mark.parametrize("change, fits", [
-    ({}, True), ({"stride": (2, 2)}, False), ({"groups": 8}, False), ({"kernel": (1, 1)}, False),
-    ({"kernel": (3, 8)}, False), ({"kernel": (3, 2)}, False), ({"kernel": (9, 3)}, True),
-    ({"ndim": 3}, False)])
+    ({}, True), ({"stride": (2, 2)}, False), ({"stride": (1, 2)}, True), ({"groups": 8}, True),
+    ({"groups": 2}, False), ({"kernel": (1, 1)}, False), ({"kernel": (3, 8)}, False), ({"kernel": (3, 2)}, False),
+    ({"kernel": (9, 3)}, True), ({"ndim": 3}, False)])
 def test_geometries_the_direct_kernel_takes(change, fits):
     from plinio.fast import small_conv
 
+    # dilation (2, 1): stride 2 is taken in the second dimension only
     fields = dict(ndim=2, in_channels=8, out_channels=8, groups=1, kernel=(5, 5), stride=(1, 1),
                   dilation=(2, 1), pad_left=(3, 0), pad_right=(1, 4), has_bias=True)
     assert small_conv.geometry_fits(ConvGeometry(**{**fields, **change})) is fits
+
+
+def _geometry(ndim: int, channels: int, stride: int = 1, groups: int = 1) -> ConvGeometry:
+    return ConvGeometry(ndim, channels, channels, groups, (3,) * ndim, (stride,) * ndim, (1,) * ndim,
+                        (1,) * ndim, (1,) * ndim, False)
 
 
 def test_sizes_and_tensors_the_direct_kernel_takes(monkeypatch):
@@ -681,26 +693,33 @@ def test_sizes_and_tensors_the_direct_kernel_takes(monkeypatch):
 
     monkeypatch.setattr(small_conv, "loops_isa", lambda: "avx512")
     t = torch.empty(1, 1, 1, 1)
-    assert small_conv.runs_direct(t, 8, 3, 16)
-    assert not small_conv.runs_direct(t, 9, 3, 16)    # too many channels
-    assert not small_conv.runs_direct(t, 4, 4, 15)    # rows too short
-    assert not small_conv.runs_direct(t.double(), 4, 4, 32)
-    assert not small_conv.runs_direct(t.to(torch.bfloat16), 4, 4, 32)
+    conv2d, conv1d = _geometry(2, 16), _geometry(1, 16)
+    assert small_conv.runs_direct(t, conv2d, 8, 3, 16)
+    assert not small_conv.runs_direct(t, conv2d, 9, 3, 16)    # too many channels
+    assert not small_conv.runs_direct(t, conv2d, 4, 4, 15)    # rows too short
+    assert not small_conv.runs_direct(t.double(), conv2d, 4, 4, 32)
+    assert not small_conv.runs_direct(t.to(torch.bfloat16), conv2d, 4, 4, 32)
+    assert small_conv.runs_direct(t, _geometry(2, 16, stride=2), 4, 8, 16)
+    assert not small_conv.runs_direct(t, _geometry(2, 16, stride=2), 8, 16, 16)
+    depthwise = _geometry(2, 16, groups=16)
+    assert small_conv.runs_direct(t, depthwise, 4, 4, 32) and not small_conv.runs_direct(t, depthwise, 8, 8, 32)
+    assert not small_conv.runs_direct(torch.empty(1, 1, 1), _geometry(1, 16, groups=16), 4, 4, 32)  # not measured
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)  # 1-D: 16 channels only where a second thread speeds it up
-        assert not small_conv.runs_direct(torch.empty(1, 1, 1), 16, 16, 128)
+        assert not small_conv.runs_direct(torch.empty(1, 1, 1), conv1d, 16, 16, 128)
         torch.set_num_threads(2)
-        assert small_conv.runs_direct(torch.empty(1, 1, 1), 16, 16, 128)
-        assert not small_conv.runs_direct(t, 16, 16, 128)
+        assert small_conv.runs_direct(torch.empty(1, 1, 1), conv1d, 16, 16, 128)
+        assert not small_conv.runs_direct(t, conv2d, 16, 16, 128)
     finally:
         torch.set_num_threads(threads)
     assert small_conv.channel_limit(2, 1) == 8
     monkeypatch.setattr(small_conv, "loops_isa", lambda: "avx2")
     assert (small_conv.channel_limit(2, 2), small_conv.channel_limit(1, 1)) == (4, 8)
+    assert small_conv.channel_limit(2, 1, "strided") == 0  # AVX2: not faster than oneDNN
     for isa in ("base", "none"):
         monkeypatch.setattr(small_conv, "loops_isa", lambda: isa)
-        assert not small_conv.runs_direct(t, 1, 1, 64)
+        assert not small_conv.runs_direct(t, conv2d, 1, 1, 64)
 
 
 def test_the_small_conv_benchmark_prints_one_row_per_size(capsys):
