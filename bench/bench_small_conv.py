@@ -5,14 +5,16 @@
 For compact convolutions of the sizes pruning leaves (2-D images of 8 to 32 pixels, 1-D
 sequences of 128, 1 to 32 channels; stride 1 or 2, groups 1 or depthwise), each round times,
 in a shuffled order, the forward, the input gradient and the weight gradient of one
-convolution ("same" padding)
+convolution ("same" padding), each on its own
 - with aten's kernels (oneDNN) on channels_last tensors, what sparse execution otherwise
   runs for compact tensors (``plinio.fast.sparse_conv``),
 - with ``plinio::small_conv`` and its two gradient ops on the same tensors.
-Reported: the median and range over rounds of the per-round ratio direct / aten (below 1: the
-direct kernel is faster), the aten time, and whether ``plinio.fast.small_conv.runs_direct``
-picks the direct kernel for that size in this process, so the table shows where the rule is
-right. The CPU model and the instruction set of the direct kernel's loops head the table.
+Reported: per pass and for the three together, the median over rounds of the per-round ratio
+direct / aten (below 1: the direct kernel is faster; the range too for the three), the aten
+time, and whether ``plinio.fast.small_conv.runs_direct`` picks the direct kernel at that size
+in this process (one decision for the three passes: per-pass limits from this table measured
+no faster in a search step, see bench/RESULTS.md), so the table shows where the rule is right. The CPU model and
+the instruction set of the direct kernel's loops head the table.
 """
 import argparse
 import datetime
@@ -65,7 +67,12 @@ def channels_last(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(1, 2).contiguous().transpose(1, 2)
 
 
-def step_functions(shape: Shape, batch: int) -> Dict[str, Callable[[], object]]:
+PASSES = ("forward", "input_grad", "weight_grad")
+
+
+def pass_functions(shape: Shape, batch: int) -> Dict[Tuple[str, str], Callable[[], object]]:
+    """{(implementation, pass): one call}: aten's and the direct kernel's forward, input
+    gradient and weight gradient of ``shape`` on channels_last tensors."""
     ci, co, k, spatial, stride, groups = shape
     nd = len(spatial)
     pad = [k // 2] * nd
@@ -81,17 +88,18 @@ def step_functions(shape: Shape, batch: int) -> Dict[str, Callable[[], object]]:
     ops = torch.ops.plinio
     args = (strides, pad, pad_after, ones, groups)
 
-    def aten() -> object:
-        conv(x_padded, w_aten, None, strides, 0, 1, groups)
-        return torch.ops.aten.convolution_backward(gy, x_padded, w_aten, None, strides, zeros, ones, False,
-                                                   zeros, groups, [True, True, False])
+    def aten_backward(mask: List[bool]) -> Callable[[], object]:
+        return lambda: torch.ops.aten.convolution_backward(gy, x_padded, w_aten, None, strides, zeros, ones, False,
+                                                           zeros, groups, mask)
 
-    def direct() -> object:
-        ops.small_conv(x, w, None, *args)
-        ops.small_conv_input_grad(gy, w, list(x.shape), *args)
-        return ops.small_conv_weight_grad(gy, x, list(w.shape), *args)
-
-    return {"aten": aten, "direct": direct}
+    return {
+        ("aten", "forward"): lambda: conv(x_padded, w_aten, None, strides, 0, 1, groups),
+        ("aten", "input_grad"): aten_backward([True, False, False]),
+        ("aten", "weight_grad"): aten_backward([False, True, False]),
+        ("direct", "forward"): lambda: ops.small_conv(x, w, None, *args),
+        ("direct", "input_grad"): lambda: ops.small_conv_input_grad(gy, w, list(x.shape), *args),
+        ("direct", "weight_grad"): lambda: ops.small_conv_weight_grad(gy, x, list(w.shape), *args),
+    }
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -110,33 +118,43 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
           f"{args.threads} threads, {args.clock} clock, direct loops {ext.small_conv_isa()}, "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(f"# command: python bench/bench_small_conv.py {' '.join(sys.argv[1:] if argv is None else argv)}")
-    print("# one sample = forward + input gradient + weight gradient; ratio = direct / aten "
-          "(channels_last), per round")
-    print("| in | out | kernel | size | stride | groups | aten µs | direct/aten median | range | rule picks direct |")
-    print("|---:|---:|---:|---|---:|---:|---:|---:|---|---|")
+    print("# per pass (forward, input gradient, weight gradient) and for all three: median over rounds of "
+          "direct / aten (channels_last); the last column: whether plinio.fast.small_conv.runs_direct picks the "
+          "direct kernel (for all three passes)")
+    print("| in | out | kernel | size | stride | groups | aten µs (3 passes) | forward | input grad | weight grad "
+          "| all three (range) | rule picks direct |")
+    print("|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---|")
     rng = random.Random(0)
     for shape in SHAPES:
-        fns = step_functions(shape, args.batch)
+        fns = pass_functions(shape, args.batch)
         for fn in fns.values():
             fn()
-        times: Dict[str, List[float]] = {name: [] for name in fns}
+        times: Dict[Tuple[str, str], List[float]] = {key: [] for key in fns}
         for _ in range(args.repeats):
             order = list(fns)
             rng.shuffle(order)
-            for name in order:
+            for key in order:
                 start = clock()
-                fns[name]()
-                times[name].append(clock() - start)
-        ratios = sorted(d / a for d, a in zip(times["direct"], times["aten"]))
+                fns[key]()
+                times[key].append(clock() - start)
+
+        def ratios(passes: Sequence[str]) -> List[float]:
+            return sorted(sum(times[("direct", p)][r] for p in passes) / sum(times[("aten", p)][r] for p in passes)
+                          for r in range(args.repeats))
+
+        total = ratios(PASSES)
         ci, co, k, spatial, stride, groups = shape
         nd = len(spatial)
         geometry = ConvGeometry(nd, ci, co, groups, (k,) * nd, (stride,) * nd, (1,) * nd, (k // 2,) * nd,
                                 (k - 1 - k // 2,) * nd, False)
         probe = torch.empty((1, 1) + (1,) * nd)  # the rule reads dtype, device and ndim
-        picks = small_conv.geometry_fits(geometry) and small_conv.runs_direct(probe, geometry, ci, co, spatial[-1])
+        picks = small_conv.geometry_fits(geometry) and \
+            small_conv.runs_direct(probe, geometry, ci, co, spatial[-1] // stride)
         size = "×".join(map(str, spatial))
-        print(f"| {ci} | {co} | {k} | {size} | {stride} | {groups} | {1e6 * statistics.median(times['aten']):.0f} | "
-              f"{statistics.median(ratios):.2f} | {ratios[0]:.2f}–{ratios[-1]:.2f} | {'yes' if picks else 'no'} |")
+        aten_us = 1e6 * sum(statistics.median(times[("aten", p)]) for p in PASSES)
+        per_pass = " | ".join(f"{statistics.median(ratios([p])):.2f}" for p in PASSES)
+        print(f"| {ci} | {co} | {k} | {size} | {stride} | {groups} | {aten_us:.0f} | {per_pass} | "
+              f"{statistics.median(total):.2f} ({total[0]:.2f}–{total[-1]:.2f}) | {'yes' if picks else 'no'} |")
 
 if __name__ == "__main__":
     main()
