@@ -225,7 +225,12 @@ class _ConvKernels(_CompactKernels):
     def layout(self, t: torch.Tensor) -> torch.Tensor:
         if self.lifted:
             return t.unsqueeze(2).contiguous(memory_format=torch.channels_last).squeeze(2)
-        return super().layout(t)
+        t = super().layout(t)
+        if self.memory_format == torch.channels_last and t.dim() == 4 and t.shape[1] == 1:
+            # one channel is contiguous and channels_last at once, and aten's convolutions then
+            # give contiguous results: channels_last strides (a view) give channels_last ones
+            t = t.as_strided(t.shape, (t.shape[2] * t.shape[3], 1, t.shape[3], 1))
+        return t
 
     def _lift(self, t: torch.Tensor) -> torch.Tensor:
         return t.unsqueeze(2) if self.lifted else t

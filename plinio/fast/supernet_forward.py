@@ -69,6 +69,23 @@ def _take(theta: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
     return torch.cat([theta[i:i + 1] for i in indices])
 
 
+def _to_channels_last(grad: torch.Tensor) -> torch.Tensor:
+    return grad.contiguous(memory_format=torch.channels_last)
+
+
+def keep_gradient_layout(out: torch.Tensor) -> torch.Tensor:
+    """``out``, whose gradient will arrive in ``out``'s channels_last layout (eager; no-op for
+    other layouts). ``combine``'s backward gives the branches' gradients in the layout of the
+    gradient it receives; a gradient of another layout (e.g. the contiguous one of an average
+    pool's backward) would be copied to the channels_last branches' layout there, again by each
+    compact convolution of sparse execution, and passed on through an Identity branch to every
+    supernet below. One copy here instead."""
+    if out.requires_grad and out.dim() == 4 and not out.is_contiguous() \
+            and out.is_contiguous(memory_format=torch.channels_last) and not torch.compiler.is_compiling():
+        out.register_hook(_to_channels_last)
+    return out
+
+
 class FastSuperNet(nn.Module):
     """Exact fast forward of one supernet (see module docstring)."""
 
@@ -142,7 +159,7 @@ class FastSuperNet(nn.Module):
             mixed = weighted_sum([inputs[i] for i in self._combined],
                                  _take(theta, self._combined), self._combined_relu)
             out = _accumulate(mixed, out)  # combine's backward does not need its output
-        return out
+        return keep_gradient_layout(out)
 
     def _merged_output(self, x: torch.Tensor, theta: torch.Tensor) -> Optional[torch.Tensor]:
         """Σ θ_i·branch_i(x) over the merged branches (sparse in a sparse step, keyed by the

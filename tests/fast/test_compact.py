@@ -15,6 +15,7 @@ import plinio.fast.compact_dropout as compact_dropout
 from bench.models import workloads
 from plinio.fast.compact_dropout import CompactDropout
 from plinio.fast.linear_ops import ConvGeometry
+from plinio.fast import sparse_conv
 from plinio.fast.sparse_conv import sparse_plan
 from plinio.graph.channels import desc_groups
 from sparse_helpers import assert_same, forced_sparse, prune_randomly, results, search_pair
@@ -239,3 +240,56 @@ def test_full_width_tensors_keep_the_dense_layout(monkeypatch) -> None:
     assert got[0].is_contiguous() and got[2].is_contiguous()
     assert got[0].view(4, -1).shape == (4, 4 * 8 * 8)
     assert_same(got, results(dense, x, seed=3))
+
+
+def _channels_last(t: torch.Tensor) -> bool:
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and t.shape[1] > 1 \
+        and not t.is_contiguous()
+
+
+def test_compact_tensors_and_their_gradients_stay_channels_last(monkeypatch) -> None:
+    """DS-CNN: a 1-channel network input (contiguous and channels_last at once), Identity
+    branches and an average-pooled head (whose backward gives contiguous gradients). Every
+    compact 2-D convolution's output and incoming gradient is channels_last, the layout it runs
+    in, so none is copied to another layout per layer; the step equals dense."""
+    (sparse, dense), shape = _compact_pair("dscnn")
+    seen = []
+    forward, gradients = sparse_conv._SparseMaskedConv.forward, sparse_conv._SparseMaskedConv._gradients
+
+    def spied_forward(ctx, x, *args):
+        y = forward(ctx, x, *args)
+        ctx.spied = y.dim() == 4 and args[2].compact_out and y.shape[1] > 1
+        if ctx.spied:
+            seen.append(("output", _channels_last(y)))
+        return y
+
+    def spied_gradients(ctx, grad):
+        if ctx.spied:
+            seen.append(("gradient", _channels_last(grad)))
+        return gradients(ctx, grad)
+
+    monkeypatch.setattr(sparse_conv._SparseMaskedConv, "forward", staticmethod(spied_forward))
+    monkeypatch.setattr(sparse_conv._SparseMaskedConv, "_gradients", staticmethod(spied_gradients))
+    x = torch.randn((4,) + tuple(shape), generator=torch.Generator().manual_seed(3))
+    sparse.train()
+    dense.train()
+    with forced_sparse(monkeypatch):
+        got = results(sparse, x, seed=5)
+    assert len(seen) > 20 and ("gradient", True) in seen
+    assert all(channels_last for _, channels_last in seen), [kind for kind, ok in seen if not ok]
+    assert_same(got, results(dense, x, seed=5))
+
+
+def test_keep_gradient_layout_changes_the_layout_of_the_gradient_only() -> None:
+    from plinio.fast.supernet_forward import keep_gradient_layout
+
+    base = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    weights = torch.randn(2, 3)
+    arrived = []
+    out = keep_gradient_layout(base * 2)
+    out.register_hook(lambda g: arrived.append(g))  # runs after the layout hook
+    (out.mean((2, 3)) * weights).sum().backward()   # the mean's backward: a contiguous gradient
+    assert _channels_last(arrived[0])
+    torch.testing.assert_close(base.grad, (2 * weights / 20).view(2, 3, 1, 1).expand(2, 3, 4, 5))
+    contiguous = torch.randn(2, 3, 4, 5, requires_grad=True) * 2
+    assert keep_gradient_layout(contiguous) is contiguous and contiguous._backward_hooks is None
