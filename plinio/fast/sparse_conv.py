@@ -52,7 +52,7 @@ dense convolution.
 """
 import math
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Hashable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -112,6 +112,11 @@ class _CompactKernels:
     def layout(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` in the memory format the kernels run in (no copy when it already is)."""
         return t.contiguous(memory_format=self.memory_format)
+
+    @property
+    def layout_key(self) -> Hashable:
+        """Equal for kernels whose :meth:`layout` gives the same result."""
+        return (self.memory_format, getattr(self, "lifted", False))
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor,
                 bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -561,10 +566,8 @@ def run_sparse_plan(plan: SparsePlan, x: torch.Tensor, weight: torch.Tensor, bia
         raise ValueError(f"{_NAME}: compact_weight needs a plan whose computations all read the kept rows and "
                          "live columns only (no pruned-row or dead-input gradient, not depthwise)")
     _check_shapes(plan, x, weight, bias, compact_weight)
-    if gathered_input is not None and (plan.kernels.depthwise or plan.compact_in):
-        raise ValueError(f"{_NAME}: gathered_input does not apply to a depthwise convolution or a compact input")
-    if plan.forward_in is None:
-        gathered_input = None  # every channel is read: x itself
+    if gathered_input is not None and plan.compact_in:
+        raise ValueError(f"{_NAME}: gathered_input does not apply to a compact input")
     return _SparseMaskedConv.apply(x, weight, bias, plan, keep_full_input, gathered_input, compact_weight)
 
 
@@ -590,8 +593,10 @@ def sparse_masked_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     Saved for backward: the live input channels, gathered (smaller than ``x``); with
     ``keep_full_input``, ``x`` itself, gathered again in backward (no extra bytes when
     another op keeps ``x`` anyway, e.g. the ReLU that produced it). ``gathered_input``:
-    ``x`` restricted to ``live_in`` (not depthwise), computed without autograd by a caller
-    that shares one copy among the convolutions reading the same input.
+    ``x`` restricted to the channels the forward reads (``live_in``, ``kept_out`` for a
+    depthwise convolution; all of ``x`` when None), in any layout (best: the one the kernels
+    run in), computed without autograd by a caller that shares one copy among the
+    convolutions reading the same input.
     """
     if geometry is None and x.dim() < 1:
         raise ValueError(f"{_NAME}: a Linear layer (geometry=None) needs an input (..., in); got a 0-d input")

@@ -36,7 +36,7 @@ import torch.nn as nn
 from plinio.graph.channels import Concat, Const, Desc, Flatten, Group
 
 from .linear_ops import ConvGeometry
-from .sparse_conv import LayerWork, run_sparse_plan, sparse_pays, sparse_plan
+from .sparse_conv import _CompactKernels, LayerWork, run_sparse_plan, select_channels, sparse_pays, sparse_plan
 
 
 @dataclass(frozen=True)
@@ -132,13 +132,10 @@ class SparseCall:
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                  compact_weight: bool = False) -> torch.Tensor:
-        """The convolution; the live channels of ``x`` are gathered once per forward for all
-        the convolutions reading it (a supernet's branches). ``compact_weight``: ``weight``
-        and ``bias`` are the block :meth:`weight_block` names."""
-        gathered = None
-        depthwise = self.geometry is not None and self.geometry.groups > 1
-        if self.live is not None and not depthwise and not self.site.compact_in:
-            gathered = _shared_gather(x, self.live, self.geometry is None)
+        """The convolution; the channels of ``x`` it reads are gathered in the layout it runs
+        in once per forward for all the convolutions reading them (a supernet's branches).
+        ``compact_weight``: ``weight`` and ``bias`` are the block :meth:`weight_block` names."""
+        gathered = None if self.site.compact_in else _shared_gather(x, self.plan.forward_in, self.plan.kernels)
         return run_sparse_plan(self.plan, x, weight, bias, keep_full_input=self.site.keep_input,
                                gathered_input=gathered, compact_weight=compact_weight)
 
@@ -270,20 +267,23 @@ def _to_device(indices: np.ndarray, device: torch.device) -> torch.Tensor:
 
 _ACTIVE: contextvars.ContextVar[Optional[_Step]] = contextvars.ContextVar("plinio_sparse_step", default=None)
 # the input copies gathered during the current forward: (id of x, its version, id of the index
-# set) -> (x, copy); x is held so that its id is not reused while the entry lives
-_GATHERED: contextvars.ContextVar[Optional[Dict[Tuple[int, int, int], Tuple[torch.Tensor, torch.Tensor]]]] = \
+# set or None, the kernels' layout) -> (x, copy); x is held so that its id is not reused while
+# the entry lives
+_GatherKey = Tuple[int, int, Optional[int], Hashable]
+_GATHERED: contextvars.ContextVar[Optional[Dict[_GatherKey, Tuple[torch.Tensor, torch.Tensor]]]] = \
     contextvars.ContextVar("plinio_sparse_gathered", default=None)
 
 
-def _shared_gather(x: torch.Tensor, index: torch.Tensor, linear: bool) -> torch.Tensor:
-    """``x`` restricted to the channels ``index`` (last dim for a Linear, dim 1 otherwise),
-    without autograd, one copy per input and index set in a forward."""
+def _shared_gather(x: torch.Tensor, index: Optional[torch.Tensor], kernels: _CompactKernels) -> torch.Tensor:
+    """``x`` restricted to the channels ``index`` (None: all) in the layout ``kernels`` run in,
+    without autograd, one copy per input, index set and layout in a forward (a supernet's
+    branches read the same input: each would otherwise copy it to channels_last)."""
     cache = _GATHERED.get()
-    key = (id(x), x._version, id(index))
+    key = (id(x), x._version, None if index is None else id(index), kernels.layout_key)
     if cache is not None and key in cache:
         return cache[key][1]
     with torch.no_grad():
-        gathered = x.index_select(-1 if linear else 1, index)
+        gathered = kernels.layout(select_channels(x, kernels.channel_dim, index))
     if cache is not None:
         cache[key] = (x, gathered)
     return gathered

@@ -15,7 +15,7 @@ import plinio.fast.compact_dropout as compact_dropout
 from bench.models import workloads
 from plinio.fast.compact_dropout import CompactDropout
 from plinio.fast.linear_ops import ConvGeometry
-from plinio.fast import sparse_conv
+from plinio.fast import sparse_conv, sparse_step
 from plinio.fast.sparse_conv import sparse_plan
 from plinio.graph.channels import desc_groups
 from sparse_helpers import assert_same, forced_sparse, prune_randomly, results, search_pair
@@ -293,3 +293,25 @@ def test_keep_gradient_layout_changes_the_layout_of_the_gradient_only() -> None:
     torch.testing.assert_close(base.grad, (2 * weights / 20).view(2, 3, 1, 1).expand(2, 3, 4, 5))
     contiguous = torch.randn(2, 3, 4, 5, requires_grad=True) * 2
     assert keep_gradient_layout(contiguous) is contiguous and contiguous._backward_hooks is None
+
+
+def test_branches_reading_one_input_share_its_channels_last_copy(monkeypatch) -> None:
+    """ResNet-8's first supernet: every branch reads the (contiguous) network input; it is
+    copied to channels_last once per forward, not once per branch convolution."""
+    (sparse, dense), shape = _compact_pair("resnet8")
+    x = torch.randn((4,) + tuple(shape), generator=torch.Generator().manual_seed(3))
+    copies = {}
+    gather = sparse_step._shared_gather
+
+    def spied(t, index, kernels):
+        out = gather(t, index, kernels)
+        if t.is_leaf and t.shape == x.shape:  # the network input (results() passes a copy of x)
+            copies.setdefault(id(out), out)
+        return out
+
+    monkeypatch.setattr(sparse_step, "_shared_gather", spied)
+    with forced_sparse(monkeypatch) as calls:
+        got = results(sparse, x, seed=5)
+    assert calls.count > 3 and len(copies) == 1
+    assert _channels_last(next(iter(copies.values())))
+    assert_same(got, results(dense, x, seed=5))

@@ -362,13 +362,18 @@ def test_saved_bytes_shrink_with_the_live_inputs():
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_keeping_the_full_input_or_a_shared_gathered_copy_changes_no_value(kind):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_keeping_the_full_input_or_a_shared_gathered_copy_changes_no_value(kind, channels_last):
     """keep_full_input saves x itself (gathered again in backward); gathered_input is a copy
-    the caller made: values and gradients are those of the plain call."""
+    the caller made of the channels the forward reads (the kept ones of a depthwise conv), in
+    any layout: values and gradients are those of the plain call."""
     layer, x = _layer_and_input(kind, kept=(0, 2, 5), live=(1, 2, 4))
     live = None if layer.depthwise else torch.tensor([1, 2, 4])
     dim = -1 if layer.geometry is None else 1
-    gathered = None if live is None else x.detach().index_select(dim, live)
+    read = layer.masked()[2] if layer.depthwise else live
+    gathered = x.detach().index_select(dim, read)
+    if channels_last and gathered.dim() == 4:
+        gathered = gathered.contiguous(memory_format=torch.channels_last)
     plain = run(lambda t: layer.sparse(t, live, True, True), x, layer.params())
 
     def variant(t: torch.Tensor) -> torch.Tensor:
