@@ -149,7 +149,8 @@ at::Tensor unphase_kernel(const at::Tensor& g, int64_t kh, int64_t kw, int64_t s
       .contiguous();
 }
 
-// The stride-1 problem the loops run per group: `w` is [co][ci/groups][kh][kw] (phase kernel).
+// The stride-1 problem the loops run per group: `ci` input and `co` output channels per group
+// (phase planes included), a kh × kw kernel.
 struct Problem {
   cpu::SmallConvShape shape;  // one group's
   int64_t groups;
@@ -157,12 +158,16 @@ struct Problem {
   int64_t out_plane() const { return shape.ho * shape.wv; }
 };
 
-Problem problem(const at::Tensor& w, int64_t groups, int64_t dh, int64_t dw, int64_t ho,
-                int64_t wo) {
+Problem problem(int64_t ci, int64_t co, int64_t kh, int64_t kw, int64_t groups, int64_t dh,
+                int64_t dw, int64_t ho, int64_t wo) {
   const auto& loops = cpu::small_conv_loops();
-  return Problem{
-      {w.size(1), w.size(0) / groups, w.size(2), w.size(3), dh, dw, ho, round_up(wo, loops.lanes)},
-      groups};
+  return Problem{{ci, co, kh, kw, dh, dw, ho, round_up(wo, loops.lanes)}, groups};
+}
+
+// The problem of convolving with `w` ([co][ci/groups][kh][kw], a phase kernel).
+Problem problem_of(const at::Tensor& w, int64_t groups, int64_t dh, int64_t dw, int64_t ho,
+                   int64_t wo) {
+  return problem(w.size(1), w.size(0) / groups, w.size(2), w.size(3), groups, dh, dw, ho, wo);
 }
 
 // Per sample b of x: pack it through `win`, run the forward loops of every group, and hand the
@@ -209,10 +214,10 @@ at::Tensor small_conv_cpu(const at::Tensor& input, const at::Tensor& weight,
   const char* op = "plinio::small_conv";
   check_tensor(op, "input", input);
   check_tensor(op, "weight", weight);
+  check_groups(op, groups, input.size(1), weight.size(0));
   TORCH_CHECK(weight.dim() == input.dim() && weight.size(1) * groups == input.size(1), op,
               ": weight of shape ", weight.sizes(), " does not fit an input of shape ",
               input.sizes(), " with groups=", groups, " (weight (out, in / groups, *kernel))");
-  check_groups(op, groups, input.size(1), weight.size(0));
   check_kernel(op, weight.size(-1));
   const float* b = nullptr;
   at::Tensor bias_c;
@@ -231,7 +236,7 @@ at::Tensor small_conv_cpu(const at::Tensor& input, const at::Tensor& weight,
   const int64_t ho = output_size(h, sp.pad_top, sp.pad_bottom, kh, sp.sh, sp.dh);
   const int64_t wo = output_size(wi, sp.pad_left, sp.pad_right, kw, sp.sw, sp.dw);
   const at::Tensor wph = phase_kernel(w, sp.sh, sp.sw);
-  const Problem p = problem(wph, groups, sp.dh, sp.dw, ho, wo);
+  const Problem p = problem_of(wph, groups, sp.dh, sp.dw, ho, wo);
   const Window win{
       sp.pad_top, sp.pad_left, h + sp.pad_top + sp.pad_bottom, wi + sp.pad_left + sp.pad_right,
       sp.sh,      sp.sw};
@@ -315,7 +320,7 @@ at::Tensor small_conv_input_grad_cpu(const at::Tensor& grad, const at::Tensor& w
                    1,
                    1};
   const at::Tensor wt = transposed_kernel(wph, groups);
-  const Problem p = problem(wt, groups, sp.dh, sp.dw, rows, cols);
+  const Problem p = problem_of(wt, groups, sp.dh, sp.dw, rows, cols);
   const std::vector<int64_t> row_off =
       gradient_offsets(h, sp.pad_top, h + sp.pad_top + sp.pad_bottom, sp.sh, rows,
                        sp.sw * rows * p.shape.wv, p.shape.wv);
@@ -372,9 +377,8 @@ at::Tensor small_conv_weight_grad_cpu(const at::Tensor& grad, const at::Tensor& 
               weight_size, " with this stride, padding and dilation");
   const auto& loops = cpu::small_conv_loops();
   const int64_t cig = ci / groups, kph = ceil_div(kh, sp.sh), kpw = ceil_div(kw, sp.sw);
-  const Problem p{
-      {cig * sp.sh * sp.sw, co / groups, kph, kpw, sp.dh, sp.dw, ho, round_up(wo, loops.lanes)},
-      groups};
+  const Problem p =
+      problem(cig * sp.sh * sp.sw, co / groups, kph, kpw, groups, sp.dh, sp.dw, ho, wo);
   const cpu::SmallConvShape& s = p.shape;
   const Window win{sp.pad_top,
                    sp.pad_left,
