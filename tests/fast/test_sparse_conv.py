@@ -721,7 +721,8 @@ def test_sizes_and_tensors_the_direct_kernel_takes(monkeypatch):
     assert small_conv.channel_limit(2, 1) == 8
     monkeypatch.setattr(small_conv, "loops_isa", lambda: "avx2")
     assert (small_conv.channel_limit(2, 2), small_conv.channel_limit(1, 1)) == (4, 8)
-    assert small_conv.channel_limit(2, 1, "strided") == 0  # AVX2: not faster than oneDNN
+    # AVX2: strided and depthwise convolutions not faster than oneDNN's
+    assert small_conv.channel_limit(2, 1, "strided") == small_conv.channel_limit(2, 1, "depthwise") == 0
     for isa in ("base", "none"):
         monkeypatch.setattr(small_conv, "loops_isa", lambda: isa)
         assert not small_conv.runs_direct(t, conv2d, 1, 1, 64)
