@@ -1,5 +1,6 @@
 // The inner loops of plinio::small_conv (small_conv_cpu.cpp): a direct, stride-1, groups=1
-// convolution for the few channels a pruned layer keeps, where oneDNN runs at a fraction of
+// convolution (the driver runs strided convolutions on phase planes and groups one by one
+// through them) for the few channels a pruned layer keeps, where oneDNN runs at a fraction of
 // its speed (a 4 -> 4 channel 5×5 convolution of 32×32 images: ~20 GMAC/s against ~100 at
 // 16+ channels on one core). Compiled once per instruction set like cpu_loops.h, plus an
 // AVX-512 copy (loops_avx512.cpp) used where the CPU has AVX-512F: these loops are
