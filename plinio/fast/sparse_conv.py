@@ -107,6 +107,7 @@ class _CompactKernels:
 
     channel_dim = 1
     depthwise = False
+    lifted = False  # a 1-D convolution run as a 2-D one of height 1
     memory_format = torch.contiguous_format
 
     def layout(self, t: torch.Tensor) -> torch.Tensor:
@@ -116,7 +117,7 @@ class _CompactKernels:
     @property
     def layout_key(self) -> Hashable:
         """Equal for kernels whose :meth:`layout` gives the same result."""
-        return (self.memory_format, getattr(self, "lifted", False))
+        return (self.memory_format, self.lifted)
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor,
                 bias: Optional[torch.Tensor]) -> torch.Tensor:
