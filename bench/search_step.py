@@ -168,10 +168,13 @@ def task_loss(output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return output.square().mean()
 
 
+REGULARIZER_WEIGHT = 1e-9  # the regularization strength of the timed steps
+
+
 def forward_loss(setup: SearchSetup) -> torch.Tensor:
     """Forward pass plus regularizer: everything that saves tensors for backward."""
     output = setup.forward(setup.inputs)
-    return task_loss(output, setup.targets) + 1e-9 * setup.regularizer()
+    return task_loss(output, setup.targets) + REGULARIZER_WEIGHT * setup.regularizer()
 
 
 def search_step(setup: SearchSetup) -> None:

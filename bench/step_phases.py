@@ -1,0 +1,152 @@
+"""Where a search step's time goes: the phases of the step of ``bench/search_step.py``, timed
+one by one, for plinio's fast path, its dense twin and the plain-PyTorch search.
+
+The phases are: ``zero_grad``; ``forward`` (model and task loss); ``regularizer`` (the MACs
+cost added to the loss); ``backward``; ``optimizer`` (SGD on the weights, Adam on the
+architectural parameters). The searches run interleaved in rounds as in
+``bench/search_step.py`` (``--steps-per-round`` consecutive steps, the last one timed phase by
+phase), and each phase's median over the rounds is reported, with the step (their sum).
+
+Why: sparse execution shrinks the convolutions with the pruning, not the rest of the step.
+Timing the same searches at ``--batch-sizes 1`` (convolutions nearly free) shows the part of
+each phase that does not shrink, the floor a pruned step cannot go below.
+
+    python bench/step_phases.py [--workloads resnet8,tcn] [--prune 0.5,0.75]
+                                [--batch-sizes 32,1] [--threads 2] [--repeats 30]
+"""
+import argparse
+import statistics
+import sys
+from pathlib import Path
+from typing import Dict, List, NamedTuple, Optional, Sequence
+
+import torch
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.models import workloads  # noqa: E402
+from bench.search_step import (CLOCKS, REGULARIZER_WEIGHT, SearchSetup, _check_losses, _fractions,  # noqa: E402
+                               _sync, build_setups, describe_machine, markdown_table, search_step,
+                               task_loss)
+
+PHASES = ("zero_grad", "forward", "regularizer", "backward", "optimizer")
+SEARCHES = ("fast", "dense", "plain")
+
+
+def timed_step(setup: SearchSetup, clock: str = "wall", device: str = "cpu") -> Dict[str, float]:
+    """One search step (the computation of ``search_step``), seconds per phase, plus the loss
+    it minimized under the key 'loss'."""
+    now = CLOCKS[clock]
+    marks = [now()]
+
+    def mark() -> None:
+        _sync(device)
+        marks.append(now())
+
+    for opt in setup.optimizers:
+        opt.zero_grad(set_to_none=True)
+    mark()
+    loss = task_loss(setup.forward(setup.inputs), setup.targets)
+    mark()
+    loss = loss + REGULARIZER_WEIGHT * setup.regularizer()
+    mark()
+    loss.backward()
+    mark()
+    for opt in setup.optimizers:
+        opt.step()
+    mark()
+    times = {phase: end - start for phase, start, end in zip(PHASES, marks, marks[1:])}
+    times["loss"] = float(loss.detach())
+    return times
+
+
+class PhaseRow(NamedTuple):
+    """Milliseconds per phase of one search at one batch size."""
+
+    workload: str
+    pruned: float
+    batch_size: int
+    search: str
+    ms: Dict[str, float]
+
+    @property
+    def step_ms(self) -> float:
+        return sum(self.ms[p] for p in PHASES)
+
+
+def measure_phases(name: str, prune_fraction: float, batch_size: int, device: str, repeats: int,
+                   clock: str = "wall", steps_per_round: int = 4) -> List[PhaseRow]:
+    """One row per search: median milliseconds of each phase over ``repeats`` rounds."""
+    setups = build_setups(name, batch_size, device, prune_fraction=prune_fraction, variants=SEARCHES)
+    _check_losses(name, "soft", prune_fraction, setups)
+    times: Dict[str, Dict[str, List[float]]] = {s: {p: [] for p in PHASES} for s in setups}
+    for setup in setups.values():  # warm-up: first-call allocations and kernel choices
+        search_step(setup)
+    for _ in range(repeats):
+        for label, setup in setups.items():
+            for _ in range(steps_per_round - 1):
+                search_step(setup)
+            _sync(device)
+            for phase, seconds in timed_step(setup, clock, device).items():
+                if phase in PHASES:
+                    times[label][phase].append(seconds)
+    return [PhaseRow(name, prune_fraction, batch_size, label,
+                     {p: 1e3 * statistics.median(v) for p, v in per_phase.items()})
+            for label, per_phase in times.items()]
+
+
+def format_phase_table(rows: Sequence[PhaseRow]) -> str:
+    header = ["workload", "pruned", "batch", "search", *(f"{p} ms" for p in PHASES), "step ms"]
+    cells = [[r.workload, f"{r.pruned:.0%}", str(r.batch_size), r.search,
+              *(f"{r.ms[p]:.2f}" for p in PHASES), f"{r.step_ms:.2f}"] for r in rows]
+    return markdown_table(header, 4, cells)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[PhaseRow]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workloads", default="resnet8,dscnn,mobilenetv1,tcn",
+                        help="comma-separated names from bench/models.py workloads()")
+    parser.add_argument("--prune", type=_fractions, default=[0.5, 0.75],
+                        help="comma-separated fractions of every channel mask to prune")
+    parser.add_argument("--batch-sizes", default="32,1",
+                        help="comma-separated batch sizes (1: the floor the pruning does not shrink)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=30, help="timed rounds")
+    parser.add_argument("--steps-per-round", type=int, default=4,
+                        help="consecutive steps of each search per round, the last one timed")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
+    args = parser.parse_args(argv)
+    if args.steps_per_round < 1 or args.repeats < 1:
+        parser.error("--steps-per-round and --repeats must be at least 1")
+    try:
+        batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    except ValueError:
+        parser.error(f"--batch-sizes takes comma-separated integers, got {args.batch_sizes!r}")
+    if not batch_sizes or min(batch_sizes) < 1:
+        parser.error(f"--batch-sizes must be positive, got {args.batch_sizes!r}")
+    known = workloads()
+    names = [n.strip() for n in args.workloads.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        parser.error(f"unknown workloads {unknown}; choose from {sorted(known)}")
+    torch.set_num_threads(args.threads)
+    print(f"# search step by phase, soft mode, {describe_machine(args.device, args.threads)}")
+    print(f"# command: python bench/step_phases.py {' '.join(argv or sys.argv[1:])}")
+    rows: List[PhaseRow] = []
+    for name in names:
+        for fraction in args.prune:
+            for batch_size in batch_sizes:
+                rows += measure_phases(name, fraction, batch_size, args.device, args.repeats,
+                                       args.clock, args.steps_per_round)
+                print(f"#  {name} {fraction:.0%} pruned, batch {batch_size}: " + ", ".join(
+                    f"{r.search} {r.step_ms:.2f} ms" for r in rows[-len(SEARCHES):]), flush=True)
+    print("# fast = plinio fast=True (sparse execution on); dense = plinio fast=True, sparse=False; plain = "
+          "plain-PyTorch search (bench/plain_supernet.py). Medians per phase; step = their sum.")
+    print(format_phase_table(rows))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
