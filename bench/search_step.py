@@ -177,13 +177,30 @@ def forward_loss(setup: SearchSetup) -> torch.Tensor:
     return task_loss(output, setup.targets) + REGULARIZER_WEIGHT * setup.regularizer()
 
 
-def search_step(setup: SearchSetup) -> None:
-    """One full search step."""
+STEP_PHASES = ("zero_grad", "forward", "regularizer", "backward", "optimizer")
+
+
+def _no_mark() -> None:
+    pass
+
+
+def search_step(setup: SearchSetup, mark: Callable[[], None] = _no_mark) -> torch.Tensor:
+    """One full search step, the phases of ``STEP_PHASES`` in order (the loss is
+    :func:`forward_loss`'s); ``mark`` is called after each phase (``bench/step_phases.py``
+    times them). Returns the loss, detached."""
     for opt in setup.optimizers:
         opt.zero_grad(set_to_none=True)
-    forward_loss(setup).backward()
+    mark()
+    loss = task_loss(setup.forward(setup.inputs), setup.targets)
+    mark()
+    loss = loss + REGULARIZER_WEIGHT * setup.regularizer()
+    mark()
+    loss.backward()
+    mark()
     for opt in setup.optimizers:
         opt.step()
+    mark()
+    return loss.detach()
 
 
 def saved_activation_bytes(setup: SearchSetup) -> int:

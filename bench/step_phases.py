@@ -18,7 +18,7 @@ import argparse
 import statistics
 import sys
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -26,17 +26,15 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.models import workloads  # noqa: E402
-from bench.search_step import (CLOCKS, REGULARIZER_WEIGHT, SearchSetup, _check_losses, _fractions,  # noqa: E402
-                               _sync, build_setups, describe_machine, markdown_table, search_step,
-                               task_loss)
+from bench.search_step import (CLOCKS, STEP_PHASES, SearchSetup, _check_losses, _fractions, _sync,  # noqa: E402
+                               build_setups, describe_machine, markdown_table, search_step)
 
-PHASES = ("zero_grad", "forward", "regularizer", "backward", "optimizer")
 SEARCHES = ("fast", "dense", "plain")
 
 
-def timed_step(setup: SearchSetup, clock: str = "wall", device: str = "cpu") -> Dict[str, float]:
-    """One search step (the computation of ``search_step``), seconds per phase, plus the loss
-    it minimized under the key 'loss'."""
+def timed_step(setup: SearchSetup, clock: str = "wall", device: str = "cpu"
+               ) -> Tuple[Dict[str, float], torch.Tensor]:
+    """One ``search_step``: (seconds per phase, the loss it minimized)."""
     now = CLOCKS[clock]
     marks = [now()]
 
@@ -44,21 +42,8 @@ def timed_step(setup: SearchSetup, clock: str = "wall", device: str = "cpu") -> 
         _sync(device)
         marks.append(now())
 
-    for opt in setup.optimizers:
-        opt.zero_grad(set_to_none=True)
-    mark()
-    loss = task_loss(setup.forward(setup.inputs), setup.targets)
-    mark()
-    loss = loss + REGULARIZER_WEIGHT * setup.regularizer()
-    mark()
-    loss.backward()
-    mark()
-    for opt in setup.optimizers:
-        opt.step()
-    mark()
-    times = {phase: end - start for phase, start, end in zip(PHASES, marks, marks[1:])}
-    times["loss"] = float(loss.detach())
-    return times
+    loss = search_step(setup, mark)
+    return {phase: end - start for phase, start, end in zip(STEP_PHASES, marks, marks[1:])}, loss
 
 
 class PhaseRow(NamedTuple):
@@ -72,7 +57,7 @@ class PhaseRow(NamedTuple):
 
     @property
     def step_ms(self) -> float:
-        return sum(self.ms[p] for p in PHASES)
+        return sum(self.ms[p] for p in STEP_PHASES)
 
 
 def measure_phases(name: str, prune_fraction: float, batch_size: int, device: str, repeats: int,
@@ -80,7 +65,7 @@ def measure_phases(name: str, prune_fraction: float, batch_size: int, device: st
     """One row per search: median milliseconds of each phase over ``repeats`` rounds."""
     setups = build_setups(name, batch_size, device, prune_fraction=prune_fraction, variants=SEARCHES)
     _check_losses(name, "soft", prune_fraction, setups)
-    times: Dict[str, Dict[str, List[float]]] = {s: {p: [] for p in PHASES} for s in setups}
+    times: Dict[str, Dict[str, List[float]]] = {s: {p: [] for p in STEP_PHASES} for s in setups}
     for setup in setups.values():  # warm-up: first-call allocations and kernel choices
         search_step(setup)
     for _ in range(repeats):
@@ -88,18 +73,17 @@ def measure_phases(name: str, prune_fraction: float, batch_size: int, device: st
             for _ in range(steps_per_round - 1):
                 search_step(setup)
             _sync(device)
-            for phase, seconds in timed_step(setup, clock, device).items():
-                if phase in PHASES:
-                    times[label][phase].append(seconds)
+            for phase, seconds in timed_step(setup, clock, device)[0].items():
+                times[label][phase].append(seconds)
     return [PhaseRow(name, prune_fraction, batch_size, label,
                      {p: 1e3 * statistics.median(v) for p, v in per_phase.items()})
             for label, per_phase in times.items()]
 
 
 def format_phase_table(rows: Sequence[PhaseRow]) -> str:
-    header = ["workload", "pruned", "batch", "search", *(f"{p} ms" for p in PHASES), "step ms"]
+    header = ["workload", "pruned", "batch", "search", *(f"{p} ms" for p in STEP_PHASES), "step ms"]
     cells = [[r.workload, f"{r.pruned:.0%}", str(r.batch_size), r.search,
-              *(f"{r.ms[p]:.2f}" for p in PHASES), f"{r.step_ms:.2f}"] for r in rows]
+              *(f"{r.ms[p]:.2f}" for p in STEP_PHASES), f"{r.step_ms:.2f}"] for r in rows]
     return markdown_table(header, 4, cells)
 
 

@@ -1,28 +1,28 @@
-"""bench/step_phases.py at CI sizes: the phase-by-phase step computes what ``search_step``
-computes, and the script reports every phase of every search."""
+"""bench/step_phases.py at CI sizes: the timed step is ``search_step`` with every phase timed
+once, and the script reports every phase of every search."""
 import pytest
 import torch
 
-from bench.search_step import build_setups, forward_loss, search_step
-from bench.step_phases import PHASES, SEARCHES, main, timed_step
+from bench.search_step import STEP_PHASES, build_setups, forward_loss, search_step
+from bench.step_phases import SEARCHES, main, timed_step
 
 
 @pytest.mark.parametrize("workload", ["tcn", "dscnn"])
 def test_timed_step_is_the_search_step(workload):
-    """Same loss before the step and the same parameters after it as ``search_step`` (the
-    same random draws: DS-CNN has dropout)."""
-    timed, plain_step = (build_setups(workload, 2, "cpu", prune_fraction=0.5, variants=("fast",))["fast"]
-                         for _ in range(2))
+    """Every phase timed once; the loss before the step and the parameters after it are
+    those of an untimed ``search_step`` (the same random draws: DS-CNN has dropout)."""
+    timed, untimed = (build_setups(workload, 2, "cpu", prune_fraction=0.5, variants=("fast",))["fast"]
+                      for _ in range(2))
     with torch.no_grad():
         torch.manual_seed(1)
-        expected = float(forward_loss(plain_step))
+        expected = float(forward_loss(untimed))
     torch.manual_seed(1)
-    times = timed_step(timed)
+    times, loss = timed_step(timed)
     torch.manual_seed(1)
-    search_step(plain_step)
-    assert times["loss"] == pytest.approx(expected, rel=1e-6)
-    assert all(times[p] >= 0 for p in PHASES)
-    for (name, a), (_, b) in zip(timed.wrapper.named_parameters(), plain_step.wrapper.named_parameters()):
+    search_step(untimed)
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    assert list(times) == list(STEP_PHASES) and all(t >= 0 for t in times.values())
+    for (name, a), (_, b) in zip(timed.wrapper.named_parameters(), untimed.wrapper.named_parameters()):
         torch.testing.assert_close(a, b, msg=lambda m: f"{name}: {m}")
 
 
@@ -31,7 +31,7 @@ def test_script_reports_every_phase_of_every_search(capsys):
                  "--threads", "1"])
     assert [(r.batch_size, r.search) for r in rows] == [(b, s) for b in (2, 1) for s in SEARCHES]
     for row in rows:
-        assert set(row.ms) == set(PHASES) and all(v > 0 for v in row.ms.values())
+        assert set(row.ms) == set(STEP_PHASES) and all(v > 0 for v in row.ms.values())
         assert row.step_ms == pytest.approx(sum(row.ms.values()))
     out = capsys.readouterr().out
     assert "| tcn | 50% | 1 | fast |" in out and "CPU " in out
