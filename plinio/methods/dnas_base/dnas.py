@@ -57,6 +57,7 @@ class DNAS(nn.Module):
         """Take over a conversion: its graph becomes ``seed`` (the owner of every layer), its
         PIT layers (graph order) and their cost model are kept for the costs and switches."""
         self.seed = conversion.gm
+        self._maskers = conversion.maskers()
         self._cost_model = conversion.cost_model
         self._pit_layers = tuple(conversion.layers.items())
         masked = [name for name, info in conversion.analysis.layers.items() if info.role in ("depthwise", "follower")]

@@ -25,6 +25,7 @@ from plinio.methods.pit.nn.batchnorm_common import PITBatchNormBase
 from plinio.methods.pit.nn.features_calculator import (ConcatFeaturesCalculator, ConstFeaturesCalculator,
                                                        FeaturesCalculator, FlattenFeaturesCalculator,
                                                        MaskerFeaturesCalculator)
+from plinio.methods.pit.nn.masker_base import PITMaskerBase, masker_modules
 from plinio.methods.pit.nn.module import PITWeightedModule
 
 DEFAULT_CONVERSION_TYPES: Tuple[Type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)
@@ -40,6 +41,11 @@ class PITConversion:
     cost_model: PITCostModel
     analysis: ChannelAnalysis
     example: Tuple[torch.Tensor, ...]
+
+    def maskers(self) -> Tuple[PITMaskerBase, ...]:
+        """Every PIT masker of the converted graph (the wrappers keep them: the per-step NaN
+        check reads their parameters without walking the module tree)."""
+        return masker_modules(self.gm)
 
 
 def _validate_names(exclude_names: Iterable[str], exclude_types: Iterable[type]) -> Tuple[Set[str], Tuple[type, ...]]:

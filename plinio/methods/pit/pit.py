@@ -126,7 +126,7 @@ class PIT(DNAS):
                          lambda: network.per_row(binarized)[name].sum() + network.constant(name))
 
     def _nas_parameter_list(self) -> List[nn.Parameter]:
-        return masker_parameters(self.seed)
+        return masker_parameters(self._maskers)
 
     # ---- results -----------------------------------------------------------------------------
     def arch_summary(self) -> Dict[str, Dict[str, Any]]:

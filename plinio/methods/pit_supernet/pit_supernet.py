@@ -150,7 +150,7 @@ class PITSuperNet(DNAS):
             return self.checked_cost(self._sn_costs.total_icv(eps, fast=self._fast), "get_total_icv")
 
     def _nas_parameter_list(self) -> List[nn.Parameter]:
-        return masker_parameters(self.seed) + [c.alpha for c in self._combiners]
+        return masker_parameters(self._maskers) + [c.alpha for c in self._combiners]
 
     # ---- results -----------------------------------------------------------------------------
     def _owner_supernet(self, target: str) -> Optional[str]:

@@ -10,7 +10,7 @@ toggled, and switching needs no recompilation. Frozen maskers hold a buffer of o
 of a parameter.
 """
 import operator
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -29,11 +29,10 @@ def positive_int(owner: str, name: str, value: Any) -> int:
     return number
 
 
-def masker_parameters(root: nn.Module) -> List[nn.Parameter]:
-    """The mask parameters of every PIT masker under ``root``, by a plain walk of the module
-    tree (the per-step NaN check reads them; ``nn.Module.modules()`` costs about 2 µs per
-    module)."""
-    found: List[nn.Parameter] = []
+def masker_modules(root: nn.Module) -> Tuple["PITMaskerBase", ...]:
+    """Every PIT masker under ``root``, by a plain walk of the module tree (the wrappers walk
+    once, at conversion: ``nn.Module.modules()`` costs about 2 µs per module)."""
+    found: List[PITMaskerBase] = []
     seen = set()
     stack = [root]
     while stack:
@@ -42,9 +41,15 @@ def masker_parameters(root: nn.Module) -> List[nn.Parameter]:
             continue
         seen.add(id(module))
         if isinstance(module, PITMaskerBase):
-            found.extend(p for p in module._parameters.values() if p is not None)
+            found.append(module)
         stack.extend(child for child in module._modules.values() if child is not None)
-    return found
+    return tuple(found)
+
+
+def masker_parameters(maskers: Iterable["PITMaskerBase"]) -> List[nn.Parameter]:
+    """The mask parameters the ``maskers`` hold now (a replaced parameter counts): what the
+    per-step NaN check reads."""
+    return [p for masker in maskers for p in masker._parameters.values() if p is not None]
 
 
 class PITMaskerBase(nn.Module):
