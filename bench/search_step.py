@@ -486,6 +486,16 @@ def _fractions(text: str) -> List[float]:
     return values
 
 
+def workload_names(parser: argparse.ArgumentParser, text: str) -> List[str]:
+    """The comma-separated workload names of ``text``; an unknown one is a usage error."""
+    known = workloads()
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        parser.error(f"unknown workloads {unknown}; choose from {sorted(known)}")
+    return names
+
+
 def main(argv: Optional[Sequence[str]] = None) -> List[NamedTuple]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-size", type=int, default=32)
@@ -520,11 +530,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[NamedTuple]:
     if args.steps_per_round < 1:
         parser.error(f"--steps-per-round must be at least 1, got {args.steps_per_round}")
     torch.set_num_threads(args.threads)
+    names = workload_names(parser, args.workloads)
     known = workloads()
-    names = [n.strip() for n in args.workloads.split(",") if n.strip()]
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        parser.error(f"unknown workloads {unknown}; choose from {sorted(known)}")
     modes = ["hard"] if args.hard else [m.strip() for m in args.modes.split(",") if m.strip()]
     print(f"# search step, batch {args.batch_size}, {describe_machine(args.device, args.threads)}")
     print(f"# command: python bench/search_step.py {' '.join(argv or sys.argv[1:])}")

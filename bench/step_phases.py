@@ -25,9 +25,9 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.models import workloads  # noqa: E402
 from bench.search_step import (CLOCKS, STEP_PHASES, SearchSetup, _check_losses, _fractions, _sync,  # noqa: E402
-                               build_setups, describe_machine, markdown_table, search_step)
+                               build_setups, describe_machine, markdown_table, search_step,
+                               workload_names)
 
 SEARCHES = ("fast", "dense", "plain")
 
@@ -110,11 +110,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[PhaseRow]:
         parser.error(f"--batch-sizes takes comma-separated integers, got {args.batch_sizes!r}")
     if not batch_sizes or min(batch_sizes) < 1:
         parser.error(f"--batch-sizes must be positive, got {args.batch_sizes!r}")
-    known = workloads()
-    names = [n.strip() for n in args.workloads.split(",") if n.strip()]
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        parser.error(f"unknown workloads {unknown}; choose from {sorted(known)}")
+    names = workload_names(parser, args.workloads)
     torch.set_num_threads(args.threads)
     print(f"# search step by phase, soft mode, {describe_machine(args.device, args.threads)}")
     print(f"# command: python bench/step_phases.py {' '.join(argv or sys.argv[1:])}")
