@@ -13,6 +13,8 @@
 // backward must itself be differentiable (create_graph=True), the *_backward op runs through
 // its Autograd kernel instead: the differentiable formulas of plinio/ops/double_backward.py,
 // registered from Python by plinio/ops/_library.py.
+//   compact_conv:       the compact layers of sparse execution; first derivatives only
+//                       (a backward that builds a graph is refused, as by the Python path).
 // The two ops of compiled CPU graphs (cpu/compiled_graph_ops_cpu.cpp): relu_backward is
 // differentiable w.r.t. grad (itself; zero w.r.t. the output), dropout_noise not at all.
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -23,6 +25,8 @@
 #include <optional>
 #include <tuple>
 #include <vector>
+
+#include "compact_conv.h"
 
 namespace plinio {
 namespace {
@@ -216,6 +220,64 @@ class PitMaskedWeightFunction : public torch::autograd::Function<PitMaskedWeight
   }
 };
 
+// ------------------------------------------------------------------------- compact_conv
+
+class CompactConvFunction : public torch::autograd::Function<CompactConvFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
+                            const OptTensor& bias, const OptTensor& rows, const OptTensor& cols,
+                            at::IntArrayRef stride, at::IntArrayRef padding_before,
+                            at::IntArrayRef padding_after, at::IntArrayRef dilation, bool depthwise,
+                            bool direct) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    const CompactConvGeometry geometry = compact_conv_geometry(
+        input, weight, stride, padding_before, padding_after, dilation, depthwise, direct);
+    const CompactConvOperands operands =
+        compact_conv_operands(input, weight, bias, rows, cols, depthwise);
+    at::Tensor out = compact_conv_compute(operands.input, operands.weight, operands.bias, geometry);
+    ctx->save_for_backward({operands.input, operands.weight});
+    ctx->saved_data["rows"] = rows.has_value() ? c10::IValue(*rows) : c10::IValue();
+    ctx->saved_data["cols"] = cols.has_value() ? c10::IValue(*cols) : c10::IValue();
+    ctx->saved_data["weight_sizes"] = weight.sizes().vec();
+    ctx->saved_data["has_bias"] = bias.has_value();
+    ctx->saved_data["stride"] = geometry.stride;
+    ctx->saved_data["padding_before"] = geometry.padding_before;
+    ctx->saved_data["padding_after"] = geometry.padding_after;
+    ctx->saved_data["dilation"] = geometry.dilation;
+    ctx->saved_data["depthwise"] = depthwise;
+    ctx->saved_data["direct"] = direct;
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "plinio.fast.sparse_masked_conv: double backward (create_graph=True) is not "
+                "supported by sparse execution; build the PIT / PITSuperNet wrapper with "
+                "sparse=False (or set `.sparse = False`) for such steps (README \"Sparse "
+                "execution\")");
+    const variable_list saved = ctx->get_saved_variables();
+    const auto index = [&](const char* key) {
+      const c10::IValue& value = ctx->saved_data[key];
+      return value.isNone() ? OptTensor() : OptTensor(value.toTensor());
+    };
+    const CompactConvGeometry geometry{ctx->saved_data["stride"].toIntVector(),
+                                       ctx->saved_data["padding_before"].toIntVector(),
+                                       ctx->saved_data["padding_after"].toIntVector(),
+                                       ctx->saved_data["dilation"].toIntVector(),
+                                       ctx->saved_data["depthwise"].toBool(),
+                                       ctx->saved_data["direct"].toBool()};
+    // needs_input_grad counts the tensor arguments given: the bias, when given, is the third
+    const bool bias_grad = ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2);
+    auto [grad_input, grad_weight, grad_bias] =
+        compact_conv_backward(grads[0], saved[0], saved[1], index("rows"), index("cols"),
+                              ctx->saved_data["weight_sizes"].toIntVector(), geometry,
+                              ctx->needs_input_grad(0), ctx->needs_input_grad(1), bias_grad);
+    variable_list out{grad_input, grad_weight, grad_bias};
+    out.resize(11);  // rows, cols and the non-tensor arguments have none
+    return out;
+  }
+};
+
 // ------------------------------------------------------------------------ relu_backward
 
 // relu_backward is linear in grad and piecewise constant in the output: its derivative is
@@ -279,6 +341,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pit_masked_weight_aut
   return {out[0], out[1], out[2], out[3]};
 }
 
+at::Tensor compact_conv_autograd(const at::Tensor& input, const at::Tensor& weight,
+                                 const OptTensor& bias, const OptTensor& rows,
+                                 const OptTensor& cols, at::IntArrayRef stride,
+                                 at::IntArrayRef padding_before, at::IntArrayRef padding_after,
+                                 at::IntArrayRef dilation, bool depthwise, bool direct) {
+  return CompactConvFunction::apply(input, weight, bias, rows, cols, stride, padding_before,
+                                    padding_after, dilation, depthwise, direct);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(plinio, Autograd, m) {
@@ -287,6 +358,7 @@ TORCH_LIBRARY_IMPL(plinio, Autograd, m) {
   m.impl("pit_masked_weight", &pit_masked_weight_autograd);
   m.impl("relu_backward", &relu_backward_autograd);
   m.impl("dropout_noise", &dropout_noise_autograd);
+  m.impl("compact_conv", &compact_conv_autograd);
 }
 
 }  // namespace plinio

@@ -82,6 +82,15 @@ TORCH_LIBRARY(plinio, m) {
   m.def(
       "small_conv_weight_grad(Tensor grad, Tensor input, int[] weight_size, int[] stride, "
       "int[] padding_before, int[] padding_after, int[] dilation, int groups) -> Tensor");
+  // A compact layer of sparse execution: conv(input, weight[rows][:, cols], bias[rows]) with
+  // zero padding per side (negative: cropped), groups 1 or depthwise (cols absent), 1-D or
+  // 2-D, the input holding only the channels the block reads. Runs in channels_last (1-D:
+  // memory (N, L, C)); `direct` runs plinio::small_conv. Its gradients are the weight's and
+  // the bias's in their whole shape, zero outside the block (compact_conv.cpp, autograd.cpp).
+  m.def(
+      "compact_conv(Tensor input, Tensor weight, Tensor? bias, Tensor? rows, Tensor? cols, "
+      "int[] stride, int[] padding_before, int[] padding_after, int[] dilation, bool depthwise, "
+      "bool direct) -> Tensor");
 }
 
 namespace {

@@ -4,7 +4,8 @@ The schemas, the CPU/CUDA kernels and the autograd formulas of ``plinio::combine
 ``plinio::pit_masks`` and ``plinio::pit_masked_weight`` (plus their ``*_backward`` ops), of
 the two CPU ops of compiled graphs, ``plinio::relu_backward`` and ``plinio::dropout_noise``
 (plinio/ops/activations.py), and of sparse execution's direct convolution
-``plinio::small_conv`` and its two gradients (plinio/fast/small_conv.py), come from the
+``plinio::small_conv`` and its two gradients (plinio/fast/small_conv.py), and of its compact
+layers' convolution ``plinio::compact_conv`` (plinio/fast/sparse_conv.py), come from the
 compiled library (csrc/plinio_ops.cpp, csrc/autograd.cpp: autograd in C++ because a Python
 autograd registration costs more per call than these kernels). This
 module adds, once the library is loaded, the fake (meta) kernels for torch.compile /
@@ -20,11 +21,11 @@ from torch import Tensor
 
 from .. import _extension
 from . import _validate, double_backward
-from ._conventions import absent, first_given, masked_weight_format
+from ._conventions import absent, compact_layout, first_given, masked_weight_format
 
 _OPS = ("combine", "combine_backward", "pit_masks", "pit_masks_backward",
         "pit_masked_weight", "pit_masked_weight_backward", "relu_backward", "dropout_noise",
-        "small_conv", "small_conv_input_grad", "small_conv_weight_grad")
+        "small_conv", "small_conv_input_grad", "small_conv_weight_grad", "compact_conv")
 
 _lock = threading.Lock()
 _registered = False
@@ -155,6 +156,16 @@ def _fake_small_conv_weight_grad(grad: Tensor, input: Tensor, weight_size: Seque
     return input.new_empty(weight_size)
 
 
+def _fake_compact_conv(input: Tensor, weight: Tensor, bias: Optional[Tensor], rows: Optional[Tensor],
+                       cols: Optional[Tensor], stride: Sequence[int], padding_before: Sequence[int],
+                       padding_after: Sequence[int], dilation: Sequence[int], depthwise: bool,
+                       direct: bool) -> Tensor:
+    spatial = _small_conv_sizes(input.shape[2:], weight.shape[2:], stride, padding_before, padding_after,
+                                dilation)
+    channels = weight.shape[0] if rows is None else rows.shape[0]
+    return compact_layout(input.new_empty([input.shape[0], channels] + spatial))
+
+
 _DOUBLE_BACKWARD = {
     "combine_backward": double_backward.combine_backward,
     "pit_masks_backward": double_backward.pit_masks_backward,
@@ -173,6 +184,7 @@ _FAKES = {
     "small_conv": _fake_small_conv,
     "small_conv_input_grad": _fake_small_conv_input_grad,
     "small_conv_weight_grad": _fake_small_conv_weight_grad,
+    "compact_conv": _fake_compact_conv,
 }
 
 

@@ -15,7 +15,7 @@ import plinio.fast.compact_dropout as compact_dropout
 from bench.models import workloads
 from plinio.fast.compact_dropout import CompactDropout
 from plinio.fast.linear_ops import ConvGeometry
-from plinio.fast import sparse_conv, sparse_step
+from plinio.fast import sparse_step
 from plinio.fast.sparse_conv import sparse_plan
 from plinio.graph.channels import desc_groups
 from sparse_helpers import assert_same, forced_sparse, prune_randomly, results, search_pair
@@ -254,22 +254,16 @@ def test_compact_tensors_and_their_gradients_stay_channels_last(monkeypatch) -> 
     in, so none is copied to another layout per layer; the step equals dense."""
     (sparse, dense), shape = _compact_pair("dscnn")
     seen = []
-    forward, gradients = sparse_conv._SparseMaskedConv.forward, sparse_conv._SparseMaskedConv._gradients
+    run_plan = sparse_step.run_sparse_plan
 
-    def spied_forward(ctx, x, *args):
-        y = forward(ctx, x, *args)
-        ctx.spied = y.dim() == 4 and args[2].compact_out and y.shape[1] > 1
-        if ctx.spied:
+    def spied_run(plan, x, *args, **kwargs):
+        y = run_plan(plan, x, *args, **kwargs)
+        if y.dim() == 4 and plan.compact_out and y.shape[1] > 1:
             seen.append(("output", _channels_last(y)))
+            y.register_hook(lambda grad: seen.append(("gradient", _channels_last(grad))))
         return y
 
-    def spied_gradients(ctx, grad):
-        if ctx.spied:
-            seen.append(("gradient", _channels_last(grad)))
-        return gradients(ctx, grad)
-
-    monkeypatch.setattr(sparse_conv._SparseMaskedConv, "forward", staticmethod(spied_forward))
-    monkeypatch.setattr(sparse_conv._SparseMaskedConv, "_gradients", staticmethod(spied_gradients))
+    monkeypatch.setattr(sparse_step, "run_sparse_plan", spied_run)
     x = torch.randn((4,) + tuple(shape), generator=torch.Generator().manual_seed(3))
     sparse.train()
     dense.train()

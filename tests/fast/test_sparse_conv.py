@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import plinio.ops as ops
@@ -739,3 +739,180 @@ def test_the_small_conv_benchmark_prints_one_row_per_size(capsys):
         torch.set_num_threads(threads)
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == len(SHAPES) + 1  # the header and one row per size
+
+
+# ------------------------------------------------------------------ compact layers: plinio::compact_conv
+def _needs_native_op():
+    from plinio.fast.sparse_conv import native_compact_conv
+
+    if not native_compact_conv():
+        pytest.skip("plinio::compact_conv is not available (extension not built)")
+
+
+@contextlib.contextmanager
+def _native(on: bool) -> Iterator[None]:
+    """Plans made inside run plinio::compact_conv (on) or the Python autograd function."""
+    from plinio.fast import sparse_conv
+
+    available = sparse_conv.native_compact_conv
+    sparse_conv.native_compact_conv = (lambda: on) if not on else available
+    try:
+        yield
+    finally:
+        sparse_conv.native_compact_conv = available
+
+
+def _compact_call(layer: MaskedLayer, x: torch.Tensor, live: torch.Tensor, native: bool,
+                  compact_weight: bool = False) -> Tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+    """(the compact layer as a function of its compact input, that input): the input holds the
+    live channels (the kept ones for a depthwise layer), the output the kept rows."""
+    _, _, kept = layer.masked()
+    g = layer.geometry
+    with _native(native):
+        plan = sparse_plan(g, g.out_channels, g.in_channels, kept, live, grad_pruned_rows=False,
+                           grad_dead_inputs=False, device=x.device, compact_in=True, compact_out=True)
+    assert plan.native == native
+
+    def forward(t: torch.Tensor) -> torch.Tensor:
+        w, b, _ = layer.masked()
+        if compact_weight:
+            w = w.index_select(0, kept).index_select(1, live)
+            b = None if b is None else b.index_select(0, kept)
+        return run_sparse_plan(plan, t, w, b, compact_weight=compact_weight)
+
+    read = kept if layer.depthwise else live
+    return forward, x.detach().index_select(1, read).requires_grad_()
+
+
+def _layout(t: torch.Tensor) -> Tuple[int, ...]:
+    """The strides that matter: of the dimensions longer than 1 (none for an empty tensor)."""
+    return () if t.numel() == 0 else tuple(s for s, n in zip(t.stride(), t.shape) if n > 1)
+
+
+@st.composite
+def compact_cases(draw: st.DrawFn) -> Tuple[MaskedLayer, torch.Tensor, torch.Tensor]:
+    """random_cases of convolutions, half of them with channel counts and row lengths the
+    direct kernel takes (float32, 3 to 7 taps)."""
+    if draw(st.booleans()):
+        return draw(direct_cases())
+    layer, x, live = draw(random_cases())
+    assume(layer.geometry is not None)
+    return layer, x, live
+
+
+@SETTINGS
+@given(compact_cases())
+def test_the_native_compact_conv_gives_the_values_layouts_and_gradients_of_the_python_path(case):
+    """plinio::compact_conv (the whole compact layer in C++) against the Python autograd
+    function it replaces, and both against the dense layer on the kept rows and live inputs:
+    1-D (lifted) and 2-D, depthwise, any padding (negative too), strides, dilations, empty
+    channel sets, float64, the direct kernel and aten's."""
+    _needs_native_op()
+    layer, x, live = case
+    results = {}
+    for native in (True, False):
+        forward, x_compact = _compact_call(layer, x, live, native)
+        results[native] = (_layout(x_compact),) + run(forward, x_compact, layer.params())
+    (stride, y, grads), (stride_py, y_py, grads_py) = results[True], results[False]
+    assert stride == stride_py and _layout(y) == _layout(y_py)
+    _assert_close(y, y_py, "output")
+    for name in grads_py:
+        _assert_close(grads[name], grads_py[name], f"gradient of {name}")
+        assert grads[name].shape == grads_py[name].shape
+    _, _, kept = layer.masked()
+    _assert_close(y, layer.dense(x).index_select(1, kept), "output against the dense layer")
+
+
+@pytest.mark.parametrize("kind", ("conv1d", "conv2d", "depthwise2d"))
+def test_the_native_compact_conv_equals_the_dense_layer_and_takes_a_compact_weight_block(kind):
+    """Gradients of every parameter equal the dense layer's when the pruned rows receive no
+    gradient (as when a ReLU follows), the input's on the channels the layer reads; a compact
+    weight block gives the same."""
+    _needs_native_op()
+    layer, x = _layer_and_input(kind, kept=(0, 2, 3), live=(1, 2, 4, 5))
+    live = torch.tensor([1, 2, 4, 5])
+    _, _, kept = layer.masked()
+    y_dense, g_dense = run(lambda t: layer.dense(t).index_select(1, kept), x, layer.params())
+    forward, x_compact = _compact_call(layer, x, live, native=True)
+    y, grads = run(forward, x_compact, layer.params())
+    _assert_close(y, y_dense, "output")
+    for name in layer.params():
+        _assert_close(grads[name], g_dense[name], f"gradient of {name}")
+    read = kept if layer.depthwise else live
+    _assert_close(grads["x"], g_dense["x"].index_select(1, read), "gradient of the compact input")
+    if layer.depthwise:
+        return
+    block, x_block = _compact_call(layer, x, live, native=True, compact_weight=True)
+    y_block, grads_block = run(block, x_block, layer.params())
+    _assert_close(y_block, y, "output with a compact weight block")
+    for name in layer.params():
+        _assert_close(grads_block[name], grads[name], f"gradient of {name} with a compact weight block")
+
+
+def test_the_native_compact_conv_refuses_a_double_backward_and_runs_in_inference_mode():
+    _needs_native_op()
+    layer, x = _layer_and_input("conv2d", kept=(0, 2), live=(1, 2, 4))
+    forward, x_compact = _compact_call(layer, x, torch.tensor([1, 2, 4]), native=True)
+    y = forward(x_compact)
+    with pytest.raises(RuntimeError, match=r"double backward.*sparse=False"):
+        torch.autograd.grad(y.square().sum(), x_compact, create_graph=True)
+    with torch.inference_mode():
+        got = forward(x_compact.detach())
+    _assert_close(got, y.detach(), "output in inference mode")
+
+
+def test_the_native_compact_conv_names_itself_on_bad_input():
+    _needs_native_op()
+    x = torch.randn(2, 3, 8, 8)
+    w = torch.randn(4, 6, 3, 3)
+    rows, cols = torch.tensor([0, 2]), torch.tensor([1, 2, 5])
+    op = torch.ops.plinio.compact_conv.default
+    args = ([1, 1], [1, 1], [1, 1], [1, 1], False, False)
+    with pytest.raises(RuntimeError, match=r"compact_conv: the input has 3 channels but the weight block reads 2"):
+        op(x, w, None, rows, cols[:2], *args)
+    with pytest.raises(RuntimeError, match=r"plinio::compact_conv: cols must be a 1-D int64 tensor"):
+        op(x, w, None, rows, cols.int(), *args)
+    with pytest.raises(RuntimeError, match=r"plinio::compact_conv: a 2-D convolution needs 2 values"):
+        op(x, w, None, rows, cols, [1], [1, 1], [1, 1], [1, 1], False, False)
+    with pytest.raises(RuntimeError, match=r"plinio::compact_conv: a bias of shape \[3\] does not match 4"):
+        op(x, w, torch.randn(3), rows, cols, *args)
+
+
+@pytest.mark.parametrize("depthwise, direct, ndim", [(False, False, 2), (False, False, 1), (True, False, 2),
+                                                     (False, True, 2), (False, True, 1)])
+def test_the_native_compact_conv_passes_opcheck(depthwise, direct, ndim):
+    """Schema, fake kernel (shapes and strides) and autograd registration of the op."""
+    _needs_native_op()
+    if direct:
+        _needs_direct_kernel()
+    gen = torch.Generator().manual_seed(0)
+    channels, rows = (5, torch.tensor([0, 3, 4])) if depthwise else (4, torch.tensor([1, 2, 6]))
+    cols = None if depthwise else torch.tensor([0, 2, 3, 5])
+    spatial = (20,) * ndim
+    x = torch.randn((2, 3 if depthwise else 4) + spatial, generator=gen, requires_grad=True)
+    w = torch.randn((channels if depthwise else 7, 1 if depthwise else 6) + (3,) * ndim, generator=gen,
+                    requires_grad=True)
+    b = torch.randn(w.shape[0], generator=gen, requires_grad=True)
+    pad = [1] * ndim
+    torch.library.opcheck(torch.ops.plinio.compact_conv.default,
+                          (x, w, b, rows, cols, [1] * ndim, pad, [2] * ndim, [1] * ndim, depthwise, direct),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ("conv1d", "conv2d", "depthwise2d"))
+def test_cuda_native_compact_conv_equals_the_python_path(kind):
+    _needs_native_op()
+    layer, x = _layer_and_input(kind, kept=(0, 2, 3), live=(1, 2, 4, 5))
+    device = torch.device("cuda")
+    for t in layer.params().values():
+        t.data = t.data.to(device)
+    x = x.detach().to(device).requires_grad_()
+    live = torch.tensor([1, 2, 4, 5], device=device)
+    results = {}
+    for native in (True, False):
+        forward, x_compact = _compact_call(layer, x, live, native)
+        results[native] = run(forward, x_compact, layer.params())
+    _assert_close(results[True][0], results[False][0], "output")
+    for name, want in results[False][1].items():
+        _assert_close(results[True][1][name], want, f"gradient of {name}")

@@ -1,0 +1,276 @@
+// plinio::compact_conv: the convolution of a compact layer of sparse execution, whose input
+// holds only its live channels and whose output only its kept rows
+// (plinio/fast/sparse_conv.py). It gathers the weight block (rows, cols) and the bias rows,
+// convolves, and its autograd formula (autograd.cpp) scatters the block's gradient back into
+// the weight's shape. The whole layer runs in C++: the Python autograd function it replaces
+// spent more time per call in Python than a pruned layer spends convolving.
+//
+// Device-generic: aten's convolution (a 1-D convolution runs as a 2-D one of height 1, on
+// tensors laid out (N, L, C), so that channels_last needs no copy), or plinio::small_conv
+// where the caller's rule says it is faster (plinio/fast/small_conv.py). Asymmetric or
+// negative padding is applied to the input with constant_pad_nd (and cropped from its
+// gradient), as F.pad does.
+#include "compact_conv.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+namespace plinio {
+namespace {
+
+constexpr const char* kOp = "plinio::compact_conv";
+
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> op_handle(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
+// The spatial arguments of the 2-D (lifted, for 1-D) aten call: `lead` prepended for the
+// height-1 dimension of a lifted 1-D convolution.
+std::vector<int64_t> lifted(at::IntArrayRef values, bool lift, int64_t lead) {
+  std::vector<int64_t> out;
+  if (lift) out.push_back(lead);
+  out.insert(out.end(), values.begin(), values.end());
+  return out;
+}
+
+bool symmetric(const CompactConvGeometry& g) {
+  for (size_t i = 0; i < g.padding_before.size(); ++i) {
+    if (g.padding_before[i] != g.padding_after[i] || g.padding_before[i] < 0) return false;
+  }
+  return true;
+}
+
+// constant_pad_nd's argument (last dimension first); `sign` -1 crops what +1 pads.
+std::vector<int64_t> pad_spec(const CompactConvGeometry& g, int64_t sign) {
+  std::vector<int64_t> spec;
+  for (size_t i = g.padding_before.size(); i-- > 0;) {
+    spec.push_back(sign * g.padding_before[i]);
+    spec.push_back(sign * g.padding_after[i]);
+  }
+  return spec;
+}
+
+int64_t groups_of(const at::Tensor& weight, const CompactConvGeometry& g) {
+  return g.depthwise ? weight.size(0) : 1;
+}
+
+std::vector<int64_t> output_sizes(const at::Tensor& input, const at::Tensor& weight,
+                                  const CompactConvGeometry& g) {
+  std::vector<int64_t> sizes{input.size(0), weight.size(0)};
+  for (int64_t i = 0; i < input.dim() - 2; ++i) {
+    const int64_t extent = g.dilation[i] * (weight.size(i + 2) - 1) + 1;
+    sizes.push_back(
+        (input.size(i + 2) + g.padding_before[i] + g.padding_after[i] - extent) / g.stride[i] + 1);
+  }
+  return sizes;
+}
+
+std::vector<int64_t> channel_sum_dims(const at::Tensor& t) {
+  std::vector<int64_t> dims{0};
+  for (int64_t d = 2; d < t.dim(); ++d) dims.push_back(d);
+  return dims;
+}
+
+void check_index(const std::optional<at::Tensor>& index, const char* what, const at::Tensor& like,
+                 int64_t size) {
+  if (!index.has_value()) return;
+  TORCH_CHECK(index->dim() == 1 && index->scalar_type() == at::kLong, kOp, ": ", what,
+              " must be a 1-D int64 tensor of channel indices, got ", index->scalar_type(),
+              " of shape ", index->sizes());
+  TORCH_CHECK(index->device() == like.device(), kOp, ": ", what, " is on ", index->device(),
+              " but the input is on ", like.device());
+  TORCH_CHECK(index->numel() <= size, kOp, ": ", what, " has ", index->numel(), " indices for ",
+              size, " channels");
+}
+
+at::Tensor compact_layout(const at::Tensor& t) {
+  if (t.dim() == 3) {
+    return t.unsqueeze(2).contiguous(at::MemoryFormat::ChannelsLast).squeeze(2);
+  }
+  at::Tensor out = t.contiguous(at::MemoryFormat::ChannelsLast);
+  if (out.size(1) == 1) {
+    // one channel is contiguous and channels_last at once, and aten's convolutions then give
+    // contiguous results: channels_last strides (a view) give channels_last ones
+    out = out.as_strided(out.sizes(), {out.size(2) * out.size(3), 1, out.size(3), 1});
+  }
+  return out;
+}
+
+at::Tensor select_channels(const at::Tensor& t, int64_t dim,
+                           const std::optional<at::Tensor>& index) {
+  return index.has_value() ? t.index_select(dim, *index) : t;
+}
+
+// A tensor of `size` entries along `dim`: `values` at `index`, zeros elsewhere.
+at::Tensor scatter_channels(const at::Tensor& values, int64_t dim,
+                            const std::optional<at::Tensor>& index, int64_t size) {
+  if (!index.has_value()) return values;
+  std::vector<int64_t> sizes = values.sizes().vec();
+  sizes[dim] = size;
+  return at::zeros(sizes, values.options()).index_copy_(dim, *index, values);
+}
+
+}  // namespace
+
+CompactConvGeometry compact_conv_geometry(const at::Tensor& input, const at::Tensor& weight,
+                                          at::IntArrayRef stride, at::IntArrayRef padding_before,
+                                          at::IntArrayRef padding_after, at::IntArrayRef dilation,
+                                          bool depthwise, bool direct) {
+  TORCH_CHECK(input.dim() == 3 || input.dim() == 4, kOp,
+              ": the input must be (N, C, L) or (N, C, H, W), got shape ", input.sizes());
+  TORCH_CHECK(weight.dim() == input.dim(), kOp, ": a weight of shape ", weight.sizes(),
+              " does not fit an input of shape ", input.sizes());
+  const size_t n = static_cast<size_t>(input.dim() - 2);
+  TORCH_CHECK(stride.size() == n && padding_before.size() == n && padding_after.size() == n &&
+                  dilation.size() == n,
+              kOp, ": a ", n, "-D convolution needs ", n,
+              " values each of stride, padding_before, padding_after and dilation");
+  return CompactConvGeometry{
+      stride.vec(), padding_before.vec(), padding_after.vec(), dilation.vec(), depthwise, direct};
+}
+
+CompactConvOperands compact_conv_operands(const at::Tensor& input, const at::Tensor& weight,
+                                          const std::optional<at::Tensor>& bias,
+                                          const std::optional<at::Tensor>& rows,
+                                          const std::optional<at::Tensor>& cols, bool depthwise) {
+  check_index(rows, "rows", input, weight.size(0));
+  check_index(cols, "cols", input, weight.size(1));
+  TORCH_CHECK(!(depthwise && cols.has_value()), kOp,
+              ": a depthwise convolution takes rows only (its weight has one column)");
+  at::Tensor block = select_channels(select_channels(weight, 0, rows), 1, cols);
+  const int64_t in_channels = depthwise ? block.size(0) : block.size(1);
+  TORCH_CHECK(input.size(1) == in_channels, kOp, ": the input has ", input.size(1),
+              " channels but the weight block reads ", in_channels,
+              depthwise ? " (a depthwise convolution reads its kept rows)" : "");
+  std::optional<at::Tensor> bias_rows;
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), kOp, ": a bias of shape ",
+                bias->sizes(), " does not match ", weight.size(0), " output channels");
+    bias_rows = select_channels(*bias, 0, rows);
+  }
+  return CompactConvOperands{compact_layout(input), block, bias_rows};
+}
+
+at::Tensor compact_conv_compute(const at::Tensor& input, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias,
+                                const CompactConvGeometry& g) {
+  if (input.size(1) == 0 || weight.size(0) == 0) {  // aten refuses zero channels
+    at::Tensor out = compact_layout(at::zeros(output_sizes(input, weight, g), input.options()));
+    if (!bias.has_value()) return out;
+    std::vector<int64_t> shape(input.dim(), 1);
+    shape[1] = -1;
+    return out + bias->view(shape);
+  }
+  const int64_t groups = groups_of(weight, g);
+  if (g.direct) {
+    static auto op = op_handle<at::Tensor(
+        const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, at::IntArrayRef,
+        at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t)>("plinio::small_conv");
+    return compact_layout(op.call(input, weight, bias, g.stride, g.padding_before, g.padding_after,
+                                  g.dilation, groups));
+  }
+  const bool lift = input.dim() == 3;
+  at::Tensor x = lift ? input.unsqueeze(2) : input;
+  std::vector<int64_t> padding(g.padding_before.size(), 0);
+  if (symmetric(g)) {
+    padding = g.padding_before;
+  } else {
+    x = at::constant_pad_nd(x, pad_spec(g, 1));
+  }
+  const std::vector<int64_t> stride = lifted(g.stride, lift, 1);
+  at::Tensor out = at::convolution(x, lift ? weight.unsqueeze(2) : weight, bias, stride,
+                                   lifted(padding, lift, 0), lifted(g.dilation, lift, 1), false,
+                                   std::vector<int64_t>(stride.size(), 0), groups);
+  return compact_layout(lift ? out.squeeze(2) : out);
+}
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> compact_conv_compute_backward(
+    const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight,
+    const CompactConvGeometry& g, bool input_grad, bool weight_grad, bool bias_grad) {
+  at::Tensor grad_input, grad_weight, grad_bias;
+  if (bias_grad) grad_bias = grad.sum(channel_sum_dims(grad));
+  if (!input_grad && !weight_grad) return {grad_input, grad_weight, grad_bias};
+  if (grad.size(1) == 0 || input.size(1) == 0) {
+    if (input_grad) grad_input = at::zeros_like(input);
+    if (weight_grad) grad_weight = at::zeros_like(weight);
+    return {grad_input, grad_weight, grad_bias};
+  }
+  const int64_t groups = groups_of(weight, g);
+  if (g.direct) {
+    using Sig = at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef, at::IntArrayRef,
+                           at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t);
+    static auto input_op = op_handle<Sig>("plinio::small_conv_input_grad");
+    static auto weight_op = op_handle<Sig>("plinio::small_conv_weight_grad");
+    if (input_grad) {
+      grad_input = input_op.call(grad, weight, input.sizes(), g.stride, g.padding_before,
+                                 g.padding_after, g.dilation, groups);
+    }
+    if (weight_grad) {
+      grad_weight = weight_op.call(grad, input, weight.sizes(), g.stride, g.padding_before,
+                                   g.padding_after, g.dilation, groups);
+    }
+    return {grad_input, grad_weight, grad_bias};
+  }
+  const bool lift = input.dim() == 3;
+  const bool pad_input = !symmetric(g);
+  at::Tensor x = lift ? input.unsqueeze(2) : input;
+  std::vector<int64_t> padding(g.padding_before.size(), 0);
+  if (pad_input) {
+    x = at::constant_pad_nd(x, pad_spec(g, 1));
+  } else {
+    padding = g.padding_before;
+  }
+  const std::vector<int64_t> stride = lifted(g.stride, lift, 1);
+  auto [gx, gw, unused] = at::convolution_backward(
+      lift ? grad.unsqueeze(2) : grad, x, lift ? weight.unsqueeze(2) : weight, std::nullopt, stride,
+      lifted(padding, lift, 0), lifted(g.dilation, lift, 1), false,
+      std::vector<int64_t>(stride.size(), 0), groups, {input_grad, weight_grad, false});
+  if (input_grad) {
+    if (pad_input) gx = at::constant_pad_nd(gx, pad_spec(g, -1));
+    grad_input = lift ? gx.squeeze(2) : gx;
+  }
+  if (weight_grad) grad_weight = lift ? gw.squeeze(2) : gw;
+  return {grad_input, grad_weight, grad_bias};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> compact_conv_backward(
+    const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight_block,
+    const std::optional<at::Tensor>& rows, const std::optional<at::Tensor>& cols,
+    at::IntArrayRef weight_sizes, const CompactConvGeometry& geometry, bool input_grad,
+    bool weight_grad, bool bias_grad) {
+  auto [grad_input, grad_weight, grad_bias] = compact_conv_compute_backward(
+      compact_layout(grad), input, weight_block, geometry, input_grad, weight_grad, bias_grad);
+  if (grad_weight.defined()) {
+    grad_weight = scatter_channels(scatter_channels(grad_weight, 1, cols, weight_sizes[1]), 0, rows,
+                                   weight_sizes[0]);
+  }
+  if (grad_bias.defined()) grad_bias = scatter_channels(grad_bias, 0, rows, weight_sizes[0]);
+  return {grad_input, grad_weight, grad_bias};
+}
+
+namespace {
+
+// The op without autograd (inference mode, or below the Autograd key).
+at::Tensor compact_conv(const at::Tensor& input, const at::Tensor& weight,
+                        const std::optional<at::Tensor>& bias,
+                        const std::optional<at::Tensor>& rows,
+                        const std::optional<at::Tensor>& cols, at::IntArrayRef stride,
+                        at::IntArrayRef padding_before, at::IntArrayRef padding_after,
+                        at::IntArrayRef dilation, bool depthwise, bool direct) {
+  const CompactConvGeometry geometry = compact_conv_geometry(
+      input, weight, stride, padding_before, padding_after, dilation, depthwise, direct);
+  const CompactConvOperands operands =
+      compact_conv_operands(input, weight, bias, rows, cols, depthwise);
+  return compact_conv_compute(operands.input, operands.weight, operands.bias, geometry);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(plinio, CompositeExplicitAutograd, m) { m.impl("compact_conv", &compact_conv); }
+
+}  // namespace plinio

@@ -1,0 +1,55 @@
+// The computations of plinio::compact_conv, the convolution of sparse execution's compact
+// layers (plinio/fast/sparse_conv.py): its forward (compact_conv.cpp, also the op's
+// CompositeExplicitAutograd kernel) and its backward (called by the autograd formula in
+// autograd.cpp). Device-generic: they run aten's convolution, or plinio::small_conv on the CPU.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <tuple>
+#include <vector>
+
+namespace plinio {
+
+// A zero-padded convolution of groups 1 or depthwise, 1-D or 2-D.
+struct CompactConvGeometry {
+  std::vector<int64_t> stride, padding_before, padding_after, dilation;
+  bool depthwise;  // groups = channels (the weight is (C, 1, k...))
+  bool direct;     // run plinio::small_conv (CPU, float32) instead of aten's convolution
+};
+
+// The op's arguments checked against the input and the weight.
+CompactConvGeometry compact_conv_geometry(const at::Tensor& input, const at::Tensor& weight,
+                                          at::IntArrayRef stride, at::IntArrayRef padding_before,
+                                          at::IntArrayRef padding_after, at::IntArrayRef dilation,
+                                          bool depthwise, bool direct);
+
+// What the convolution reads: the input in the layout the compact convolutions run in
+// (channels_last; a 1-D tensor as one of height 1, memory (N, L, C)), the weight block
+// (rows, cols) and the bias rows. `rows` / `cols` absent: every row / column.
+struct CompactConvOperands {
+  at::Tensor input, weight;
+  std::optional<at::Tensor> bias;
+};
+
+CompactConvOperands compact_conv_operands(const at::Tensor& input, const at::Tensor& weight,
+                                          const std::optional<at::Tensor>& bias,
+                                          const std::optional<at::Tensor>& rows,
+                                          const std::optional<at::Tensor>& cols, bool depthwise);
+
+// conv(input, weight, bias) on the operands.
+at::Tensor compact_conv_compute(const at::Tensor& input, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias,
+                                const CompactConvGeometry& geometry);
+
+// (input gradient, weight gradient, bias gradient) for the output gradient `grad`, from the
+// operands the forward read; the weight and bias gradients in the shape of the whole weight
+// (`weight_sizes`: zeros outside the block). Undefined where not asked for.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> compact_conv_backward(
+    const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight_block,
+    const std::optional<at::Tensor>& rows, const std::optional<at::Tensor>& cols,
+    at::IntArrayRef weight_sizes, const CompactConvGeometry& geometry, bool input_grad,
+    bool weight_grad, bool bias_grad);
+
+}  // namespace plinio
