@@ -188,3 +188,27 @@ def test_reference_backend_env_selects_stack_and_sum(monkeypatch):
     assert PITSuperNetCombiner(2).use_fused_ops
     monkeypatch.setenv("PLINIO_BACKEND", "reference")
     assert not PITSuperNetCombiner(2).use_fused_ops
+
+
+@pytest.mark.parametrize("gumbel", [False, True])
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("trainable", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sampled_theta_is_theta_alpha_bit_for_bit(gumbel, training, trainable, dtype):
+    """The eager θ of a forward (switches read from their Python mirrors, fewer ops) has the
+    values and the α gradient of the buffer-driven formula, exactly (with the selection
+    frozen too: α then gets a zero gradient, not none, as from the formula)."""
+    comb = PITSuperNetCombiner(4, gumbel_softmax=gumbel).to(dtype)
+    _set_alpha(comb, [0.3, -1.2, 0.0, 2.5])
+    comb.alpha.data = comb.alpha.data.to(dtype)
+    comb.softmax_temperature = 0.7
+    comb.train_selection = trainable
+    comb.train(training)
+    torch.manual_seed(3)
+    sampled = comb.sample_theta()
+    formula = comb.theta_alpha
+    assert torch.equal(sampled, formula) and sampled.requires_grad == formula.requires_grad
+    weights = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=dtype)
+    (grad_sampled,) = torch.autograd.grad((sampled * weights).sum(), comb.alpha)
+    (grad_formula,) = torch.autograd.grad((formula * weights).sum(), comb.alpha)
+    assert torch.equal(grad_sampled, grad_formula)
