@@ -133,7 +133,7 @@ class _CompactKernels:
                 bias: Optional[torch.Tensor]) -> torch.Tensor:
         if x.shape[self.channel_dim] and weight.shape[0]:
             return self._forward(x, weight, bias)
-        out = x.new_zeros(self.output_shape(tuple(x.shape), weight.shape[0]))
+        out = self.layout(x.new_zeros(self.output_shape(tuple(x.shape), weight.shape[0])))
         if bias is None:
             return out
         return out + bias.view((-1,) + (1,) * (out.dim() - 2)) if self.channel_dim == 1 \
@@ -394,7 +394,9 @@ class _SparseMaskedConv(torch.autograd.Function):
             w_fwd = w_rows if k.depthwise else select_channels(w_rows, 1, plan.forward_in)
             b_fwd = None if bias is None else select_channels(bias, 0, plan.kept)
         y = k.forward(x_fwd, w_fwd, b_fwd)
-        if not plan.compact_out:
+        if plan.compact_out:  # compact tensors in the kernels' layout, as plinio::compact_conv gives them
+            y = k.layout(y)
+        else:
             # a full-width output in the layout the dense layer gives (contiguous for the
             # contiguous input of a compact layer): only compact tensors are channels_last
             dense_format = torch.contiguous_format if plan.compact_in else _memory_format(x)
