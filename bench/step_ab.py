@@ -1,0 +1,177 @@
+"""What each eager shortcut of plinio's fast path is worth in a search step: the step of
+``bench/search_step.py`` with the shortcut on and off, two copies of the same search timed
+interleaved in one process.
+
+Shortcuts (each exact: the same values and gradients on and off):
+
+- ``native``: a layer compact on both sides in a sparse step runs the native op
+  ``plinio::compact_conv`` (weight-block gathers, convolution and, in its C++ autograd
+  formula, both gradients and the weight scatter); off: the Python autograd function of
+  ``plinio.fast.sparse_conv`` that does the same computations;
+- ``theta``: a supernet's soft θ of a forward is computed from the Python mirrors of its
+  switches (``PITSuperNetCombiner._sampled_soft_theta``); off: the buffer-driven formula
+  ``theta_alpha`` (``torch.where`` over the buffers, as under ``torch.compile``). Workloads
+  without supernets (the TCN) have no row for it.
+
+In each round both copies run ``--steps-per-round`` consecutive steps and the last one is
+timed; the table gives the median step of each and the median, min and max of the per-round
+ratios on/off (a shared machine drifts: the ratio of one round compares steps taken seconds
+apart).
+
+    python bench/step_ab.py [--workloads resnet8,tcn] [--prune 0.5,0.75]
+                            [--shortcuts native,theta] [--threads 2] [--repeats 30]
+"""
+import argparse
+import contextlib
+import statistics
+import sys
+from pathlib import Path
+from typing import Callable, ContextManager, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.search_step import (CLOCKS, SearchSetup, _fractions, build_setups, describe_machine,  # noqa: E402
+                               markdown_table, search_step, workload_names)
+from bench.models import count_supernets, workloads  # noqa: E402
+from plinio.fast import sparse_conv  # noqa: E402
+from plinio.methods.pit_supernet.nn.combiner import PITSuperNetCombiner  # noqa: E402
+
+
+@contextlib.contextmanager
+def _python_compact_conv() -> Iterator[None]:
+    """Plans made inside run the Python autograd function instead of plinio::compact_conv."""
+    native = sparse_conv.native_compact_conv
+    sparse_conv.native_compact_conv = lambda: False
+    try:
+        yield
+    finally:
+        sparse_conv.native_compact_conv = native
+
+
+@contextlib.contextmanager
+def _buffer_theta() -> Iterator[None]:
+    """Supernets compute θ with the buffer-driven formula."""
+    sampled = PITSuperNetCombiner._sampled_soft_theta
+    PITSuperNetCombiner._sampled_soft_theta = lambda self, noisy: self.theta_alpha
+    try:
+        yield
+    finally:
+        PITSuperNetCombiner._sampled_soft_theta = sampled
+
+
+# shortcut -> a context in which it is off
+SHORTCUTS: Dict[str, Callable[[], ContextManager[None]]] = {
+    "native": _python_compact_conv,
+    "theta": _buffer_theta,
+}
+
+
+def without(setup: SearchSetup, shortcut: str) -> SearchSetup:
+    """``setup`` whose forward runs with ``shortcut`` off (what the forward decides, e.g. the
+    plan of a layer or the θ formula, the backward follows)."""
+    switch_off = SHORTCUTS[shortcut]
+    forward = setup.forward
+
+    def forward_without(*args: object) -> torch.Tensor:
+        with switch_off():
+            return forward(*args)
+
+    return setup._replace(forward=forward_without)
+
+
+class ABRow(NamedTuple):
+    """Step times of one shortcut on and off, and the per-round ratios on/off."""
+
+    workload: str
+    pruned: float
+    shortcut: str
+    on_ms: float
+    off_ms: float
+    ratios: List[float]
+
+
+def time_ab(on: SearchSetup, off: SearchSetup, repeats: int, steps_per_round: int,
+            clock: str = "wall") -> Tuple[float, float, List[float]]:
+    """(median on ms, median off ms, per-round ratios on/off), the two interleaved in rounds."""
+    now = CLOCKS[clock]
+    times: Dict[str, List[float]] = {"on": [], "off": []}
+    for _ in range(repeats):
+        for label, setup in (("on", on), ("off", off)):
+            for _ in range(steps_per_round - 1):
+                search_step(setup)
+            start = now()
+            search_step(setup)
+            times[label].append(now() - start)
+    ratios = [a / b for a, b in zip(times["on"], times["off"])]
+    return statistics.median(times["on"]) * 1e3, statistics.median(times["off"]) * 1e3, ratios
+
+
+def measure(name: str, pruned: float, shortcut: str, batch_size: int, repeats: int,
+            steps_per_round: int, clock: str) -> ABRow:
+    """The A/B of one shortcut on one workload; the two copies must compute the same loss
+    (from the same random state: dropout draws its noise in the step)."""
+    pair = [build_setups(name, batch_size, "cpu", prune_fraction=pruned, variants=("fast",))["fast"]
+            for _ in range(2)]
+    on, off = pair[0], without(pair[1], shortcut)
+    losses = []
+    for setup in (on, off):
+        torch.manual_seed(0)
+        losses.append(search_step(setup))
+    loss_on, loss_off = losses
+    if not torch.allclose(loss_on, loss_off, rtol=1e-5, atol=1e-7):
+        raise RuntimeError(f"{name}: the step with {shortcut} off computes another loss "
+                           f"({loss_off.item()} vs {loss_on.item()})")
+    return ABRow(name, pruned, shortcut, *time_ab(on, off, repeats, steps_per_round, clock))
+
+
+def format_table(rows: Sequence[ABRow]) -> str:
+    header = ["workload", "pruned", "shortcut", "on ms", "off ms", "on/off median", "on/off range"]
+    cells = [[r.workload, f"{r.pruned:.0%}", r.shortcut, f"{r.on_ms:.2f}", f"{r.off_ms:.2f}",
+              f"{statistics.median(r.ratios):.3f}", f"{min(r.ratios):.2f}–{max(r.ratios):.2f}"] for r in rows]
+    return markdown_table(header, 3, cells)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[ABRow]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workloads", default="resnet8,tcn",
+                        help="comma-separated names from bench/models.py workloads()")
+    parser.add_argument("--prune", default="0.5,0.75", help="comma-separated fractions of every channel mask to prune")
+    parser.add_argument("--shortcuts", default=",".join(SHORTCUTS), help=f"comma-separated, of {sorted(SHORTCUTS)}")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=30, help="timed rounds")
+    parser.add_argument("--steps-per-round", type=int, default=4,
+                        help="consecutive steps of each copy per round, the last one timed")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
+    args = parser.parse_args(argv)
+    names = workload_names(parser, args.workloads)
+    shortcuts = [s for s in args.shortcuts.split(",") if s]
+    unknown = [s for s in shortcuts if s not in SHORTCUTS]
+    if unknown or not shortcuts:
+        parser.error(f"--shortcuts: unknown {unknown}; choose from {sorted(SHORTCUTS)}")
+    if args.repeats < 1 or args.steps_per_round < 1:
+        parser.error("--repeats and --steps-per-round must be at least 1")
+    torch.set_num_threads(args.threads)
+    print(f"# {describe_machine('cpu', args.threads)}")
+    print(f"# command: python bench/step_ab.py {' '.join(argv if argv is not None else sys.argv[1:])}")
+    rows = []
+    for name in names:
+        supernets = count_supernets(workloads()[name].factory()) > 0
+        for pruned in _fractions(args.prune):
+            for shortcut in shortcuts:
+                if shortcut == "theta" and not supernets:
+                    continue  # no θ to compute
+                rows.append(measure(name, pruned, shortcut, args.batch_size, args.repeats,
+                                    args.steps_per_round, args.clock))
+                print(f"#  {name} {pruned:.0%} pruned, {shortcut}: on {rows[-1].on_ms:.2f} ms, "
+                      f"off {rows[-1].off_ms:.2f} ms", flush=True)
+    print("# on = the shortcut as plinio runs it; off = its exact fallback; on/off: per-round ratios, lower is better.")
+    print(format_table(rows))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
