@@ -486,6 +486,22 @@ def _fractions(text: str) -> List[float]:
     return values
 
 
+def add_round_options(parser: argparse.ArgumentParser, copies: str) -> None:
+    """The options of a tool timing ``copies`` interleaved in rounds (``bench/step_phases.py``,
+    ``bench/step_ab.py``): threads, rounds, steps per round, clock."""
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=30, help="timed rounds")
+    parser.add_argument("--steps-per-round", type=int, default=4,
+                        help=f"consecutive steps of each of the {copies} per round, the last one timed")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
+
+
+def check_round_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exits with the parser's error on a count below 1."""
+    if args.steps_per_round < 1 or args.repeats < 1:
+        parser.error("--steps-per-round and --repeats must be at least 1")
+
+
 def workload_names(parser: argparse.ArgumentParser, text: str) -> List[str]:
     """The comma-separated workload names of ``text``; an unknown one is a usage error."""
     known = workloads()

@@ -33,8 +33,9 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.search_step import (CLOCKS, SearchSetup, _fractions, build_setups, describe_machine,  # noqa: E402
-                               markdown_table, search_step, workload_names)
+from bench.search_step import (CLOCKS, SearchSetup, _fractions, add_round_options, build_setups,  # noqa: E402
+                               check_round_options, describe_machine, markdown_table, search_step,
+                               workload_names)
 from bench.models import count_supernets, workloads  # noqa: E402
 from plinio.fast import sparse_conv  # noqa: E402
 from plinio.methods.pit_supernet.nn.combiner import PITSuperNetCombiner  # noqa: E402
@@ -141,19 +142,14 @@ def main(argv: Optional[Sequence[str]] = None) -> List[ABRow]:
     parser.add_argument("--prune", default="0.5,0.75", help="comma-separated fractions of every channel mask to prune")
     parser.add_argument("--shortcuts", default=",".join(SHORTCUTS), help=f"comma-separated, of {sorted(SHORTCUTS)}")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=30, help="timed rounds")
-    parser.add_argument("--steps-per-round", type=int, default=4,
-                        help="consecutive steps of each copy per round, the last one timed")
-    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
+    add_round_options(parser, "two copies")
     args = parser.parse_args(argv)
+    check_round_options(parser, args)
     names = workload_names(parser, args.workloads)
     shortcuts = [s for s in args.shortcuts.split(",") if s]
     unknown = [s for s in shortcuts if s not in SHORTCUTS]
     if unknown or not shortcuts:
         parser.error(f"--shortcuts: unknown {unknown}; choose from {sorted(SHORTCUTS)}")
-    if args.repeats < 1 or args.steps_per_round < 1:
-        parser.error("--repeats and --steps-per-round must be at least 1")
     torch.set_num_threads(args.threads)
     print(f"# {describe_machine('cpu', args.threads)}")
     print(f"# command: python bench/step_ab.py {' '.join(argv if argv is not None else sys.argv[1:])}")

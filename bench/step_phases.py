@@ -26,8 +26,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.search_step import (CLOCKS, STEP_PHASES, SearchSetup, _check_losses, _fractions, _sync,  # noqa: E402
-                               build_setups, describe_machine, markdown_table, search_step,
-                               workload_names)
+                               add_round_options, build_setups, check_round_options, describe_machine,
+                               markdown_table, search_step, workload_names)
 
 SEARCHES = ("fast", "dense", "plain")
 
@@ -96,14 +96,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[PhaseRow]:
     parser.add_argument("--batch-sizes", default="32,1",
                         help="comma-separated batch sizes (1: the floor the pruning does not shrink)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=30, help="timed rounds")
-    parser.add_argument("--steps-per-round", type=int, default=4,
-                        help="consecutive steps of each search per round, the last one timed")
-    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
+    add_round_options(parser, "searches")
     args = parser.parse_args(argv)
-    if args.steps_per_round < 1 or args.repeats < 1:
-        parser.error("--steps-per-round and --repeats must be at least 1")
+    check_round_options(parser, args)
     try:
         batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     except ValueError:
