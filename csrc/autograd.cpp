@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "compact_conv.h"
+#include "op_handle.h"
 
 namespace plinio {
 namespace {
@@ -34,11 +35,6 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 using OptTensor = std::optional<at::Tensor>;
-
-template <typename Sig>
-c10::TypedOperatorHandle<Sig> op_handle(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
-}
 
 at::Tensor or_absent(const at::Tensor& t, const at::Tensor& like) {
   return t.defined() ? t : at::empty({0}, like.options());

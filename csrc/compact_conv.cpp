@@ -12,18 +12,14 @@
 // gradient), as F.pad does.
 #include "compact_conv.h"
 
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
+
+#include "op_handle.h"
 
 namespace plinio {
 namespace {
 
 constexpr const char* kOp = "plinio::compact_conv";
-
-template <typename Sig>
-c10::TypedOperatorHandle<Sig> op_handle(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
-}
 
 // The spatial arguments of the 2-D (lifted, for 1-D) aten call: `lead` prepended for the
 // height-1 dimension of a lifted 1-D convolution.
