@@ -49,8 +49,9 @@ multiply-accumulates; for depthwise and 1×1 convs they are not (see :func:`spar
 A compact layer (input and output both compact, the case of most layers in a pruned step)
 runs in one native op instead, ``plinio::compact_conv`` (csrc/compact_conv.cpp, its autograd
 in csrc/autograd.cpp): the same gathers, convolutions and scatters, with no Python between
-them (30–75 µs less per layer and step on a 2-core CPU; the Python autograd function stays as
-the fallback where the extension is not built, and for the other plans).
+them (25–75 µs less per layer at batch 1 on a 2-core CPU, a few percent of a pruned search
+step: bench/step_ab.py); the Python autograd function stays as the fallback where the
+extension is not built, and for the other plans.
 
 Eager mode only: the index sets are data-dependent sizes (under ``torch.compile`` the dense
 convolution stays). :func:`sparse_pays` decides per layer whether this is faster than the
