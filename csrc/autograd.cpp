@@ -226,23 +226,21 @@ class CompactConvFunction : public torch::autograd::Function<CompactConvFunction
                             at::IntArrayRef padding_after, at::IntArrayRef dilation, bool depthwise,
                             bool direct) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    const CompactConvGeometry geometry = compact_conv_geometry(
-        input, weight, stride, padding_before, padding_after, dilation, depthwise, direct);
-    const CompactConvOperands operands =
-        compact_conv_operands(input, weight, bias, rows, cols, depthwise);
-    at::Tensor out = compact_conv_compute(operands.input, operands.weight, operands.bias, geometry);
-    ctx->save_for_backward({operands.input, operands.weight});
+    CompactConvForward forward =
+        compact_conv_forward(input, weight, bias, rows, cols, stride, padding_before, padding_after,
+                             dilation, depthwise, direct);
+    ctx->save_for_backward({forward.input, forward.weight_block});
     ctx->saved_data["rows"] = rows.has_value() ? c10::IValue(*rows) : c10::IValue();
     ctx->saved_data["cols"] = cols.has_value() ? c10::IValue(*cols) : c10::IValue();
     ctx->saved_data["weight_sizes"] = weight.sizes().vec();
     ctx->saved_data["has_bias"] = bias.has_value();
-    ctx->saved_data["stride"] = geometry.stride;
-    ctx->saved_data["padding_before"] = geometry.padding_before;
-    ctx->saved_data["padding_after"] = geometry.padding_after;
-    ctx->saved_data["dilation"] = geometry.dilation;
+    ctx->saved_data["stride"] = forward.geometry.stride;
+    ctx->saved_data["padding_before"] = forward.geometry.padding_before;
+    ctx->saved_data["padding_after"] = forward.geometry.padding_after;
+    ctx->saved_data["dilation"] = forward.geometry.dilation;
     ctx->saved_data["depthwise"] = depthwise;
     ctx->saved_data["direct"] = direct;
-    return out;
+    return forward.output;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {

@@ -80,6 +80,29 @@ void check_index(const std::optional<at::Tensor>& index, const char* what, const
               size, " channels");
 }
 
+// The arguments of aten's (2-D) convolution for a compact one: a 1-D convolution lifted to
+// height 1, asymmetric or negative padding applied to the input instead.
+struct AtenConvArgs {
+  bool lift, pad_input;
+  at::Tensor input, weight;  // lifted; the input padded where pad_input
+  std::vector<int64_t> stride, padding, dilation, output_padding;
+
+  AtenConvArgs(const at::Tensor& x, const at::Tensor& w, const CompactConvGeometry& g)
+      : lift(x.dim() == 3), pad_input(!symmetric(g)) {
+    input = lift ? x.unsqueeze(2) : x;
+    weight = lift ? w.unsqueeze(2) : w;
+    if (pad_input) input = at::constant_pad_nd(input, pad_spec(g, 1));
+    stride = lifted(g.stride, lift, 1);
+    padding = lifted(
+        pad_input ? std::vector<int64_t>(g.padding_before.size(), 0) : g.padding_before, lift, 0);
+    dilation = lifted(g.dilation, lift, 1);
+    output_padding.assign(stride.size(), 0);
+  }
+
+  // a result of the lifted call back in the caller's dimensions
+  at::Tensor drop(const at::Tensor& t) const { return lift ? t.squeeze(2) : t; }
+};
+
 at::Tensor compact_layout(const at::Tensor& t) {
   if (t.dim() == 3) {
     return t.unsqueeze(2).contiguous(at::MemoryFormat::ChannelsLast).squeeze(2);
@@ -107,7 +130,11 @@ at::Tensor scatter_channels(const at::Tensor& values, int64_t dim,
   return at::zeros(sizes, values.options()).index_copy_(dim, *index, values);
 }
 
-}  // namespace
+// What the convolution reads (see CompactConvForward) and the bias rows.
+struct CompactConvOperands {
+  at::Tensor input, weight;
+  std::optional<at::Tensor> bias;
+};
 
 CompactConvGeometry compact_conv_geometry(const at::Tensor& input, const at::Tensor& weight,
                                           at::IntArrayRef stride, at::IntArrayRef padding_before,
@@ -166,22 +193,10 @@ at::Tensor compact_conv_compute(const at::Tensor& input, const at::Tensor& weigh
     return compact_layout(op.call(input, weight, bias, g.stride, g.padding_before, g.padding_after,
                                   g.dilation, groups));
   }
-  const bool lift = input.dim() == 3;
-  at::Tensor x = lift ? input.unsqueeze(2) : input;
-  std::vector<int64_t> padding(g.padding_before.size(), 0);
-  if (symmetric(g)) {
-    padding = g.padding_before;
-  } else {
-    x = at::constant_pad_nd(x, pad_spec(g, 1));
-  }
-  const std::vector<int64_t> stride = lifted(g.stride, lift, 1);
-  at::Tensor out = at::convolution(x, lift ? weight.unsqueeze(2) : weight, bias, stride,
-                                   lifted(padding, lift, 0), lifted(g.dilation, lift, 1), false,
-                                   std::vector<int64_t>(stride.size(), 0), groups);
-  return compact_layout(lift ? out.squeeze(2) : out);
+  const AtenConvArgs a(input, weight, g);
+  return compact_layout(a.drop(at::convolution(a.input, a.weight, bias, a.stride, a.padding,
+                                               a.dilation, false, a.output_padding, groups)));
 }
-
-namespace {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> compact_conv_compute_backward(
     const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight,
@@ -210,29 +225,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compact_conv_compute_backward(
     }
     return {grad_input, grad_weight, grad_bias};
   }
-  const bool lift = input.dim() == 3;
-  const bool pad_input = !symmetric(g);
-  at::Tensor x = lift ? input.unsqueeze(2) : input;
-  std::vector<int64_t> padding(g.padding_before.size(), 0);
-  if (pad_input) {
-    x = at::constant_pad_nd(x, pad_spec(g, 1));
-  } else {
-    padding = g.padding_before;
-  }
-  const std::vector<int64_t> stride = lifted(g.stride, lift, 1);
+  const AtenConvArgs a(input, weight, g);
   auto [gx, gw, unused] = at::convolution_backward(
-      lift ? grad.unsqueeze(2) : grad, x, lift ? weight.unsqueeze(2) : weight, std::nullopt, stride,
-      lifted(padding, lift, 0), lifted(g.dilation, lift, 1), false,
-      std::vector<int64_t>(stride.size(), 0), groups, {input_grad, weight_grad, false});
-  if (input_grad) {
-    if (pad_input) gx = at::constant_pad_nd(gx, pad_spec(g, -1));
-    grad_input = lift ? gx.squeeze(2) : gx;
-  }
-  if (weight_grad) grad_weight = lift ? gw.squeeze(2) : gw;
+      a.lift ? grad.unsqueeze(2) : grad, a.input, a.weight, std::nullopt, a.stride, a.padding,
+      a.dilation, false, a.output_padding, groups, {input_grad, weight_grad, false});
+  if (input_grad) grad_input = a.drop(a.pad_input ? at::constant_pad_nd(gx, pad_spec(g, -1)) : gx);
+  if (weight_grad) grad_weight = a.drop(gw);
   return {grad_input, grad_weight, grad_bias};
 }
 
 }  // namespace
+
+CompactConvForward compact_conv_forward(const at::Tensor& input, const at::Tensor& weight,
+                                        const std::optional<at::Tensor>& bias,
+                                        const std::optional<at::Tensor>& rows,
+                                        const std::optional<at::Tensor>& cols,
+                                        at::IntArrayRef stride, at::IntArrayRef padding_before,
+                                        at::IntArrayRef padding_after, at::IntArrayRef dilation,
+                                        bool depthwise, bool direct) {
+  const CompactConvGeometry geometry = compact_conv_geometry(
+      input, weight, stride, padding_before, padding_after, dilation, depthwise, direct);
+  const CompactConvOperands operands =
+      compact_conv_operands(input, weight, bias, rows, cols, depthwise);
+  at::Tensor output =
+      compact_conv_compute(operands.input, operands.weight, operands.bias, geometry);
+  return {geometry, operands.input, operands.weight, output};
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> compact_conv_backward(
     const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight_block,
@@ -258,11 +276,9 @@ at::Tensor compact_conv(const at::Tensor& input, const at::Tensor& weight,
                         const std::optional<at::Tensor>& cols, at::IntArrayRef stride,
                         at::IntArrayRef padding_before, at::IntArrayRef padding_after,
                         at::IntArrayRef dilation, bool depthwise, bool direct) {
-  const CompactConvGeometry geometry = compact_conv_geometry(
-      input, weight, stride, padding_before, padding_after, dilation, depthwise, direct);
-  const CompactConvOperands operands =
-      compact_conv_operands(input, weight, bias, rows, cols, depthwise);
-  return compact_conv_compute(operands.input, operands.weight, operands.bias, geometry);
+  return compact_conv_forward(input, weight, bias, rows, cols, stride, padding_before,
+                              padding_after, dilation, depthwise, direct)
+      .output;
 }
 
 }  // namespace

@@ -19,29 +19,23 @@ struct CompactConvGeometry {
   bool direct;     // run plinio::small_conv (CPU, float32) instead of aten's convolution
 };
 
-// The op's arguments checked against the input and the weight.
-CompactConvGeometry compact_conv_geometry(const at::Tensor& input, const at::Tensor& weight,
-                                          at::IntArrayRef stride, at::IntArrayRef padding_before,
-                                          at::IntArrayRef padding_after, at::IntArrayRef dilation,
-                                          bool depthwise, bool direct);
-
-// What the convolution reads: the input in the layout the compact convolutions run in
-// (channels_last; a 1-D tensor as one of height 1, memory (N, L, C)), the weight block
-// (rows, cols) and the bias rows. `rows` / `cols` absent: every row / column.
-struct CompactConvOperands {
-  at::Tensor input, weight;
-  std::optional<at::Tensor> bias;
+// What the convolution read: the input in the layout the compact convolutions run in
+// (channels_last; a 1-D tensor as one of height 1, memory (N, L, C)) and the weight block
+// (rows, cols); and its output.
+struct CompactConvForward {
+  CompactConvGeometry geometry;
+  at::Tensor input, weight_block, output;
 };
 
-CompactConvOperands compact_conv_operands(const at::Tensor& input, const at::Tensor& weight,
-                                          const std::optional<at::Tensor>& bias,
-                                          const std::optional<at::Tensor>& rows,
-                                          const std::optional<at::Tensor>& cols, bool depthwise);
-
-// conv(input, weight, bias) on the operands.
-at::Tensor compact_conv_compute(const at::Tensor& input, const at::Tensor& weight,
-                                const std::optional<at::Tensor>& bias,
-                                const CompactConvGeometry& geometry);
+// The op's forward: its arguments checked, the weight block and bias rows gathered (`rows` /
+// `cols` absent: every row / column), the convolution.
+CompactConvForward compact_conv_forward(const at::Tensor& input, const at::Tensor& weight,
+                                        const std::optional<at::Tensor>& bias,
+                                        const std::optional<at::Tensor>& rows,
+                                        const std::optional<at::Tensor>& cols,
+                                        at::IntArrayRef stride, at::IntArrayRef padding_before,
+                                        at::IntArrayRef padding_after, at::IntArrayRef dilation,
+                                        bool depthwise, bool direct);
 
 // (input gradient, weight gradient, bias gradient) for the output gradient `grad`, from the
 // operands the forward read; the weight and bias gradients in the shape of the whole weight
