@@ -239,6 +239,12 @@ class _ConvKernels(_CompactKernels):
     def _runs_small(self, t: torch.Tensor, channels_a: int, channels_b: int, out_width: int) -> bool:
         return self.small and small_conv.runs_direct(t, self.geometry, channels_a, channels_b, out_width)
 
+    def _forward_runs_small(self, x: torch.Tensor, out_channels: int) -> bool:
+        """Whether the forward of ``x`` to ``out_channels`` rows runs the direct kernel."""
+        g = self.geometry
+        width = (x.shape[-1] + g.size_offset[-1]) // g.stride[-1] + 1
+        return self._runs_small(x, x.shape[1], out_channels, width)
+
     def layout(self, t: torch.Tensor) -> torch.Tensor:
         return compact_layout(t) if self.memory_format == torch.channels_last else t.contiguous()
 
@@ -281,8 +287,7 @@ class _ConvKernels(_CompactKernels):
 
     def _forward(self, x: torch.Tensor, weight: torch.Tensor,
                  bias: Optional[torch.Tensor]) -> torch.Tensor:
-        g = self.geometry
-        if self._runs_small(x, x.shape[1], weight.shape[0], (x.shape[-1] + g.size_offset[-1]) // g.stride[-1] + 1):
+        if self._forward_runs_small(x, weight.shape[0]):
             return torch.ops.plinio.small_conv(x, weight, bias, *self.small_args, self._groups(weight.shape[0]))
         out = self.conv(self._padded(x), self._lift(weight), bias, self.stride, self.conv_padding,
                         self.dilation, self._groups(weight.shape[0]))
@@ -315,9 +320,7 @@ class _ConvKernels(_CompactKernels):
         channels the block reads, its output the rows) in one native op with its autograd in
         C++, ``plinio::compact_conv``: the same computations as :class:`_SparseMaskedConv`'s
         (the weight and bias gradients in their whole shape)."""
-        g = self.geometry
-        out_rows = weight.shape[0] if rows is None else rows.shape[0]
-        direct = self._runs_small(x, x.shape[1], out_rows, (x.shape[-1] + g.size_offset[-1]) // g.stride[-1] + 1)
+        direct = self._forward_runs_small(x, weight.shape[0] if rows is None else rows.shape[0])
         return torch.ops.plinio.compact_conv.default(x, weight, bias, rows, cols, *self.small_args,
                                                      self.depthwise, direct)
 
