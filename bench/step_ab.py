@@ -11,7 +11,10 @@ Shortcuts (each exact: the same values and gradients on and off):
 - ``theta``: a supernet's soft θ of a forward is computed from the Python mirrors of its
   switches (``PITSuperNetCombiner._sampled_soft_theta``); off: the buffer-driven formula
   ``theta_alpha`` (``torch.where`` over the buffers, as under ``torch.compile``). Workloads
-  without supernets (the TCN) have no row for it.
+  without supernets (the TCN) have no row for it;
+- ``costs``: the soft built-in costs of the regularizer run as one autograd function with its
+  backward written out (``plinio.methods.pit.cost_model``); off: the cost graph through
+  autograd, as for binarized masks and under ``torch.compile``.
 
 In each round both copies run ``--steps-per-round`` consecutive steps and the last one is
 timed; the table gives the median step of each and the median, min and max of the per-round
@@ -19,7 +22,7 @@ ratios on/off (a shared machine drifts: the ratio of one round compares steps ta
 apart).
 
     python bench/step_ab.py [--workloads resnet8,tcn] [--prune 0.5,0.75]
-                            [--shortcuts native,theta] [--threads 2] [--repeats 30]
+                            [--shortcuts native,theta,costs] [--threads 2] [--repeats 30]
 """
 import argparse
 import contextlib
@@ -38,6 +41,7 @@ from bench.search_step import (CLOCKS, SearchSetup, _fractions, add_round_option
                                workload_names)
 from bench.models import count_supernets, workloads  # noqa: E402
 from plinio.fast import sparse_conv  # noqa: E402
+from plinio.methods.pit.cost_model import PITCostModel  # noqa: E402
 from plinio.methods.pit_supernet.nn.combiner import PITSuperNetCombiner  # noqa: E402
 
 
@@ -63,24 +67,37 @@ def _buffer_theta() -> Iterator[None]:
         PITSuperNetCombiner._sampled_soft_theta = sampled
 
 
+@contextlib.contextmanager
+def _graph_costs() -> Iterator[None]:
+    """Soft built-in costs through the cost graph and autograd."""
+    fast_costs = PITCostModel._fast_costs
+    PITCostModel._fast_costs = PITCostModel._graph_costs
+    try:
+        yield
+    finally:
+        PITCostModel._fast_costs = fast_costs
+
+
 # shortcut -> a context in which it is off
 SHORTCUTS: Dict[str, Callable[[], ContextManager[None]]] = {
     "native": _python_compact_conv,
     "theta": _buffer_theta,
+    "costs": _graph_costs,
 }
 
 
 def without(setup: SearchSetup, shortcut: str) -> SearchSetup:
-    """``setup`` whose forward runs with ``shortcut`` off (what the forward decides, e.g. the
-    plan of a layer or the θ formula, the backward follows)."""
+    """``setup`` whose forward and regularizer run with ``shortcut`` off (what they decide,
+    e.g. the plan of a layer, the θ formula or the cost function, the backward follows)."""
     switch_off = SHORTCUTS[shortcut]
-    forward = setup.forward
 
-    def forward_without(*args: object) -> torch.Tensor:
-        with switch_off():
-            return forward(*args)
+    def off(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        def run(*args: object) -> torch.Tensor:
+            with switch_off():
+                return fn(*args)
+        return run
 
-    return setup._replace(forward=forward_without)
+    return setup._replace(forward=off(setup.forward), regularizer=off(setup.regularizer))
 
 
 class ABRow(NamedTuple):

@@ -6,6 +6,7 @@ import torch
 from bench import step_ab
 from bench.search_step import build_setups, search_step
 from plinio.fast import sparse_conv
+from plinio.methods.pit.cost_model import PITCostModel
 from plinio.methods.pit_supernet.nn.combiner import PITSuperNetCombiner
 
 
@@ -24,6 +25,7 @@ def _count_calls(monkeypatch, owner, name):
 @pytest.mark.parametrize("shortcut, owner, name", [
     ("native", sparse_conv._ConvKernels, "compact_conv"),
     ("theta", PITSuperNetCombiner, "_sampled_soft_theta"),
+    ("costs", PITCostModel, "_soft_builtin_costs"),
 ])
 def test_a_shortcut_switched_off_takes_its_fallback_in_that_copy_only(monkeypatch, shortcut, owner, name):
     if shortcut == "native" and not sparse_conv.native_compact_conv():
@@ -50,9 +52,10 @@ def test_the_table_has_a_row_per_case_and_no_theta_row_without_supernets(capsys)
                              "--steps-per-round", "1", "--batch-size", "2", "--threads", "1"])
     finally:
         torch.set_num_threads(threads)
-    assert [(r.workload, r.shortcut) for r in rows] == [("tcn", "native"), ("dscnn", "native"), ("dscnn", "theta")]
+    assert [(r.workload, r.shortcut) for r in rows] == [("tcn", "native"), ("tcn", "costs"), ("dscnn", "native"),
+                                                        ("dscnn", "theta"), ("dscnn", "costs")]
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| dscnn")]
-    assert len(table) == 2 and all(r.on_ms > 0 and r.off_ms > 0 and len(r.ratios) == 1 for r in rows)
+    assert len(table) == 3 and all(r.on_ms > 0 and r.off_ms > 0 and len(r.ratios) == 1 for r in rows)
 
 
 def test_an_unknown_shortcut_is_refused():
