@@ -12,9 +12,9 @@ Shortcuts (each exact: the same values and gradients on and off):
   switches (``PITSuperNetCombiner._sampled_soft_theta``); off: the buffer-driven formula
   ``theta_alpha`` (``torch.where`` over the buffers, as under ``torch.compile``). Workloads
   without supernets (the TCN) have no row for it;
-- ``costs``: the soft built-in costs of the regularizer run as one autograd function with its
-  backward written out (``plinio.methods.pit.cost_model``); off: the cost graph through
-  autograd, as for binarized masks and under ``torch.compile``.
+- ``costs``: the soft built-in costs of the regularizer run as the native op
+  ``plinio::pit_soft_costs`` and its backward op (``plinio.methods.pit.cost_model``); off: the
+  cost graph through autograd, as for binarized masks and under ``torch.compile``.
 
 In each round both copies run ``--steps-per-round`` consecutive steps and the last one is
 timed; the table gives the median step of each and the median, min and max of the per-round

@@ -6,7 +6,7 @@ import torch
 from bench import step_ab
 from bench.search_step import build_setups, search_step
 from plinio.fast import sparse_conv
-from plinio.methods.pit.cost_model import PITCostModel
+from plinio.methods.pit.cost_model import _native_costs_run, _SoftBuiltinCosts
 from plinio.methods.pit_supernet.nn.combiner import PITSuperNetCombiner
 
 
@@ -25,11 +25,13 @@ def _count_calls(monkeypatch, owner, name):
 @pytest.mark.parametrize("shortcut, owner, name", [
     ("native", sparse_conv._ConvKernels, "compact_conv"),
     ("theta", PITSuperNetCombiner, "_sampled_soft_theta"),
-    ("costs", PITCostModel, "_soft_builtin_costs"),
+    ("costs", _SoftBuiltinCosts, "apply"),
 ])
 def test_a_shortcut_switched_off_takes_its_fallback_in_that_copy_only(monkeypatch, shortcut, owner, name):
     if shortcut == "native" and not sparse_conv.native_compact_conv():
         pytest.skip("plinio::compact_conv is not available (extension not built)")
+    if shortcut == "costs" and not _native_costs_run(torch.zeros(1)):
+        pytest.skip("plinio::pit_soft_costs is not available (extension not built)")
     setups = [build_setups("dscnn", 2, "cpu", prune_fraction=0.75, variants=("fast",))["fast"] for _ in range(2)]
     on, off = setups[0], step_ab.without(setups[1], shortcut)
     calls = _count_calls(monkeypatch, owner, name)

@@ -91,6 +91,19 @@ TORCH_LIBRARY(plinio, m) {
       "compact_conv(Tensor input, Tensor weight, Tensor? bias, Tensor? rows, Tensor? cols, "
       "int[] stride, int[] padding_before, int[] padding_after, int[] dilation, bool depthwise, "
       "bool direct) -> Tensor");
+  // (size [L], MACs [L]), float32: the costs of every layer of a PIT network with continuous
+  // masks, from α of every channel masker, β and γ of every Conv1d (absent without one) and
+  // the network's static tables (plinio/methods/pit/cost_model.py builds them; their order is
+  // in cpu/pit_soft_costs_cpu.cpp). CPU only, not differentiable itself: the op below is its
+  // gradient.
+  m.def(
+      "pit_soft_costs(Tensor alpha, Tensor? beta, Tensor? gamma, Tensor[] tables) -> (Tensor, "
+      "Tensor)");
+  // (grad_alpha, grad_beta, grad_gamma; [0] where beta / gamma are absent) for the gradients of
+  // the two cost vectors.
+  m.def(
+      "pit_soft_costs_backward(Tensor grad_size, Tensor grad_macs, Tensor alpha, Tensor? beta, "
+      "Tensor? gamma, Tensor[] tables) -> (Tensor, Tensor, Tensor)");
 }
 
 namespace {

@@ -4,8 +4,9 @@ The schemas, the CPU/CUDA kernels and the autograd formulas of ``plinio::combine
 ``plinio::pit_masks`` and ``plinio::pit_masked_weight`` (plus their ``*_backward`` ops), of
 the two CPU ops of compiled graphs, ``plinio::relu_backward`` and ``plinio::dropout_noise``
 (plinio/ops/activations.py), and of sparse execution's direct convolution
-``plinio::small_conv`` and its two gradients (plinio/fast/small_conv.py), and of its compact
-layers' convolution ``plinio::compact_conv`` (plinio/fast/sparse_conv.py), come from the
+``plinio::small_conv`` and its two gradients (plinio/fast/small_conv.py), of its compact
+layers' convolution ``plinio::compact_conv`` (plinio/fast/sparse_conv.py), and of the PIT
+regularizer's ``plinio::pit_soft_costs`` and its backward (plinio/methods/pit/cost_model.py), come from the
 compiled library (csrc/plinio_ops.cpp, csrc/autograd.cpp: autograd in C++ because a Python
 autograd registration costs more per call than these kernels). This
 module adds, once the library is loaded, the fake (meta) kernels for torch.compile /
@@ -25,7 +26,8 @@ from ._conventions import absent, compact_layout, first_given, masked_weight_for
 
 _OPS = ("combine", "combine_backward", "pit_masks", "pit_masks_backward",
         "pit_masked_weight", "pit_masked_weight_backward", "relu_backward", "dropout_noise",
-        "small_conv", "small_conv_input_grad", "small_conv_weight_grad", "compact_conv")
+        "small_conv", "small_conv_input_grad", "small_conv_weight_grad", "compact_conv", "pit_soft_costs",
+        "pit_soft_costs_backward")
 
 _lock = threading.Lock()
 _registered = False
@@ -166,6 +168,18 @@ def _fake_compact_conv(input: Tensor, weight: Tensor, bias: Optional[Tensor], ro
     return compact_layout(input.new_empty([input.shape[0], channels] + spatial))
 
 
+def _fake_pit_soft_costs(alpha: Tensor, beta: Optional[Tensor], gamma: Optional[Tensor],
+                         tables: List[Tensor]) -> Tuple[Tensor, Tensor]:
+    layers = tables[2].shape[0]  # the input-channel table, one row per layer
+    return alpha.new_empty(layers, dtype=torch.float32), alpha.new_empty(layers, dtype=torch.float32)
+
+
+def _fake_pit_soft_costs_backward(grad_size: Tensor, grad_macs: Tensor, alpha: Tensor, beta: Optional[Tensor],
+                                  gamma: Optional[Tensor], tables: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+    return (torch.empty_like(alpha), torch.empty_like(beta) if beta is not None else absent(alpha),
+            torch.empty_like(gamma) if gamma is not None else absent(alpha))
+
+
 _DOUBLE_BACKWARD = {
     "combine_backward": double_backward.combine_backward,
     "pit_masks_backward": double_backward.pit_masks_backward,
@@ -185,6 +199,8 @@ _FAKES = {
     "small_conv_input_grad": _fake_small_conv_input_grad,
     "small_conv_weight_grad": _fake_small_conv_weight_grad,
     "compact_conv": _fake_compact_conv,
+    "pit_soft_costs": _fake_pit_soft_costs,
+    "pit_soft_costs_backward": _fake_pit_soft_costs_backward,
 }
 
 

@@ -1,14 +1,19 @@
-"""The soft built-in costs of the fast path (``PITCostModel.layer_costs(False)``, the
-regularizer of every search step) run as one autograd function with its backward written
-out. Its values must be those of the cost graph (``LayerCosts`` on the counts) bit for bit,
-and its gradients autograd's through that graph: on every fixture model (BatchNorm rows,
-depthwise groups, residual adds, Conv1d receptive-field and dilation masks, concat,
-flatten), with mask values that are negative, exactly 0 or kept alive, frozen masks,
-float64, and second derivatives (``create_graph=True``)."""
+"""The soft built-in costs of the fast path on the CPU (``PITCostModel.layer_costs(False)``,
+the regularizer of every search step) run as the native op ``plinio::pit_soft_costs`` and
+its backward op. Its values must be those of the cost graph (``LayerCosts`` on the counts,
+through autograd) within float rounding (it computes in double), and its gradients
+autograd's through that graph: on every fixture model (BatchNorm rows, depthwise groups,
+residual adds, Conv1d receptive-field and dilation masks, concat, flatten), with mask values
+that are negative, exactly 0 or kept alive, frozen masks, float64, and second derivatives
+(``create_graph=True``, which differentiate the graph path)."""
 import pytest
 import torch
 
+from plinio.methods.pit.cost_model import _native_costs_run
 from tests.pit.conftest import BUILDERS, build, randomize_masks
+
+pytestmark = pytest.mark.skipif(not _native_costs_run(torch.zeros(1)),
+                                reason="plinio::pit_soft_costs is not available (extension not built)")
 
 
 def _random_signed_masks(pit, seed: int) -> None:
@@ -36,7 +41,8 @@ def test_fused_soft_costs_equal_the_graph_path(name, dtype):
     fused, graph = model.layer_costs(False), model._graph_costs(False)
     assert type(fused[0].grad_fn).__name__ == "_SoftBuiltinCostsBackward"
     for a, b in zip(fused, graph):
-        assert a.dtype == torch.float32 and torch.equal(a, b)
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=2e-6 if dtype == torch.float32 else 1e-7, atol=0)
     gen = torch.Generator().manual_seed(3)
     weights = [torch.randn(len(model.shapes), generator=gen) for _ in range(2)]
     for pair in ([weights[0], 0 * weights[1]], [0 * weights[0], weights[1]], weights):
@@ -44,7 +50,8 @@ def test_fused_soft_costs_equal_the_graph_path(name, dtype):
             assert (a is None) == (b is None)
             if a is not None:
                 scale = float(b.abs().max()) + 1.0
-                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * scale)
+                tol = 1e-5 if dtype == torch.float32 else 1e-9
+                torch.testing.assert_close(a, b, rtol=tol, atol=tol * scale)
 
 
 def test_frozen_masks_get_no_gradient():
@@ -82,3 +89,46 @@ def test_binarized_costs_keep_the_graph_path():
     randomize_masks(pit, seed=4)
     size, _ = pit._cost_model.layer_costs(True)
     assert type(size.grad_fn).__name__ != "_SoftBuiltinCostsBackward"
+
+
+def _op_arguments():
+    _, pit, _ = build("tcn")
+    _random_signed_masks(pit, seed=5)
+    model = pit._cost_model
+    alpha, beta, gamma = (t.detach() for t in model._mask_vectors())
+    return model, alpha, beta, gamma
+
+
+def test_ops_pass_opcheck():
+    model, alpha, beta, gamma = _op_arguments()
+    tables = list(model._soft_cost_tables)
+    size, macs = torch.ops.plinio.pit_soft_costs(alpha, beta, gamma, tables)
+    checks = ("test_schema", "test_faketensor")
+    torch.library.opcheck(torch.ops.plinio.pit_soft_costs, (alpha, beta, gamma, tables), test_utils=checks)
+    torch.library.opcheck(torch.ops.plinio.pit_soft_costs_backward,
+                          (torch.randn_like(size), torch.randn_like(macs), alpha, beta, gamma, tables),
+                          test_utils=checks)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("few tables", "expected 18 tables"),
+    ("table dtype", "table 2 must be a contiguous CPU Double tensor"),
+    ("alpha size", "alpha must be a CPU vector of the"),
+    ("beta missing", "give beta and gamma"),
+    ("beta dtype", "beta must be a CPU vector of"),
+])
+def test_bad_arguments_are_errors_naming_the_op(case, message):
+    model, alpha, beta, gamma = _op_arguments()
+    tables = list(model._soft_cost_tables)
+    if case == "few tables":
+        tables = tables[:-1]
+    elif case == "table dtype":
+        tables[2] = tables[2].float()
+    elif case == "alpha size":
+        alpha = alpha[1:]
+    elif case == "beta missing":
+        beta = None
+    else:
+        beta = beta.double()
+    with pytest.raises(RuntimeError, match=f"plinio::pit_soft_costs: {message}"):
+        torch.ops.plinio.pit_soft_costs(alpha, beta, gamma, tables)

@@ -11,14 +11,15 @@ construction. The fast path then evaluates all layers with a handful of tensor o
 
 and the costs are those of the built-in specs of ``plinio.cost`` on these counts
 (size = Cin · Cout · k / groups, macs = size · output positions), with no Python loop over
-layers and no host-device synchronisation. In eager mode the soft built-in costs, computed
-at every search step, run as one autograd function whose backward is written out
-(``_SoftBuiltinCosts``): the same values, bit for bit, for a few dozen tensor operations
-forward and backward instead of an autograd graph of about a hundred (on a pruned TCN
-step, about a tenth of the step). The reference path is PLiNIO's structure: a Python loop
-over the layers (``get_size()`` / ``get_macs()``, or each layer's own counts).
+layers and no host-device synchronisation. In eager mode on the CPU, the soft built-in costs
+computed at every search step run as one native op and its written-out backward
+(``plinio::pit_soft_costs``, csrc/cpu/pit_soft_costs_cpu.cpp) on tables built from the same
+static factors: a few microseconds where the graph of tensor ops and its autograd take a
+couple of hundred (on a pruned TCN step, several percent of the step). The reference path
+is PLiNIO's structure: a Python loop over the layers (``get_size()`` / ``get_macs()``, or
+each layer's own counts).
 """
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -32,23 +33,13 @@ from plinio.methods.pit.nn.conv2d import PITConv2d
 from plinio.methods.pit.nn.features_masker import PITFeaturesMasker
 from plinio.methods.pit.nn.module import PITModule, PITWeightedModule
 from plinio.ops import reference_path_forced
+from plinio.ops._library import compiled_ops
 from plinio.ops.double_backward import graph_needed
 
 Counts = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 """(in_channels, out_channels, kernel_taps) vectors, one entry per layer."""
 MaskVectors = Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]
-"""(α, β, γ) concatenated over the maskers (β, γ None without Conv1d layers), or their gradients."""
-
-
-class SoftTerms(NamedTuple):
-    """The continuous counts of every layer, and the per-tap factors θβ/terms, θγ/terms of
-    their kernel taps (None without Conv1d layers) that the analytic gradient reuses."""
-
-    cin: torch.Tensor
-    cout: torch.Tensor
-    k: torch.Tensor
-    ratio_b: Optional[torch.Tensor]
-    ratio_g: Optional[torch.Tensor]
+"""(α, β, γ) concatenated over the maskers (β, γ None without Conv1d layers)."""
 
 
 def _block_diag(blocks: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -145,11 +136,7 @@ class PITCostModel(nn.Module):
         reg("thr", torch.repeat_interleave(torch.tensor(self._masker_thresholds),
                                            torch.tensor(sizes, dtype=torch.long)), dev)
         self._build_time_tables(dev)
-        groups, positions, calls = LayerGeometry.static_tensors(self.shapes)
-        reg("groups", groups, dev)
-        reg("positions", positions, dev)
-        reg("calls", calls, dev)
-        reg("is_bn", torch.tensor([s.kind == "batchnorm" for s in self.shapes], dtype=torch.bool), dev)
+        self._soft_cost_tables = self._native_tables()
 
     def _build_time_tables(self, dev: torch.device) -> None:
         convs = [(i, conv) for i, conv in enumerate(self._layers) if isinstance(conv, PITConv1d)]
@@ -173,6 +160,18 @@ class PITCostModel(nn.Module):
         reg("gamma_last", torch.cat([d._last.cpu() for d in dm]) if dm else torch.zeros(0, dtype=torch.bool), dev)
         reg("tap_thr", torch.cat([torch.full((conv.rf,), conv.binarization_threshold) for _, conv in convs])
             if convs else torch.zeros(0), dev)
+
+    def _native_tables(self) -> Tuple[torch.Tensor, ...]:
+        """The static tables of ``plinio::pit_soft_costs``, in its order: CPU copies (float64
+        coefficients), kept out of the buffers so that neither ``.to(device)`` nor ``.half()``
+        touches them."""
+        groups, positions, calls = LayerGeometry.static_tensors(self.shapes, dtype=torch.float64)
+        is_bn = torch.tensor([s.kind == "batchnorm" for s in self.shapes], dtype=torch.bool)
+        tables = (self.seg, self.keep, self.a_in, self.a_out, self.c_in, self.c_out, self.k_const, groups,
+                  positions, calls, is_bn, self.beta_prefix, self.beta_terms, self.beta_last, self.gamma_taps,
+                  self.gamma_terms, self.gamma_last, self.k_seg)
+        return tuple(t.detach().to("cpu", torch.float64 if t.is_floating_point() else t.dtype).contiguous()
+                     for t in tables)
 
     def _register(self, name: str, value: torch.Tensor, dev: torch.device) -> None:
         self.register_buffer(name, value.to(dev), persistent=False)
@@ -264,7 +263,7 @@ class PITCostModel(nn.Module):
             return self.c_in, self.c_out, self.k_const
         alpha, beta, gamma = self._mask_vectors()
         if not binarized:
-            return self._soft_terms(alpha, beta, gamma)[:3]
+            return self._soft_counts(alpha, beta, gamma)
         cin, cout = self._channel_counts(self._segment_sums(PITBinarizer.apply(self._theta(alpha), self.thr)))
         k = self.k_const
         if beta is not None:
@@ -273,16 +272,15 @@ class PITCostModel(nn.Module):
             k = self.k_seg.to(taps.dtype) @ taps + k
         return cin, cout, k
 
-    def _soft_terms(self, alpha: torch.Tensor, beta: Optional[torch.Tensor],
-                    gamma: Optional[torch.Tensor]) -> SoftTerms:
-        """The continuous counts of every layer, and the tap factors their gradient needs."""
+    def _soft_counts(self, alpha: torch.Tensor, beta: Optional[torch.Tensor],
+                     gamma: Optional[torch.Tensor]) -> Counts:
+        """The continuous counts of every layer."""
         cin, cout = self._channel_counts(self._segment_sums(self._theta(alpha)))
         if beta is None:
-            return SoftTerms(cin, cout, self.k_const, None, None)
+            return cin, cout, self.k_const
         theta_b, theta_g = self._tap_thetas(beta, gamma)
-        ratio_b, ratio_g = theta_b / self.beta_terms, theta_g / self.gamma_terms
-        return SoftTerms(cin, cout, self.k_seg.to(ratio_b.dtype) @ (ratio_b * ratio_g) + self.k_const,
-                         ratio_b, ratio_g)
+        taps = (theta_b / self.beta_terms) * (theta_g / self.gamma_terms)
+        return cin, cout, self.k_seg.to(taps.dtype) @ taps + self.k_const
 
     # ---- built-in costs --------------------------------------------------------------------
     def layer_costs(self, binarized: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -307,69 +305,51 @@ class PITCostModel(nn.Module):
             return self.c_in.float(), self.c_in.float()
         if binarized or not self._maskers or torch.compiler.is_compiling():
             return self._graph_costs(binarized)
-        return _SoftBuiltinCosts.apply(self, *self._mask_vectors())
+        params = self._mask_vectors()
+        if not _native_costs_run(params[0]):
+            return self._graph_costs(binarized)
+        return _SoftBuiltinCosts.apply(self, *params)
 
     def _graph_costs(self, binarized: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The built-in specs on the counts, through autograd (binarized masks, torch.compile)."""
-        costs = self.builtins(*self._fast_counts(binarized))
+        """The built-in specs on the counts, through autograd (binarized masks, torch.compile,
+        devices other than the CPU)."""
+        return self._builtin_costs(self._fast_counts(binarized))
+
+    def _builtin_costs(self, counts: Counts) -> Tuple[torch.Tensor, torch.Tensor]:
+        costs = self.builtins(*counts)
         return costs["size"].float(), costs["macs"].float()
 
-    def _soft_builtin_costs(self, terms: SoftTerms) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(size[l], macs[l]) of the counts, float32: the formulas of ``plinio.cost.specs``'
-        PARAMS and MACS in the same operations, so the values are bit-identical to theirs."""
-        dtype = terms.cin.dtype
-        size = terms.cin * terms.cout * terms.k / self.groups.to(dtype)
-        macs = size * self.positions.to(dtype)
-        return (torch.where(self.is_bn, 2 * terms.cin, size).float(),
-                torch.where(self.is_bn, terms.cin * self.calls.to(dtype), macs).float())
 
-    def _soft_builtin_grads(self, alpha: torch.Tensor, beta: Optional[torch.Tensor], gamma: Optional[torch.Tensor],
-                            terms: SoftTerms, d_size: torch.Tensor, d_macs: torch.Tensor) -> MaskVectors:
-        """The vector-Jacobian product of :meth:`_soft_builtin_costs` ∘ :meth:`_soft_terms`:
-        (dα, dβ, dγ) for the gradients ``d_size``, ``d_macs`` of the per-layer costs."""
-        dtype = terms.cin.dtype
-        d_size, d_macs = d_size.to(dtype), d_macs.to(dtype)
-        # a weighted layer's size is Cin·Cout·k/g and its MACs size·positions; a BatchNorm's 2·Cin and Cin·calls
-        d_product = torch.where(self.is_bn, 0, (d_size + d_macs * self.positions.to(dtype)) / self.groups.to(dtype))
-        d_cin = torch.where(self.is_bn, 2 * d_size + d_macs * self.calls.to(dtype), d_product * terms.cout * terms.k)
-        d_cout = d_product * terms.cin * terms.k
-        d_counts = self.a_in.to(dtype).t() @ d_cin + self.a_out.to(dtype).t() @ d_cout
-        d_alpha = torch.where(self.keep, 0, d_counts[self.seg] * alpha.sgn())
-        if beta is None:
-            return d_alpha, None, None
-        d_taps = self.k_seg.to(dtype).t() @ (d_product * terms.cin * terms.cout)
-        d_theta_b = d_taps * terms.ratio_g / self.beta_terms
-        d_theta_g = d_taps * terms.ratio_b / self.gamma_terms
-        d_beta = torch.where(self.beta_last, 0, (self.beta_prefix.to(dtype).t() @ d_theta_b) * beta.sgn())
-        d_gamma = torch.where(self.gamma_last, 0, (self.gamma_taps.to(dtype).t() @ d_theta_g) * gamma.sgn())
-        return d_alpha, d_beta, d_gamma
+def _native_costs_run(alpha: torch.Tensor) -> bool:
+    """Whether ``plinio::pit_soft_costs`` computes the soft costs of mask parameters like ``alpha``."""
+    if alpha.device.type != "cpu" or alpha.dtype not in (torch.float32, torch.float64):
+        return False
+    ops = compiled_ops()
+    return ops is not None and hasattr(ops, "pit_soft_costs")
 
 
 class _SoftBuiltinCosts(torch.autograd.Function):
-    """Per-layer size and MACs with the continuous masks, and their gradient w.r.t. α, β, γ
-    written out: the regularizer of every search step in a few dozen tensor operations
-    instead of an autograd graph of about a hundred (a tenth of a pruned TCN step). A
-    backward that builds a graph (``create_graph=True``) differentiates the operations of
-    the graph path instead, so higher derivatives are exact too."""
+    """Per-layer size and MACs with the continuous masks, by ``plinio::pit_soft_costs`` and its
+    backward op. A backward that builds a graph (``create_graph=True``) differentiates the
+    graph path instead, so higher derivatives are exact too."""
 
     @staticmethod
     def forward(ctx: Any, model: PITCostModel, alpha: torch.Tensor, beta: Optional[torch.Tensor],
                 gamma: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        terms = model._soft_terms(alpha, beta, gamma)
         ctx.model = model
-        ctx.save_for_backward(alpha, beta, gamma, *terms)
-        return model._soft_builtin_costs(terms)
+        ctx.save_for_backward(alpha, beta, gamma)
+        return tuple(torch.ops.plinio.pit_soft_costs(alpha, beta, gamma, model._soft_cost_tables))
 
     @staticmethod
     def backward(ctx: Any, d_size: torch.Tensor, d_macs: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
         model = ctx.model
-        alpha, beta, gamma, *terms = ctx.saved_tensors
+        params = ctx.saved_tensors
         wanted = ctx.needs_input_grad[1:]
-        if graph_needed(alpha, beta, gamma):
-            inputs = [t for t, need in zip((alpha, beta, gamma), wanted) if need]
+        if graph_needed(*params):
+            inputs = [t for t, need in zip(params, wanted) if need]
             with torch.enable_grad():
-                costs = model._soft_builtin_costs(model._soft_terms(alpha, beta, gamma))
+                costs = model._builtin_costs(model._soft_counts(*params))
             grads = iter(torch.autograd.grad(costs, inputs, (d_size, d_macs), create_graph=True))
             return (None,) + tuple(next(grads) if need else None for need in wanted)
-        grads = model._soft_builtin_grads(alpha, beta, gamma, SoftTerms(*terms), d_size, d_macs)
+        grads = torch.ops.plinio.pit_soft_costs_backward(d_size, d_macs, *params, model._soft_cost_tables)
         return (None,) + tuple(g if need else None for g, need in zip(grads, wanted))
