@@ -353,13 +353,33 @@ class SparsePlan:
     compact_in: bool = False              # x holds only the forward_in channels (gx too)
     compact_out: bool = False             # y holds only the kept rows (its gradient too)
     native: bool = False                  # a compact conv run by plinio::compact_conv
+    column_block: bool = False            # a Linear of a compact input, every row: autograd ops
 
     def __post_init__(self) -> None:
         # compact on both sides, the computations are those of a convolution of the weight
-        # block (kept, forward_in): one native op runs them (and its autograd in C++)
-        native = self.compact_in and self.compact_out and isinstance(self.kernels, _ConvKernels) \
-            and native_compact_conv()
+        # block (kept, forward_in): one native op runs them (and its autograd in C++); so they
+        # are for a dense input read whole into a compact output (every column, no gradient
+        # of pruned rows), where the call's input needs no gradient (see run_sparse_plan)
+        native = self.compact_out and isinstance(self.kernels, _ConvKernels) and \
+            (self.compact_in or self.reads_whole_input) and native_compact_conv()
         object.__setattr__(self, "native", native)
+        # a Linear from a compact input to every output row (a classifier after pruned
+        # features) is F.linear with the weight's column block: index_select and the linear
+        # op, whose autograd gives the same gradients (the weight's scattered into its shape)
+        # without a Python backward
+        column_block = isinstance(self.kernels, _LinearKernels) and self.compact_in and not self.compact_out \
+            and self.kept is None and self.weight_rows is None and self.bias_rows is None \
+            and self.weight_cols is self.forward_in and self.grad_in is self.forward_in
+        object.__setattr__(self, "column_block", column_block)
+
+    @property
+    def reads_whole_input(self) -> bool:
+        """A dense input whose every channel the forward and the weight gradient read (not
+        depthwise: the native op's depthwise input holds the kept channels only), with no
+        gradient of pruned rows."""
+        return not self.compact_in and not self.kernels.depthwise and self.forward_in is None and \
+            self.grad_in is None and self.weight_cols is None and self.weight_rows is self.kept and \
+            self.bias_rows is self.kept
 
     def input_channels(self) -> int:
         """Channels of the input a call receives."""
@@ -605,7 +625,13 @@ def run_sparse_plan(plan: SparsePlan, x: torch.Tensor, weight: torch.Tensor, bia
     _check_shapes(plan, x, weight, bias, compact_weight)
     if gathered_input is not None and plan.compact_in:
         raise ValueError(f"{_NAME}: gathered_input does not apply to a compact input")
-    if plan.native:
+    if plan.column_block:
+        return F.linear(x, weight if compact_weight else select_channels(weight, 1, plan.forward_in), bias)
+    # a dense input read whole: by the native op where it needs no gradient, or is laid out
+    # channels_last already (its gradient then has the layout the Python path gives it)
+    if plan.native and (plan.compact_in or not x.requires_grad or _memory_format(x) == torch.channels_last):
+        if not plan.compact_in and gathered_input is not None and not x.requires_grad:
+            x = gathered_input  # the caller's copy in the kernels' layout
         rows, cols = (None, None) if compact_weight else \
             (plan.kept, None if plan.kernels.depthwise else plan.forward_in)
         return plan.kernels.compact_conv(x, weight, bias, rows, cols)

@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 
 import plinio.ops as ops
 from plinio.fast.linear_ops import ConvGeometry, conv_geometry, reference_conv
-from plinio.fast.sparse_conv import LayerWork, run_sparse_plan, sparse_masked_conv, sparse_pays, sparse_plan
+from plinio.fast.sparse_conv import (LayerWork, _SparseMaskedConv, run_sparse_plan, sparse_masked_conv, sparse_pays,
+                                     sparse_plan)
+from plinio.ops._conventions import compact_layout
 from plinio.ops.reference import dilation_levels
 
 SETTINGS = settings(max_examples=30, deadline=None, derandomize=True,
@@ -821,6 +823,105 @@ def test_the_native_compact_conv_gives_the_values_layouts_and_gradients_of_the_p
         assert grads[name].shape == grads_py[name].shape
     _, _, kept = layer.masked()
     _assert_close(y, layer.dense(x).index_select(1, kept), "output against the dense layer")
+
+
+@SETTINGS
+@given(compact_cases())
+def test_a_whole_dense_input_without_gradient_runs_the_native_op_like_the_python_path(case):
+    """A layer that reads every channel of a dense input needing no gradient (a network's
+    input) into a compact output runs plinio::compact_conv as well, on the input or on the
+    caller's copy of it in the kernels' layout: the values, layouts and parameter gradients of
+    the Python autograd function, and the dense layer's values on the kept rows. With an input
+    that needs a gradient, the same plan runs the native op where the input is channels_last
+    (the input gradient's layout and values are then the Python path's) and the Python path
+    otherwise."""
+    _needs_native_op()
+    layer, x, _ = case
+    assume(not layer.depthwise)
+    g = layer.geometry
+    _, _, kept = layer.masked()
+    x = x.detach()
+    results = {}
+    for native in (True, False):
+        with _native(native):
+            plan = sparse_plan(g, g.out_channels, g.in_channels, kept, None, grad_pruned_rows=False,
+                               grad_dead_inputs=False, device=x.device, compact_out=True)
+        assert plan.native == native and plan.reads_whole_input
+        for gathered in (None, compact_layout(x)):
+            w, b, _ = layer.masked()
+            y = run_sparse_plan(plan, x, w, b, gathered_input=gathered)
+            assert (type(y.grad_fn).__name__ == "_SparseMaskedConvBackward") != native
+            names = list(layer.params())
+            cot = torch.randn(y.shape, generator=torch.Generator().manual_seed(3), dtype=y.dtype)
+            grads = torch.autograd.grad(y, [layer.params()[n] for n in names], cot)
+            results[native, gathered is None] = (y, dict(zip(names, grads)))
+    for whole in (True, False):
+        (y, grads), (y_py, grads_py) = results[True, whole], results[False, whole]
+        assert _layout(y) == _layout(y_py)
+        _assert_close(y, y_py, "output")
+        for name in grads_py:
+            _assert_close(grads[name], grads_py[name], f"gradient of {name}")
+        _assert_close(y, layer.dense(x).index_select(1, kept), "output against the dense layer")
+    with _native(True):
+        plan = sparse_plan(g, g.out_channels, g.in_channels, kept, None, grad_pruned_rows=False,
+                           grad_dead_inputs=False, device=x.device, compact_out=True)
+    outputs = {}
+    for layout in (torch.contiguous_format, torch.channels_last):
+        if layout == torch.channels_last and x.dim() != 4:
+            continue
+        x_grad = x.contiguous(memory_format=layout).requires_grad_()
+        if layout == torch.channels_last and x_grad.is_contiguous():  # one channel or one position
+            continue
+        for native in (True, False):
+            with _native(native):
+                plan = sparse_plan(g, g.out_channels, g.in_channels, kept, None, grad_pruned_rows=False,
+                                   grad_dead_inputs=False, device=x.device, compact_out=True)
+            w, b, _ = layer.masked()
+            y = run_sparse_plan(plan, x_grad, w, b)
+            python = type(y.grad_fn).__name__ == "_SparseMaskedConvBackward"
+            assert python == (not native or layout == torch.contiguous_format)
+            cot = torch.randn(y.shape, generator=torch.Generator().manual_seed(4), dtype=y.dtype)
+            outputs[native] = (y,) + torch.autograd.grad(y, [x_grad, w], cot)
+        if layout == torch.channels_last:
+            for got, want in zip(outputs[True], outputs[False]):
+                assert _layout(got) == _layout(want)
+                _assert_close(got, want, "native against Python path, channels_last input with gradient")
+
+
+@pytest.mark.parametrize("live", [(0, 1, 2, 3, 4, 5), (1, 2, 4), ()])
+@pytest.mark.parametrize("compact_weight", [False, True])
+def test_a_linear_from_a_compact_input_to_every_row_is_the_column_block(live, compact_weight):
+    """A Linear reading a compact input into every output row (a classifier after pruned
+    features) runs F.linear with the weight's column block through autograd: the values and
+    gradients of the Python autograd function, and the dense layer's."""
+    layer, x = _layer_and_input("linear", kept=KEEP_ALL, live=live)
+    live_idx = torch.tensor(live, dtype=torch.int64)
+    plan = sparse_plan(None, 6, 6, None, live_idx, grad_pruned_rows=False, grad_dead_inputs=False,
+                       device=x.device, compact_in=True)
+    assert plan.column_block
+    x_compact = x.detach().index_select(-1, live_idx).requires_grad_()
+
+    def block(w: torch.Tensor) -> torch.Tensor:
+        return w.index_select(1, live_idx) if compact_weight else w
+
+    def column_block(t: torch.Tensor) -> torch.Tensor:
+        w, b, _ = layer.masked()
+        return run_sparse_plan(plan, t, block(w), b, compact_weight=compact_weight)
+
+    def python_path(t: torch.Tensor) -> torch.Tensor:
+        w, b, _ = layer.masked()
+        return _SparseMaskedConv.apply(t, block(w), b, plan, False, None, compact_weight)
+
+    y, grads = run(column_block, x_compact, layer.params())
+    y_py, grads_py = run(python_path, x_compact, layer.params())
+    y_dense, grads_dense = run(layer.dense, x, layer.params())
+    _assert_close(y, y_py, "output")
+    _assert_close(y, y_dense, "output against the dense layer")
+    for name in grads_py:
+        _assert_close(grads[name], grads_py[name], f"gradient of {name}")
+        if name != "x":
+            _assert_close(grads[name], grads_dense[name], f"gradient of {name} against the dense layer")
+    _assert_close(grads["x"], grads_dense["x"].index_select(-1, live_idx), "gradient of the compact input")
 
 
 @pytest.mark.parametrize("kind", ("conv1d", "conv2d", "depthwise2d"))
