@@ -12,6 +12,10 @@ Shortcuts (each exact: the same values and gradients on and off):
   switches (``PITSuperNetCombiner._sampled_soft_theta``); off: the buffer-driven formula
   ``theta_alpha`` (``torch.where`` over the buffers, as under ``torch.compile``). Workloads
   without supernets (the TCN) have no row for it;
+- ``edges``: the layers at the edges of a pruned network run without a Python autograd
+  function: a convolution reading the network's input whole into compact channels runs
+  ``plinio::compact_conv``, a Linear classifier of compact features ``F.linear`` of the
+  weight's column block; off: the Python autograd function of ``plinio.fast.sparse_conv``;
 - ``costs``: the soft built-in costs of the regularizer run as the native op
   ``plinio::pit_soft_costs`` and its backward op (``plinio.methods.pit.cost_model``); off: the
   cost graph through autograd, as for binarized masks and under ``torch.compile``.
@@ -22,7 +26,7 @@ ratios on/off (a shared machine drifts: the ratio of one round compares steps ta
 apart).
 
     python bench/step_ab.py [--workloads resnet8,tcn] [--prune 0.5,0.75]
-                            [--shortcuts native,theta,costs] [--threads 2] [--repeats 30]
+                            [--shortcuts native,theta,edges,costs] [--threads 2] [--repeats 30]
 """
 import argparse
 import contextlib
@@ -68,6 +72,20 @@ def _buffer_theta() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _python_edge_layers() -> Iterator[None]:
+    """Plans made inside run the edge layers (whole dense input, Linear of a compact input)
+    through the Python autograd function."""
+    saved = {name: getattr(sparse_conv.SparsePlan, name) for name in ("reads_whole_input", "reads_column_block")}
+    for name in saved:
+        setattr(sparse_conv.SparsePlan, name, property(lambda self: False))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(sparse_conv.SparsePlan, name, value)
+
+
+@contextlib.contextmanager
 def _graph_costs() -> Iterator[None]:
     """Soft built-in costs through the cost graph and autograd."""
     fast_costs = PITCostModel._fast_costs
@@ -82,6 +100,7 @@ def _graph_costs() -> Iterator[None]:
 SHORTCUTS: Dict[str, Callable[[], ContextManager[None]]] = {
     "native": _python_compact_conv,
     "theta": _buffer_theta,
+    "edges": _python_edge_layers,
     "costs": _graph_costs,
 }
 

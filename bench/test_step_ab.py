@@ -47,6 +47,22 @@ def test_a_shortcut_switched_off_takes_its_fallback_in_that_copy_only(monkeypatc
     assert calls and shortcut in step_ab.SHORTCUTS
 
 
+def test_edges_off_runs_the_edge_layers_through_the_python_function(monkeypatch):
+    if not sparse_conv.native_compact_conv():
+        pytest.skip("plinio::compact_conv is not available (extension not built)")
+    setups = [build_setups("dscnn", 2, "cpu", prune_fraction=0.75, variants=("fast",))["fast"] for _ in range(2)]
+    on, off = setups[0], step_ab.without(setups[1], "edges")
+    calls = _count_calls(monkeypatch, sparse_conv._SparseMaskedConv, "apply")
+    torch.manual_seed(0)
+    loss_off = search_step(off)
+    python_calls_off = len(calls)
+    calls.clear()
+    torch.manual_seed(0)
+    loss_on = search_step(on)
+    assert python_calls_off >= len(calls) + 2  # the first convolution and the classifier
+    torch.testing.assert_close(loss_on, loss_off)
+
+
 def test_the_table_has_a_row_per_case_and_no_theta_row_without_supernets(capsys):
     threads = torch.get_num_threads()
     try:
@@ -54,10 +70,11 @@ def test_the_table_has_a_row_per_case_and_no_theta_row_without_supernets(capsys)
                              "--steps-per-round", "1", "--batch-size", "2", "--threads", "1"])
     finally:
         torch.set_num_threads(threads)
-    assert [(r.workload, r.shortcut) for r in rows] == [("tcn", "native"), ("tcn", "costs"), ("dscnn", "native"),
-                                                        ("dscnn", "theta"), ("dscnn", "costs")]
+    assert [(r.workload, r.shortcut) for r in rows] == [
+        ("tcn", "native"), ("tcn", "edges"), ("tcn", "costs"),
+        ("dscnn", "native"), ("dscnn", "theta"), ("dscnn", "edges"), ("dscnn", "costs")]
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| dscnn")]
-    assert len(table) == 3 and all(r.on_ms > 0 and r.off_ms > 0 and len(r.ratios) == 1 for r in rows)
+    assert len(table) == 4 and all(r.on_ms > 0 and r.off_ms > 0 and len(r.ratios) == 1 for r in rows)
 
 
 def test_an_unknown_shortcut_is_refused():

@@ -363,14 +363,17 @@ class SparsePlan:
         native = self.compact_out and isinstance(self.kernels, _ConvKernels) and \
             (self.compact_in or self.reads_whole_input) and native_compact_conv()
         object.__setattr__(self, "native", native)
-        # a Linear from a compact input to every output row (a classifier after pruned
-        # features) is F.linear with the weight's column block: index_select and the linear
-        # op, whose autograd gives the same gradients (the weight's scattered into its shape)
-        # without a Python backward
-        column_block = isinstance(self.kernels, _LinearKernels) and self.compact_in and not self.compact_out \
+        object.__setattr__(self, "column_block", self.reads_column_block)
+
+    @property
+    def reads_column_block(self) -> bool:
+        """A Linear from a compact input to every output row (a classifier after pruned
+        features): F.linear with the weight's column block, index_select and the linear op,
+        whose autograd gives the same gradients (the weight's scattered into its shape)
+        without a Python backward."""
+        return isinstance(self.kernels, _LinearKernels) and self.compact_in and not self.compact_out \
             and self.kept is None and self.weight_rows is None and self.bias_rows is None \
             and self.weight_cols is self.forward_in and self.grad_in is self.forward_in
-        object.__setattr__(self, "column_block", column_block)
 
     @property
     def reads_whole_input(self) -> bool:
