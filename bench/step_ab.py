@@ -50,50 +50,42 @@ from plinio.methods.pit_supernet.nn.combiner import PITSuperNetCombiner  # noqa:
 
 
 @contextlib.contextmanager
-def _python_compact_conv() -> Iterator[None]:
-    """Plans made inside run the Python autograd function instead of plinio::compact_conv."""
-    native = sparse_conv.native_compact_conv
-    sparse_conv.native_compact_conv = lambda: False
-    try:
-        yield
-    finally:
-        sparse_conv.native_compact_conv = native
-
-
-@contextlib.contextmanager
-def _buffer_theta() -> Iterator[None]:
-    """Supernets compute θ with the buffer-driven formula."""
-    sampled = PITSuperNetCombiner._sampled_soft_theta
-    PITSuperNetCombiner._sampled_soft_theta = lambda self, noisy: self.theta_alpha
-    try:
-        yield
-    finally:
-        PITSuperNetCombiner._sampled_soft_theta = sampled
-
-
-@contextlib.contextmanager
-def _python_edge_layers() -> Iterator[None]:
-    """Plans made inside run the edge layers (whole dense input, Linear of a compact input)
-    through the Python autograd function."""
-    saved = {name: getattr(sparse_conv.SparsePlan, name) for name in ("reads_whole_input", "reads_column_block")}
-    for name in saved:
-        setattr(sparse_conv.SparsePlan, name, property(lambda self: False))
+def _replaced(owner: object, **values: object) -> Iterator[None]:
+    """``owner``'s attributes ``values`` replaced inside (a module's function, a class's method
+    or property), restored on exit."""
+    saved = {name: getattr(owner, name) for name in values}
+    for name, value in values.items():
+        setattr(owner, name, value)
     try:
         yield
     finally:
         for name, value in saved.items():
-            setattr(sparse_conv.SparsePlan, name, value)
+            setattr(owner, name, value)
 
 
-@contextlib.contextmanager
-def _graph_costs() -> Iterator[None]:
+def _never(*_: object) -> bool:
+    return False
+
+
+def _python_compact_conv() -> ContextManager[None]:
+    """Plans made inside run the Python autograd function instead of plinio::compact_conv."""
+    return _replaced(sparse_conv, native_compact_conv=_never)
+
+
+def _buffer_theta() -> ContextManager[None]:
+    """Supernets compute θ with the buffer-driven formula."""
+    return _replaced(PITSuperNetCombiner, _sampled_soft_theta=lambda self, noisy: self.theta_alpha)
+
+
+def _python_edge_layers() -> ContextManager[None]:
+    """Plans made inside run the edge layers (whole dense input, Linear of a compact input)
+    through the Python autograd function."""
+    return _replaced(sparse_conv.SparsePlan, reads_whole_input=property(_never), reads_column_block=property(_never))
+
+
+def _graph_costs() -> ContextManager[None]:
     """Soft built-in costs through the cost graph and autograd."""
-    fast_costs = PITCostModel._fast_costs
-    PITCostModel._fast_costs = PITCostModel._graph_costs
-    try:
-        yield
-    finally:
-        PITCostModel._fast_costs = fast_costs
+    return _replaced(PITCostModel, _fast_costs=PITCostModel._graph_costs)
 
 
 # shortcut -> a context in which it is off
