@@ -307,7 +307,7 @@ class PITCostModel(nn.Module):
             return self._graph_costs(binarized)
         params = self._mask_vectors()
         if not _native_costs_run(params[0]):
-            return self._graph_costs(binarized)
+            return self._builtin_costs(self._soft_counts(*params))
         return _SoftBuiltinCosts.apply(self, *params)
 
     def _graph_costs(self, binarized: bool) -> Tuple[torch.Tensor, torch.Tensor]:
