@@ -440,7 +440,10 @@ class _SparseMaskedConv(torch.autograd.Function):
         ctx.x_shape, ctx.w_shape = tuple(x.shape), tuple(weight.shape)
         ctx.x_format = _memory_format(x)
         ctx.has_bias = bias is not None
-        return y
+        # y may be a view made here (the squeeze of a lifted 1-D result, a compact layout):
+        # autograd forbids in-place ops on such a view of a Function's output (`y += r`,
+        # ReLU(inplace=True) after the layer), not on a detached alias of the same memory
+        return y.detach()
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:

@@ -69,6 +69,11 @@ def _take(theta: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
     return torch.cat([theta[i:i + 1] for i in indices])
 
 
+def _aliases(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` share memory (one is the other, or a view of it)."""
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
 def _to_channels_last(grad: torch.Tensor) -> torch.Tensor:
     return grad.contiguous(memory_format=torch.channels_last)
 
@@ -214,11 +219,15 @@ class FastSuperNet(nn.Module):
             if updates_state_in_training(self._branch_modules[j]):
                 with torch.no_grad():
                     self._branches[j](x)
-        if not torch.is_grad_enabled():
-            return out
-        anchors = gradient_anchors(m for j in others for m in self._branch_modules[j])
-        if anchors or theta.requires_grad:  # the link also gives θ its (zero) gradient
-            out = out + zero_gradient_link(theta, anchors)
+        anchors = gradient_anchors(m for j in others for m in self._branch_modules[j]) \
+            if torch.is_grad_enabled() else []
+        if anchors or (torch.is_grad_enabled() and theta.requires_grad):
+            return out + zero_gradient_link(theta, anchors)  # also gives θ its (zero) gradient
+        if _aliases(out, x):
+            # an Identity (or eval-mode Dropout) branch gives x itself, where the reference's
+            # Σ θ_i·y_i is a new tensor: an in-place op after the supernet (ReLU(inplace=True))
+            # must not change x under the other layers that read it
+            return out.clone()
         return out
 
     def extra_repr(self) -> str:

@@ -169,3 +169,45 @@ def test_fast_equals_reference_cuda(name):
     _, modes, _, _ = CASES[name]
     _compare(name, _wrapper(name, torch.float64), torch.float64, modes, rtol=1e-6, atol=1e-9,
              device="cuda")
+
+
+class _IdentityChoiceThenInPlaceReLU(torch.nn.Module):
+    """A supernet whose Identity branch is chosen, then ``ReLU(inplace=True)`` on its output,
+    while another layer reads the supernet's input too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.sn = PITSuperNetModule([nn.Identity(), nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8))])
+        self.act = nn.ReLU(inplace=True)
+        self.side = nn.Conv2d(8, 8, 1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.act(self.sn(x)) + self.side(x)
+        return self.head(y.flatten(2).mean(-1))
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_hard_choice_of_identity_gives_a_new_tensor(grad: bool):
+    """The fast hard path runs the chosen Identity branch alone, which returns its input: the
+    supernet's output must still be a new tensor, as the reference's Σ θ_i·y_i, or the
+    in-place ReLU after it changes the input the other layer reads."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wrapper = build_wrapper(_IdentityChoiceThenInPlaceReLU(), (3, 8, 8), fast=True)
+    with torch.no_grad():
+        dict(wrapper.named_nas_parameters())["seed.sn.sn_combiner.alpha"].copy_(torch.tensor([2.0, -1.0]))
+    wrapper.eval()
+    wrapper.update_softmax_options(hard=True)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    outputs = {}
+    for fast in (True, False):
+        wrapper.fast = fast
+        with torch.set_grad_enabled(grad):
+            outputs[fast] = wrapper(x)
+    wrapper.fast = True
+    torch.testing.assert_close(outputs[True], outputs[False], rtol=1e-5, atol=1e-6)

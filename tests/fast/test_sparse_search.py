@@ -10,7 +10,7 @@ from typing import Tuple
 import pytest
 import torch
 import torch.nn as nn
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import plinio.ops as ops
@@ -89,6 +89,70 @@ def test_random_models_and_masks_sparse_equals_dense(monkeypatch, spec: rm.Model
     with forced_sparse(monkeypatch):
         got = results(sparse, x, seed)
     assert_same(got, results(dense, x, seed))
+
+
+@SETTINGS
+@given(spec=model_specs(), seed=st.integers(0, 2 ** 16), training=st.booleans(), hard=st.booleans())
+@example(spec=rm.ModelSpec(1, 2, 6, (rm.BlockSpec("supernet", 3, branches=("sep", "sep")),)),
+         seed=0, training=False, hard=False)
+def test_random_models_with_masks_flipping_between_steps(monkeypatch, spec: rm.ModelSpec, seed: int,
+                                                         training: bool, hard: bool) -> None:
+    """Three SGD steps on random models, a third of every PIT mask parameter flipped across
+    the threshold between them: a flip changes the sets, the layouts and the paths the layers
+    take (it found a 1-D output the supernet sum then added to in place, a view autograd
+    refuses to modify)."""
+    torch.manual_seed(seed)
+    sparse, dense = search_pair(rm.RandomNet(spec), spec.input_shape)
+    _randomize(sparse, seed + 1)
+    dense.load_state_dict(sparse.state_dict())
+    x = torch.randn((3,) + spec.input_shape, generator=torch.Generator().manual_seed(seed))
+    for search in (sparse, dense):
+        search.train(training)
+        set_softmax(search, hard, temperature=0.7)
+    optimizers = [torch.optim.SGD(search.parameters(), lr=1e-2) for search in (sparse, dense)]
+    flips = torch.Generator().manual_seed(seed + 7)
+    with forced_sparse(monkeypatch):
+        for step in range(3):
+            assert_same(results(sparse, x, seed + step), results(dense, x, seed + step))
+            for optimizer in optimizers:
+                optimizer.step()
+            with torch.no_grad():
+                for name, param in sparse.named_nas_parameters():
+                    if not name.endswith("combiner.alpha"):
+                        flip = torch.rand(param.shape, generator=flips) < 0.3
+                        param[flip] = torch.where(param[flip] > 0.5, 0.2, 0.8)
+            dense.load_state_dict(sparse.state_dict())
+
+
+class _InPlaceAfterLayers(nn.Module):
+    """In-place ops on the outputs of PIT layers: ReLU(inplace=True), ``Tensor.add_``."""
+
+    def __init__(self, dims: int) -> None:
+        super().__init__()
+        conv = nn.Conv1d if dims == 1 else nn.Conv2d
+        self.a = conv(3, 8, 3, padding=1)
+        self.act = nn.ReLU(inplace=True)
+        self.b = conv(8, 8, 3, padding=1)
+        self.c = conv(8, 8, 1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.a(x))
+        z = self.b(y).add_(self.c(y))
+        return self.head(torch.relu_(z).flatten(2).mean(-1))
+
+
+@pytest.mark.parametrize("dims", [1, 2])
+def test_in_place_ops_on_the_outputs_of_sparse_layers(monkeypatch, dims: int) -> None:
+    shape = (3, 16) if dims == 1 else (3, 8, 8)
+    torch.manual_seed(0)
+    sparse, dense = search_pair(_InPlaceAfterLayers(dims), shape)
+    prune_randomly((sparse, dense), 0.5, seed=1)
+    x = torch.randn((4,) + shape, generator=torch.Generator().manual_seed(2))
+    with forced_sparse(monkeypatch) as calls:
+        got = results(sparse, x, 0)
+    assert calls.count > 0
+    assert_same(got, results(dense, x, 0))
 
 
 @pytest.fixture(scope="module")
