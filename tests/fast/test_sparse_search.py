@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import plinio.ops as ops
 from plinio.fast.merged_conv import MergedConv
+from plinio.methods.pit_supernet import PITSuperNetModule
 from bench.models import workloads
 from bench.search_step import build_setups, saved_activation_bytes
 from fast_helpers import RUNTIME_INPUT
@@ -153,6 +154,38 @@ def test_in_place_ops_on_the_outputs_of_sparse_layers(monkeypatch, dims: int) ->
         got = results(sparse, x, 0)
     assert calls.count > 0
     assert_same(got, results(dense, x, 0))
+
+
+class _LayersReadingAndWritingOneGroup(nn.Module):
+    """A residual whose mask the supernet (an Identity branch) and the convolution after it
+    share: both read and write one channel group, and neither has a ReLU before the add, so
+    the pruned rows and the dead inputs of that group need their gradients."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv1d(2, 4, 3, padding=1)
+        self.sn = PITSuperNetModule([nn.Sequential(nn.Conv1d(4, 4, 3, padding=1), nn.BatchNorm1d(4)), nn.Identity()])
+        self.after = nn.Sequential(nn.Conv1d(4, 4, 3, padding=1), nn.BatchNorm1d(4))
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x = torch.relu(x + self.after(self.sn(x)))
+        return self.head(x.mean(dim=2))
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_a_group_read_and_written_by_layers_needing_its_gradients_stays_full_width(hard: bool) -> None:
+    """The group of a layer's input and output is compact only if both sides allow it (it
+    used to be made compact by the side that allowed it: the step then refused to run)."""
+    torch.manual_seed(0)
+    sparse, dense = search_pair(_LayersReadingAndWritingOneGroup(), (2, 12))
+    prune_randomly((sparse, dense), 0.5, seed=0)
+    assert sparse._sparse_runner[0].compact_groups == ()
+    x = torch.randn(3, 2, 12, generator=torch.Generator().manual_seed(1))
+    for search in (sparse, dense):
+        set_softmax(search, hard)
+    assert_same(results(sparse, x, 0), results(dense, x, 0))
 
 
 @pytest.fixture(scope="module")

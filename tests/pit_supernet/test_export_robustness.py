@@ -4,7 +4,7 @@ import warnings
 
 import torch
 import torch.nn as nn
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from plinio.methods import PITSuperNet
@@ -92,6 +92,7 @@ class RandomTCN(nn.Module):
 @given(blocks=st.lists(st.lists(st.sampled_from(KINDS), min_size=1, max_size=3), min_size=1, max_size=2),
        channels=st.integers(2, 5), k=st.sampled_from((2, 3, 5)), residual=st.booleans(),
        seed=st.integers(0, 10_000))
+@example(blocks=[["conv_bn", "identity"]], channels=2, k=2, residual=True, seed=0)  # a group both read and written
 def test_random_supernet_tcns_export_without_crash_and_equal_the_search_model(blocks, channels, k, residual,
                                                                               seed):
     torch.manual_seed(seed)

@@ -176,10 +176,13 @@ def _site_blocks(site: Optional[SparseSite], touched: Set[int]) -> Set[int]:
         return set(touched)
     depthwise = site.geometry is not None and site.geometry.groups > 1
     out_ok = site.kept is not None and not site.grad_pruned_rows
-    allowed = {site.kept} if out_ok else set()
-    if out_ok if depthwise else not site.grad_dead_inputs:
-        allowed |= set(desc_groups(site.live))
-    return touched - allowed
+    in_ok = out_ok if depthwise else not site.grad_dead_inputs
+    out_groups = {site.kept} if site.kept is not None else set()
+    in_groups = set(desc_groups(site.live))
+    allowed = (out_groups if out_ok else set()) | (in_groups if in_ok else set())
+    # a group on both sides (a residual's shared mask) is blocked by either side that needs it whole
+    forbidden = (out_groups if not out_ok else set()) | (in_groups if not in_ok else set())
+    return (touched - allowed) | (touched & forbidden)
 
 
 def _compact_groups(seed: fx.GraphModule, runner: fx.GraphModule, layers: Layers, facts: GradientFacts,
