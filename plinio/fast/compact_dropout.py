@@ -8,7 +8,9 @@ the full-width tensor with ``F.dropout`` itself (same shape, dtype and device as
 input, contiguous as the dense path's tensors are for a contiguous network input — the step
 runs dense for a channels_last one: the same draws, the same generator state afterwards) and
 multiplies the kept channels by their noise: ``x_K · noise_K`` is ``(x · noise)_K`` bit for
-bit, whatever the layout of the compact ``x``.
+bit, whatever the layout of the compact ``x``. It does so in every sparse step, also when the
+group keeps all its channels: its tensors are then full width but still in the compact
+layout, and dropout draws its noise in memory order.
 """
 from typing import Dict, Tuple
 
@@ -18,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .graph_copy import copy_graph, fetch, rebuild
-from .sparse_step import compact_channels
+from .sparse_step import compact_channels, in_sparse_step
 
 
 class CompactDropout(nn.Module):
@@ -35,12 +37,15 @@ class CompactDropout(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dropout = self._dropout[0]
-        held = compact_channels(self.gid)
-        if held is None or not dropout.training:
+        if not dropout.training or not in_sparse_step():
             return dropout(x)
+        # in a sparse step x is in the compact layout even when it holds every channel, and
+        # dropout draws its noise in x's memory order: draw it for the contiguous tensor
+        held = compact_channels(self.gid)
         shape = (x.shape[0], self.channels) + tuple(x.shape[2:])
-        ones = torch.ones(shape, dtype=x.dtype, device=x.device)
-        noise = F.dropout(ones, dropout.p, True).index_select(1, held)
+        noise = F.dropout(torch.ones(shape, dtype=x.dtype, device=x.device), dropout.p, True)
+        if held is not None:
+            noise = noise.index_select(1, held)
         return x.mul_(noise) if dropout.inplace else x * noise
 
     def extra_repr(self) -> str:

@@ -417,6 +417,12 @@ def sparse_call(owner: Hashable, x: torch.Tensor, weight_grad: bool, geometry: O
     return sets.call_for(x, weight_grad, sets.site.geometry if geometry is None else geometry)
 
 
+def in_sparse_step() -> bool:
+    """Whether a sparse step is running (its tensors may be in the compact layout even where
+    they hold every channel)."""
+    return _ACTIVE.get() is not None
+
+
 def compact_channels(gid: int) -> Optional[torch.Tensor]:
     """The kept channels a tensor of group ``gid`` holds in the current step (device indices),
     or None: it holds every channel (no compact step, the group is not compact, or nothing

@@ -188,6 +188,33 @@ def test_a_group_read_and_written_by_layers_needing_its_gradients_stays_full_wid
     assert_same(results(sparse, x, 0), results(dense, x, 0))
 
 
+class _DropoutAfterAnUnprunedLayer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv1d(4, 4, 1)
+        self.b = nn.Conv1d(4, 4, 3, padding=1)
+        self.drop = nn.Dropout(0.3)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.drop(torch.relu(self.b(torch.relu(self.a(x))))).mean(-1))
+
+
+def test_dropout_draws_the_dense_noise_on_a_compact_group_that_keeps_every_channel() -> None:
+    """In a step with compact work, the tensors of a compact group are in the compact layout
+    even when its mask keeps every channel: the dropout on them must still draw the noise of
+    the dense path's contiguous tensor (dropout draws in memory order)."""
+    torch.manual_seed(0)
+    sparse, dense = search_pair(_DropoutAfterAnUnprunedLayer(), (4, 8))
+    with torch.no_grad():
+        sparse.seed.a.out_features_masker.alpha.copy_(torch.tensor([0.1, 0.1, 0.1, 0.9]))
+    dense.load_state_dict(sparse.state_dict())
+    execution = sparse._sparse_runner[0]
+    assert len(execution.compact_groups) == 2 and execution.runner is not None
+    x = torch.randn(3, 4, 8, generator=torch.Generator().manual_seed(1))
+    assert_same(results(sparse, x, 0), results(dense, x, 0))
+
+
 @pytest.fixture(scope="module")
 def workload_pairs():
     """Sparse and dense searches of small-input benchmark workloads (built once), 50 % of
