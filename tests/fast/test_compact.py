@@ -80,11 +80,15 @@ def test_dscnn_dropouts_run_compact_in_training_mode_with_the_dense_draws(monkey
 
 @pytest.mark.parametrize("inplace", [False, True])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_compact_dropout_is_the_dense_dropout_on_the_kept_channels_bit_for_bit(monkeypatch, inplace: bool,
-                                                                                  channels_last: bool) -> None:
-    kept = torch.tensor([0, 3, 4, 6])
+@pytest.mark.parametrize("every_channel_kept", [False, True])
+def test_compact_dropout_is_the_dense_dropout_on_the_kept_channels_bit_for_bit(
+        monkeypatch, inplace: bool, channels_last: bool, every_channel_kept: bool) -> None:
+    """The kept channels of a compact tensor, or (its mask keeping everything) the whole
+    tensor in the compact layout: the dense path's noise on them, the same generator state."""
+    kept = torch.arange(8) if every_channel_kept else torch.tensor([0, 3, 4, 6])
     full = torch.randn(5, 8, 6, 7)  # the dense path's tensor: contiguous
-    full[:, [1, 2, 5, 7]] = 0.0
+    if not every_channel_kept:
+        full[:, [1, 2, 5, 7]] = 0.0
     dropout = nn.Dropout(0.3, inplace=inplace)
     torch.manual_seed(0)
     want = dropout(full.clone())
@@ -92,7 +96,9 @@ def test_compact_dropout_is_the_dense_dropout_on_the_kept_channels_bit_for_bit(m
     compact = full.index_select(1, kept)
     if channels_last:
         compact = compact.contiguous(memory_format=torch.channels_last)
-    monkeypatch.setattr(compact_dropout, "compact_channels", lambda gid: kept if gid == 9 else None)
+    held = None if every_channel_kept else kept
+    monkeypatch.setattr(compact_dropout, "compact_channels", lambda gid: held if gid == 9 else None)
+    monkeypatch.setattr(compact_dropout, "in_sparse_step", lambda: True)
     torch.manual_seed(0)
     got = CompactDropout(dropout, 9, 8)(compact)
     assert torch.equal(got, want.index_select(1, kept))
