@@ -196,6 +196,37 @@ def _when(check: Callable[[nn.Module], bool]) -> Rule:
     return rule
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _when_args(check: Callable[[fx.Node], bool]) -> Rule:
+    """Function / method rule: propagate when ``check(node)`` holds for the call's constant
+    arguments (zero maps to zero), else freeze."""
+    def rule(ctx: "ChannelAnalysis", node: fx.Node) -> Optional[Desc]:
+        return propagate(ctx, node) if check(node) else ctx.freeze_inputs(node)
+    rule.__doc__ = f"propagate when {check.__doc__}, else freeze"
+    return rule
+
+
+def _hardtanh_args_zero(node: fx.Node) -> bool:
+    """min_val <= 0 <= max_val"""
+    low, high = _arg(node, 1, "min_val", -1.0), _arg(node, 2, "max_val", 1.0)
+    return _number(low) and _number(high) and low <= 0 <= high
+
+
+def _clamp_args_zero(node: fx.Node) -> bool:
+    """min <= 0 <= max (either may be None)"""
+    low, high = _arg(node, 1, "min", None), _arg(node, 2, "max", None)
+    return (low is None or _number(low) and low <= 0) and (high is None or _number(high) and high >= 0)
+
+
+def _threshold_args_zero(node: fx.Node) -> bool:
+    """0 is kept (threshold < 0) or replaced by a value of 0"""
+    threshold, value = _arg(node, 1, "threshold", None), _arg(node, 2, "value", None)
+    return _number(threshold) and _number(value) and (threshold < 0 or value == 0)
+
+
 def _hardtanh_zero(m: nn.Module) -> bool:
     """min_val <= 0 <= max_val"""
     return m.min_val <= 0 <= m.max_val
@@ -252,7 +283,7 @@ MODULE_RULES: Dict[type, Rule] = {
 
 _PROPAGATE_FUNCTIONS = (
     torch.relu, torch.relu_, F.relu, F.relu6, F.leaky_relu, F.elu, F.celu, F.selu, F.gelu, F.silu, F.mish,
-    F.hardswish, F.hardtanh, F.tanhshrink, F.softsign, F.hardshrink, F.softshrink, torch.tanh, F.tanh,
+    F.hardswish, F.tanhshrink, F.softsign, torch.abs, F.hardshrink, F.softshrink, torch.tanh, F.tanh,
     F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout, torch.dropout,
     F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
     F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.interpolate, torch.clone,
@@ -274,6 +305,8 @@ FUNCTION_RULES: Dict[Any, Rule] = {
     torch.cat: concat, torch.concat: concat, torch.concatenate: concat,
     torch.flatten: flatten_fn, torch.mean: reduce, torch.sum: reduce, torch.amax: reduce,
     F.pad: pad_fn, operator.getitem: getitem, getattr: no_channels,
+    F.hardtanh: _when_args(_hardtanh_args_zero), F.threshold: _when_args(_threshold_args_zero),
+    torch.clamp: _when_args(_clamp_args_zero), torch.clip: _when_args(_clamp_args_zero),
 }
 
 METHOD_RULES: Dict[str, Rule] = {
@@ -286,6 +319,7 @@ METHOD_RULES: Dict[str, Rule] = {
     "view": view_or_reshape, "reshape": view_or_reshape, "flatten": flatten_fn,
     "mean": reduce, "sum": reduce, "amax": reduce,
     "size": no_channels, "dim": no_channels, "numel": no_channels,
+    **{name: _when_args(_clamp_args_zero) for name in ("clamp", "clamp_", "clip", "clip_")},
 }
 
 
