@@ -34,6 +34,8 @@ OPS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "y.abs()": lambda y: y.abs(),
     "nn.Hardtanh(0.5, 1)": nn.Hardtanh(0.5, 1.0),
     "nn.Threshold(0.1, 3)": nn.Threshold(0.1, 3.0),
+    "nn.MaxPool2d(3, 1, 1)": nn.MaxPool2d(3, 1, 1),
+    "F.avg_pool2d(3, 1, 1)": lambda y: F.avg_pool2d(y, 3, 1, 1),
 }
 
 
