@@ -34,6 +34,12 @@ class _Scale(nn.Module):
             return -x
         if self.kind == "mul2":
             return x * 2.0
+        if self.kind == "hardtanh_fn":  # 0 -> 0.5: the mask stops here
+            return F.hardtanh(x, 0.5, 1.0)
+        if self.kind == "clamp":
+            return torch.clamp(x, min=-1.0, max=1.0)
+        if self.kind == "abs":
+            return torch.abs(x)
         return x + 1.0
 
 
@@ -55,7 +61,7 @@ _MODULES: Dict[str, Callable[[int, int], nn.Module]] = {
     "bn": lambda c, d: (nn.BatchNorm1d if d == 1 else nn.BatchNorm2d)(c),
     "avgpool": lambda c, d: (nn.AvgPool1d if d == 1 else nn.AvgPool2d)(3, 1, 1),
 }
-OPS: Tuple[str, ...] = tuple(_MODULES) + ("relu_fn", "neg", "mul2", "add1")
+OPS: Tuple[str, ...] = tuple(_MODULES) + ("relu_fn", "neg", "mul2", "add1", "hardtanh_fn", "clamp", "abs")
 KINDS = ("conv", "residual", "depthwise", "concat", "supernet")
 # (kind, output channels, ops after it, kernel size)
 Layer = Tuple[str, int, Tuple[str, ...], int]
