@@ -11,6 +11,11 @@ Why: sparse execution shrinks the convolutions with the pruning, not the rest of
 Timing the same searches at ``--batch-sizes 1`` (convolutions nearly free) shows the part of
 each phase that does not shrink, the floor a pruned step cannot go below.
 
+Each row also gives the minor page faults and the kernel CPU time of the process per timed
+step (means; Unix only): a step that allocates large tensors takes fresh pages from the
+system every time the allocator has returned them, and pays for it in kernel time. That is
+where the dense and plain steps lose most of their run-to-run spread.
+
     python bench/step_phases.py [--workloads resnet8,tcn] [--prune 0.5,0.75]
                                 [--batch-sizes 32,1] [--threads 2] [--repeats 30]
 """
@@ -46,14 +51,28 @@ def timed_step(setup: SearchSetup, clock: str = "wall", device: str = "cpu"
     return {phase: end - start for phase, start, end in zip(STEP_PHASES, marks, marks[1:])}, loss
 
 
+def process_usage() -> Optional[Tuple[int, float]]:
+    """(minor page faults, kernel CPU seconds) of this process so far; None without the Unix
+    ``resource`` module."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_minflt, usage.ru_stime
+
+
 class PhaseRow(NamedTuple):
-    """Milliseconds per phase of one search at one batch size."""
+    """Milliseconds per phase of one search at one batch size, and the minor page faults and
+    kernel milliseconds per timed step (None where unknown)."""
 
     workload: str
     pruned: float
     batch_size: int
     search: str
     ms: Dict[str, float]
+    faults: Optional[float] = None
+    kernel_ms: Optional[float] = None
 
     @property
     def step_ms(self) -> float:
@@ -66,6 +85,7 @@ def measure_phases(name: str, prune_fraction: float, batch_size: int, device: st
     setups = build_setups(name, batch_size, device, prune_fraction=prune_fraction, variants=SEARCHES)
     _check_losses(name, "soft", prune_fraction, setups)
     times: Dict[str, Dict[str, List[float]]] = {s: {p: [] for p in STEP_PHASES} for s in setups}
+    usage: Dict[str, List[Tuple[int, float]]] = {s: [] for s in setups}
     for setup in setups.values():  # warm-up: first-call allocations and kernel choices
         search_step(setup)
     for _ in range(repeats):
@@ -73,17 +93,29 @@ def measure_phases(name: str, prune_fraction: float, batch_size: int, device: st
             for _ in range(steps_per_round - 1):
                 search_step(setup)
             _sync(device)
+            before = process_usage()
             for phase, seconds in timed_step(setup, clock, device)[0].items():
                 times[label][phase].append(seconds)
+            after = process_usage()
+            if before is not None and after is not None:
+                usage[label].append((after[0] - before[0], after[1] - before[1]))
     return [PhaseRow(name, prune_fraction, batch_size, label,
-                     {p: 1e3 * statistics.median(v) for p, v in per_phase.items()})
+                     {p: 1e3 * statistics.median(v) for p, v in per_phase.items()},
+                     statistics.mean(f for f, _ in usage[label]) if usage[label] else None,
+                     1e3 * statistics.mean(k for _, k in usage[label]) if usage[label] else None)
             for label, per_phase in times.items()]
 
 
+def _optional(value: Optional[float], digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 def format_phase_table(rows: Sequence[PhaseRow]) -> str:
-    header = ["workload", "pruned", "batch", "search", *(f"{p} ms" for p in STEP_PHASES), "step ms"]
+    header = ["workload", "pruned", "batch", "search", *(f"{p} ms" for p in STEP_PHASES), "step ms",
+              "minor faults / step", "kernel ms / step"]
     cells = [[r.workload, f"{r.pruned:.0%}", str(r.batch_size), r.search,
-              *(f"{r.ms[p]:.2f}" for p in STEP_PHASES), f"{r.step_ms:.2f}"] for r in rows]
+              *(f"{r.ms[p]:.2f}" for p in STEP_PHASES), f"{r.step_ms:.2f}",
+              _optional(r.faults, 0), _optional(r.kernel_ms, 2)] for r in rows]
     return markdown_table(header, 4, cells)
 
 
@@ -118,7 +150,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[PhaseRow]:
                 print(f"#  {name} {fraction:.0%} pruned, batch {batch_size}: " + ", ".join(
                     f"{r.search} {r.step_ms:.2f} ms" for r in rows[-len(SEARCHES):]), flush=True)
     print("# fast = plinio fast=True (sparse execution on); dense = plinio fast=True, sparse=False; plain = "
-          "plain-PyTorch search (bench/plain_supernet.py). Medians per phase; step = their sum.")
+          "plain-PyTorch search (bench/plain_supernet.py). Medians per phase; step = their sum; page faults and "
+          "kernel time: means per timed step.")
     print(format_phase_table(rows))
     return rows
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bench.search_step import STEP_PHASES, build_setups, forward_loss, search_step
-from bench.step_phases import SEARCHES, main, timed_step
+from bench.step_phases import SEARCHES, main, process_usage, timed_step
 
 
 @pytest.mark.parametrize("workload", ["tcn", "dscnn"])
@@ -33,6 +33,8 @@ def test_script_reports_every_phase_of_every_search(capsys):
     for row in rows:
         assert set(row.ms) == set(STEP_PHASES) and all(v > 0 for v in row.ms.values())
         assert row.step_ms == pytest.approx(sum(row.ms.values()))
+        if process_usage() is not None:
+            assert row.faults is not None and row.faults >= 0 and row.kernel_ms is not None and row.kernel_ms >= 0
     out = capsys.readouterr().out
     assert "| tcn | 50% | 1 | fast |" in out and "CPU " in out
 
@@ -42,3 +44,12 @@ def test_script_reports_every_phase_of_every_search(capsys):
 def test_script_rejects_bad_options(argv):
     with pytest.raises(SystemExit):
         main(argv)
+
+
+def test_process_usage_counts_the_page_faults_of_fresh_memory():
+    if process_usage() is None:
+        pytest.skip("no resource module on this platform")
+    before = process_usage()
+    torch.empty(16 * 2 ** 20).fill_(1.0)  # 64 MiB of fresh pages, touched
+    after = process_usage()
+    assert after[0] > before[0] and after[1] >= before[1]
