@@ -77,18 +77,26 @@ def _randomize(search: nn.Module, seed: int) -> None:
             param.copy_(torch.rand(param.shape, generator=gen) * scale - (0.5 if scale == 1.0 else 0.3))
 
 
+def _random_pair(model: nn.Module, input_shape: Tuple[int, ...], seed: int, training: bool, hard: bool
+                 ) -> Tuple[nn.Module, nn.Module, torch.Tensor]:
+    """(sparse search, dense search, input) of ``model`` with random masks, in the given mode."""
+    sparse, dense = search_pair(model, input_shape)
+    _randomize(sparse, seed + 1)
+    dense.load_state_dict(sparse.state_dict())
+    dtype = next(model.parameters()).dtype
+    x = torch.randn((3,) + tuple(input_shape), generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    for search in (sparse, dense):
+        search.train(training)
+        set_softmax(search, hard, temperature=0.7)
+    return sparse, dense, x
+
+
 @SETTINGS
 @given(spec=model_specs(), seed=st.integers(0, 2 ** 16), training=st.booleans(), hard=st.booleans())
 def test_random_models_and_masks_sparse_equals_dense(monkeypatch, spec: rm.ModelSpec, seed: int,
                                                      training: bool, hard: bool) -> None:
     torch.manual_seed(seed)
-    sparse, dense = search_pair(rm.RandomNet(spec), spec.input_shape)
-    _randomize(sparse, seed + 1)
-    dense.load_state_dict(sparse.state_dict())
-    x = torch.randn((3,) + spec.input_shape, generator=torch.Generator().manual_seed(seed))
-    for search in (sparse, dense):
-        search.train(training)
-        set_softmax(search, hard, temperature=0.7)
+    sparse, dense, x = _random_pair(rm.RandomNet(spec), spec.input_shape, seed, training, hard)
     with forced_sparse(monkeypatch):
         got = results(sparse, x, seed)
     assert_same(got, results(dense, x, seed))
@@ -105,13 +113,7 @@ def test_random_models_with_masks_flipping_between_steps(monkeypatch, spec: rm.M
     take (it found a 1-D output the supernet sum then added to in place, a view autograd
     refuses to modify)."""
     torch.manual_seed(seed)
-    sparse, dense = search_pair(rm.RandomNet(spec), spec.input_shape)
-    _randomize(sparse, seed + 1)
-    dense.load_state_dict(sparse.state_dict())
-    x = torch.randn((3,) + spec.input_shape, generator=torch.Generator().manual_seed(seed))
-    for search in (sparse, dense):
-        search.train(training)
-        set_softmax(search, hard, temperature=0.7)
+    sparse, dense, x = _random_pair(rm.RandomNet(spec), spec.input_shape, seed, training, hard)
     optimizers = [torch.optim.SGD(search.parameters(), lr=1e-2) for search in (sparse, dense)]
     flips = torch.Generator().manual_seed(seed + 7)
     with forced_sparse(monkeypatch):
@@ -228,13 +230,7 @@ def test_random_models_with_every_kind_of_activation_sparse_equals_dense(monkeyp
     dims, in_channels, layers = spec
     shape = (in_channels, 8) if dims == 1 else (in_channels, 5, 5)
     torch.manual_seed(seed)
-    sparse, dense = search_pair(op_zoo.ZooNet(dims, in_channels, layers).double(), shape)
-    _randomize(sparse, seed + 1)
-    dense.load_state_dict(sparse.state_dict())
-    x = torch.randn((3,) + shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    for search in (sparse, dense):
-        search.train(training)
-        set_softmax(search, hard, temperature=0.7)
+    sparse, dense, x = _random_pair(op_zoo.ZooNet(dims, in_channels, layers).double(), shape, seed, training, hard)
     with forced_sparse(monkeypatch):
         got = results(sparse, x, seed)
     assert_same(got, results(dense, x, seed), rtol=1e-9, atol=1e-10)
