@@ -32,7 +32,8 @@ def _first(node: fx.Node) -> Any:
     return node.args[0] if node.args else next(iter(node.kwargs.values()))
 
 
-def _arg(node: fx.Node, index: int, name: str, default: Any) -> Any:
+def call_arg(node: fx.Node, index: int, name: str, default: Any) -> Any:
+    """Argument ``index`` of a call node, or its keyword ``name``, or ``default``."""
     if len(node.args) > index:
         return node.args[index]
     return node.kwargs.get(name, default)
@@ -90,7 +91,7 @@ def scale_rule(ctx: "ChannelAnalysis", node: fx.Node) -> Optional[Desc]:
 def concat(ctx: "ChannelAnalysis", node: fx.Node) -> Optional[Desc]:
     """``torch.cat``: on dim 1 the masks are concatenated, on other dims they are shared."""
     tensors = _first(node)
-    dim = _arg(node, 1, "dim", 0)
+    dim = call_arg(node, 1, "dim", 0)
     out = ctx.shape(node)
     if out is None or len(out) < 2 or not isinstance(dim, int):
         return ctx.freeze_inputs(node)
@@ -127,7 +128,7 @@ def _flatten_from(ctx: "ChannelAnalysis", node: fx.Node, start: int, end: int) -
 
 def flatten_fn(ctx: "ChannelAnalysis", node: fx.Node) -> Optional[Desc]:
     """``torch.flatten(x, start_dim, end_dim)`` / ``x.flatten(...)``."""
-    return _flatten_from(ctx, node, _arg(node, 1, "start_dim", 0), _arg(node, 2, "end_dim", -1))
+    return _flatten_from(ctx, node, call_arg(node, 1, "start_dim", 0), call_arg(node, 2, "end_dim", -1))
 
 
 def flatten_module(ctx: "ChannelAnalysis", node: fx.Node) -> Optional[Desc]:
@@ -155,7 +156,7 @@ def view_or_reshape(ctx: "ChannelAnalysis", node: fx.Node) -> Optional[Desc]:
 def reduce(ctx: "ChannelAnalysis", node: fx.Node) -> Optional[Desc]:
     """``mean``/``sum``/``amax`` over spatial dims keeps the channel dim; otherwise freezes."""
     inp = ctx.shape(_first(node))
-    dims = _arg(node, 1, "dim", None)
+    dims = call_arg(node, 1, "dim", None)
     if inp is None or dims is None:
         return ctx.freeze_inputs(node)
     dims = [dims] if isinstance(dims, int) else list(dims)
@@ -169,9 +170,9 @@ def reduce(ctx: "ChannelAnalysis", node: fx.Node) -> Optional[Desc]:
 
 def pad_fn(ctx: "ChannelAnalysis", node: fx.Node) -> Optional[Desc]:
     """``F.pad``: constant zero padding of non-channel dims propagates."""
-    pad = _arg(node, 1, "pad", ())
-    mode = _arg(node, 2, "mode", "constant")
-    value = _arg(node, 3, "value", None)
+    pad = call_arg(node, 1, "pad", ())
+    mode = call_arg(node, 2, "mode", "constant")
+    value = call_arg(node, 3, "value", None)
     inp = ctx.shape(_first(node))
     if inp is None or len(pad) > 2 * (len(inp) - 2) or (mode == "constant" and value not in (None, 0, 0.0)):
         return ctx.freeze_inputs(node)
@@ -196,7 +197,8 @@ def _when(check: Callable[[nn.Module], bool]) -> Rule:
     return rule
 
 
-def _number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A constant int or float argument (not a bool, not a graph node)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -211,20 +213,20 @@ def _when_args(check: Callable[[fx.Node], bool]) -> Rule:
 
 def _hardtanh_args_zero(node: fx.Node) -> bool:
     """min_val <= 0 <= max_val"""
-    low, high = _arg(node, 1, "min_val", -1.0), _arg(node, 2, "max_val", 1.0)
-    return _number(low) and _number(high) and low <= 0 <= high
+    low, high = call_arg(node, 1, "min_val", -1.0), call_arg(node, 2, "max_val", 1.0)
+    return is_number(low) and is_number(high) and low <= 0 <= high
 
 
 def _clamp_args_zero(node: fx.Node) -> bool:
     """min <= 0 <= max (either may be None)"""
-    low, high = _arg(node, 1, "min", None), _arg(node, 2, "max", None)
-    return (low is None or _number(low) and low <= 0) and (high is None or _number(high) and high >= 0)
+    low, high = call_arg(node, 1, "min", None), call_arg(node, 2, "max", None)
+    return (low is None or is_number(low) and low <= 0) and (high is None or is_number(high) and high >= 0)
 
 
 def _threshold_args_zero(node: fx.Node) -> bool:
     """0 is kept (threshold < 0) or replaced by a value of 0"""
-    threshold, value = _arg(node, 1, "threshold", None), _arg(node, 2, "value", None)
-    return _number(threshold) and _number(value) and (threshold < 0 or value == 0)
+    threshold, value = call_arg(node, 1, "threshold", None), call_arg(node, 2, "value", None)
+    return is_number(threshold) and is_number(value) and (threshold < 0 or value == 0)
 
 
 def _hardtanh_zero(m: nn.Module) -> bool:

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from plinio.graph.analysis import ChannelAnalysis
-from plinio.graph.channel_rules import METHOD_RULES, no_channels
+from plinio.graph.channel_rules import METHOD_RULES, call_arg, is_number, no_channels
 from plinio.graph.channels import Desc, Flatten, Group, canonical
 
 Predicate = Callable[[Any], bool]
@@ -41,21 +41,11 @@ def _always(_: Any) -> bool:
 
 def _hardtanh_kills(low: Any, high: Any) -> bool:
     """hardtanh_backward passes the gradient where low < x < high: not at 0 unless low < 0 < high."""
-    return _number(low) and _number(high) and not low < 0 < high
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return is_number(low) and is_number(high) and not low < 0 < high
 
 
 def _at_least_zero(value: Any) -> bool:
-    return _number(value) and value >= 0
-
-
-def _arg(node: fx.Node, index: int, name: str, default: Any) -> Any:
-    if len(node.args) > index:
-        return node.args[index]
-    return node.kwargs.get(name, default)
+    return is_number(value) and value >= 0
 
 
 # Backward exactly 0 where the input is exactly 0 (PyTorch's formulas, checked by the tests):
@@ -74,10 +64,10 @@ KILLER_FUNCTIONS: Dict[Any, Callable[[fx.Node], bool]] = {
     torch.relu_: _always,
     F.relu: _always,
     F.relu6: _always,
-    F.hardtanh: lambda n: _hardtanh_kills(_arg(n, 1, "min_val", -1.0), _arg(n, 2, "max_val", 1.0)),
-    F.threshold: lambda n: _at_least_zero(_arg(n, 1, "threshold", None)),
-    F.hardshrink: lambda n: _at_least_zero(_arg(n, 1, "lambd", 0.5)),
-    F.softshrink: lambda n: _at_least_zero(_arg(n, 1, "lambd", 0.5)),
+    F.hardtanh: lambda n: _hardtanh_kills(call_arg(n, 1, "min_val", -1.0), call_arg(n, 2, "max_val", 1.0)),
+    F.threshold: lambda n: _at_least_zero(call_arg(n, 1, "threshold", None)),
+    F.hardshrink: lambda n: _at_least_zero(call_arg(n, 1, "lambd", 0.5)),
+    F.softshrink: lambda n: _at_least_zero(call_arg(n, 1, "lambd", 0.5)),
 }
 KILLER_METHODS: Dict[str, Callable[[fx.Node], bool]] = {"relu": _always, "relu_": _always}
 
