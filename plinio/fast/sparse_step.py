@@ -278,15 +278,19 @@ def _shared_gather(x: torch.Tensor, index: Optional[torch.Tensor], kernels: _Com
     """``x`` restricted to the channels ``index`` (None: all) in the layout ``kernels`` run in,
     without autograd, one copy per input, index set and layout in a forward (a supernet's
     branches read the same input: each would otherwise copy it to channels_last)."""
-    cache = _GATHERED.get()
+    # an inference-mode tensor has no version counter to tell an in-place change: not shared
+    cache = None if x.is_inference() else _GATHERED.get()
+    if cache is None:
+        return _gather(x, index, kernels)
     key = (id(x), x._version, None if index is None else id(index), kernels.layout_key)
-    if cache is not None and key in cache:
-        return cache[key][1]
+    if key not in cache:
+        cache[key] = (x, _gather(x, index, kernels))
+    return cache[key][1]
+
+
+def _gather(x: torch.Tensor, index: Optional[torch.Tensor], kernels: _CompactKernels) -> torch.Tensor:
     with torch.no_grad():
-        gathered = kernels.layout(select_channels(x, kernels.channel_dim, index))
-    if cache is not None:
-        cache[key] = (x, gathered)
-    return gathered
+        return kernels.layout(select_channels(x, kernels.channel_dim, index))
 
 
 class SparseExecution:

@@ -275,6 +275,29 @@ def test_workloads_sparse_equals_dense(monkeypatch, workload_pairs, name: str, m
                 module.gumbel_softmax = False
 
 
+@pytest.mark.parametrize("name", ["seed", "linear_supernet", "resnet8", "dscnn", "tcn"])
+@pytest.mark.parametrize("hard", [False, True])
+def test_workloads_under_inference_mode(monkeypatch, workload_pairs, name: str, hard: bool) -> None:
+    """Evaluation under ``torch.inference_mode()`` (its tensors have no version counter, which
+    the shared input gathers of a step key on): the dense path's outputs."""
+    sparse, dense = workload_pairs[name]
+    shape = RUNTIME_INPUT.get(name, workloads()[name].input_shape)
+    x = torch.randn((4,) + tuple(shape), generator=torch.Generator().manual_seed(3))
+    for search in (sparse, dense):
+        search.eval()
+        set_softmax(search, hard)
+    try:
+        with forced_sparse(monkeypatch), torch.inference_mode():
+            got = sparse(x)
+        with torch.no_grad():
+            want = dense(x)
+    finally:
+        for search in (sparse, dense):
+            search.train()
+            set_softmax(search, False)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_depthwise_and_pointwise_layers_and_merged_convs_run_sparse(workload_pairs) -> None:
     """The sites of the workloads: depthwise convs, 1×1 convs, Linear, merged supernet convs."""
     names = {}
