@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 import torch
 
 from plinio.cost.peak_memory import PeakMemoryCost
-from plinio.cost.specs import MACS, PARAMS, CostArg, CostSpec, resolve_costs
+from plinio.cost.specs import MACS, PARAMS, CostArg, CostSpec, MacsCost, ParamsCost, resolve_costs
 from plinio.cost.targets import CostTargets
 from plinio.safety import check_nas_parameters
 
@@ -30,8 +30,9 @@ Evaluate = Callable[[str, bool], torch.Tensor]
 
 
 def builtin_metric(spec: Union[CostSpec, PeakMemoryCost]) -> Optional[str]:
-    """'size' or 'macs' for the built-in specs (which keep PLiNIO's definition), else None."""
-    return "size" if spec is PARAMS else "macs" if spec is MACS else None
+    """'size' or 'macs' for the built-in specs (which keep PLiNIO's definition), else None. By
+    exact type, not identity: a deep copy or an unpickled wrapper holds copies of them."""
+    return "size" if type(spec) is ParamsCost else "macs" if type(spec) is MacsCost else None
 
 
 class RegularizerNames:
