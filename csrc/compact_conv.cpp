@@ -80,23 +80,67 @@ void check_index(const std::optional<at::Tensor>& index, const char* what, const
               size, " channels");
 }
 
+// Whether a convolution of this weight and geometry is a strided 1×1 one without padding.
+bool strided_pointwise(const at::Tensor& w, const CompactConvGeometry& g) {
+  bool strided = false;
+  for (size_t i = 0; i < g.stride.size(); ++i) {
+    if (w.size(static_cast<int64_t>(i) + 2) != 1 || g.padding_before[i] != 0 ||
+        g.padding_after[i] != 0)
+      return false;
+    strided = strided || g.stride[i] > 1;
+  }
+  return strided;
+}
+
 // The arguments of aten's (2-D) convolution for a compact one: a 1-D convolution lifted to
-// height 1, asymmetric or negative padding applied to the input instead.
+// height 1, asymmetric or negative padding applied to the input instead. A strided 1×1
+// convolution reads the input's strided samples with stride 1 instead: oneDNN (3.12, in
+// torch 2.13) writes out of bounds in the weight gradient of a strided 1×1 channels_last
+// convolution on an odd batch with 2 threads (heap corruption, then a crash).
 struct AtenConvArgs {
-  bool lift, pad_input;
-  at::Tensor input, weight;  // lifted; the input padded where pad_input
+  bool lift, pad_input, subsample;
+  at::Tensor input, weight;  // lifted; the input padded where pad_input, subsampled where subsample
+  std::vector<int64_t> input_sizes;  // of the lifted, padded input before subsampling
+  std::vector<int64_t> steps;        // the strides a subsampled input was read with
   std::vector<int64_t> stride, padding, dilation, output_padding;
 
   AtenConvArgs(const at::Tensor& x, const at::Tensor& w, const CompactConvGeometry& g)
-      : lift(x.dim() == 3), pad_input(!symmetric(g)) {
+      : lift(x.dim() == 3), pad_input(!symmetric(g)), subsample(strided_pointwise(w, g)) {
     input = lift ? x.unsqueeze(2) : x;
     weight = lift ? w.unsqueeze(2) : w;
     if (pad_input) input = at::constant_pad_nd(input, pad_spec(g, 1));
     stride = lifted(g.stride, lift, 1);
+    input_sizes = input.sizes().vec();
+    if (subsample) {
+      steps = stride;
+      input = samples(input).contiguous(input.suggest_memory_format());
+      stride.assign(stride.size(), 1);
+    }
     padding = lifted(
         pad_input ? std::vector<int64_t>(g.padding_before.size(), 0) : g.padding_before, lift, 0);
     dilation = lifted(g.dilation, lift, 1);
     output_padding.assign(stride.size(), 0);
+  }
+
+  // the samples a strided 1×1 convolution reads, of a tensor of the lifted input's sizes
+  at::Tensor samples(const at::Tensor& t) const {
+    at::Tensor out = t;
+    for (size_t i = 0; i < steps.size(); ++i) {
+      const int64_t dim = static_cast<int64_t>(i) + 2;
+      out = out.slice(dim, 0, t.size(dim), steps[i]);
+    }
+    return out;
+  }
+
+  // the gradient of the caller's input from aten's gradient of what it convolved
+  at::Tensor input_grad(const at::Tensor& gx, const CompactConvGeometry& g) const {
+    at::Tensor grad = gx;
+    if (subsample) {
+      grad = at::zeros(input_sizes, gx.options().memory_format(gx.suggest_memory_format()));
+      samples(grad).copy_(gx);
+    }
+    if (pad_input) grad = at::constant_pad_nd(grad, pad_spec(g, -1));
+    return drop(grad);
   }
 
   // a result of the lifted call back in the caller's dimensions
@@ -229,7 +273,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compact_conv_compute_backward(
   auto [gx, gw, unused] = at::convolution_backward(
       a.lift ? grad.unsqueeze(2) : grad, a.input, a.weight, std::nullopt, a.stride, a.padding,
       a.dilation, false, a.output_padding, groups, {input_grad, weight_grad, false});
-  if (input_grad) grad_input = a.drop(a.pad_input ? at::constant_pad_nd(gx, pad_spec(g, -1)) : gx);
+  if (input_grad) grad_input = a.input_grad(gx, g);
   if (weight_grad) grad_weight = a.drop(gw);
   return {grad_input, grad_weight, grad_bias};
 }

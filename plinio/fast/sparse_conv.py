@@ -216,6 +216,10 @@ class _ConvKernels(_CompactKernels):
     A convolution of few enough channels runs ``plinio::small_conv`` instead (see
     ``plinio.fast.small_conv``): it takes the padding and the tensors as they are, in either
     layout, and gives its results in the layout it read.
+
+    A strided 1×1 convolution without padding reads the input's strided samples with stride 1,
+    as ``plinio::compact_conv`` does: oneDNN (3.12, in torch 2.13) writes out of bounds in the
+    weight gradient of a strided 1×1 channels_last convolution on an odd batch with 2 threads.
     """
 
     def __init__(self, geometry: ConvGeometry, channels_last: bool = False) -> None:
@@ -229,6 +233,11 @@ class _ConvKernels(_CompactKernels):
             self.memory_format = torch.channels_last
         lead = [1] if self.lifted else []  # the height-1 dimension of a lifted 1-D convolution
         self.stride = lead + list(geometry.stride)
+        # strided 1×1 without padding: the samples it reads, with stride 1 (see the docstring)
+        self.steps = self.stride if all(k == 1 for k in geometry.kernel) and symmetric \
+            and not any(geometry.pad_left) and any(s > 1 for s in geometry.stride) else None
+        if self.steps is not None:
+            self.stride = [1] * len(self.steps)
         self.dilation = lead + list(geometry.dilation)
         self.conv_padding = [0] * len(lead) + padding
         self.conv = F.conv1d if len(self.stride) == 1 else F.conv2d
@@ -269,13 +278,38 @@ class _ConvKernels(_CompactKernels):
         return weight_rows if self.depthwise else 1
 
     def _padded(self, x: torch.Tensor) -> torch.Tensor:
-        """The lifted input with the asymmetric padding (the spec pads the last dims)."""
+        """What the aten convolution reads: the lifted input with the asymmetric padding (the
+        spec pads the last dims), or the samples a strided 1×1 convolution reads."""
         x = self._lift(x)
+        if self.steps is not None:
+            return self._samples(x).contiguous(memory_format=_memory_format(x))
         return x if self.spec is None else F.pad(x, self.spec)
 
-    def _unpad(self, grad_padded: torch.Tensor) -> torch.Tensor:
+    def _samples(self, t: torch.Tensor) -> torch.Tensor:
+        return t[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in self.steps)]
+
+    def _padded_lifted_shape(self, input_shape: Shape) -> Shape:
+        """The shape of the lifted input with the asymmetric padding."""
+        if self.spec is not None:
+            g = self.geometry
+            input_shape = input_shape[:2] + tuple(
+                n + pl + pr for n, pl, pr in zip(input_shape[2:], g.pad_left, g.pad_right))
+        return self._lifted_shape(input_shape)
+
+    def _read_shape(self, lifted_shape: Shape) -> Shape:
+        """The shape of what the aten convolution reads from a lifted, padded input."""
+        if self.steps is None:
+            return lifted_shape
+        return lifted_shape[:2] + tuple((n - 1) // s + 1 for n, s in zip(lifted_shape[2:], self.steps))
+
+    def _unpad(self, grad_read: torch.Tensor, lifted_shape: Shape) -> torch.Tensor:
+        """The caller's input gradient from aten's gradient of what it read."""
+        grad = grad_read
+        if self.steps is not None:
+            grad = grad_read.new_zeros(lifted_shape).contiguous(memory_format=_memory_format(grad_read))
+            self._samples(grad).copy_(grad_read)
         # as F.pad's own backward gives: a dense tensor, not a strided view
-        grad = grad_padded if self.spec is None else F.pad(grad_padded, [-p for p in self.spec])
+        grad = grad if self.spec is None else F.pad(grad, [-p for p in self.spec])
         return self._drop(grad)
 
     def _backward(self, grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
@@ -298,13 +332,9 @@ class _ConvKernels(_CompactKernels):
         if self._runs_small(grad, grad.shape[1], weight.shape[1], grad.shape[-1]):
             return torch.ops.plinio.small_conv_input_grad(grad, weight, list(input_shape), *self.small_args,
                                                           self._groups(weight.shape[0]))
-        padded_shape = input_shape
-        if self.spec is not None:
-            g = self.geometry
-            padded_shape = input_shape[:2] + tuple(
-                n + pl + pr for n, pl, pr in zip(input_shape[2:], g.pad_left, g.pad_right))
-        like = grad.new_empty(1).expand(self._lifted_shape(padded_shape))
-        return self._unpad(self._backward(grad, like, self._lift(weight), [True, False, False])[0])
+        lifted_shape = self._padded_lifted_shape(input_shape)
+        like = grad.new_empty(1).expand(self._read_shape(lifted_shape))
+        return self._unpad(self._backward(grad, like, self._lift(weight), [True, False, False])[0], lifted_shape)
 
     def _weight_grad(self, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         shape = self.weight_shape(grad.shape[1], x.shape[1])
@@ -329,7 +359,7 @@ class _ConvKernels(_CompactKernels):
         if not (grad.shape[1] and x.shape[1]) or self._runs_small(grad, grad.shape[1], x.shape[1], grad.shape[-1]):
             return super().input_and_weight_grad(grad, x, weight)
         grad_x, grad_w, _ = self._backward(grad, self._padded(x), self._lift(weight), [True, True, False])
-        return self._unpad(grad_x), self._drop(grad_w)
+        return self._unpad(grad_x, self._padded_lifted_shape(tuple(x.shape))), self._drop(grad_w)
 
 
 # ----------------------------------------------------------------- the autograd function

@@ -298,6 +298,29 @@ def test_workloads_under_inference_mode(monkeypatch, workload_pairs, name: str, 
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_strided_pointwise_layers_on_an_odd_batch_with_two_threads(monkeypatch, workload_pairs, native: bool) -> None:
+    """ResNet-8's strided 1×1 convolutions (shortcuts, a branch) run compact in channels_last;
+    oneDNN's weight gradient of such a convolution writes out of bounds on an odd batch with
+    2 threads (the process then crashed): the compact layers read the strided samples with
+    stride 1 instead. Native op and Python path, against the dense path."""
+    from plinio.fast import sparse_conv
+
+    sparse, dense = workload_pairs["resnet8"]
+    x = torch.randn((3,) + tuple(RUNTIME_INPUT["resnet8"]), generator=torch.Generator().manual_seed(4))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        if not native:
+            monkeypatch.setattr(sparse_conv, "native_compact_conv", lambda: False)
+        for step in range(3):
+            with forced_sparse(monkeypatch):
+                got = results(sparse, x, step)
+            assert_same(got, results(dense, x, step))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_depthwise_and_pointwise_layers_and_merged_convs_run_sparse(workload_pairs) -> None:
     """The sites of the workloads: depthwise convs, 1×1 convs, Linear, merged supernet convs."""
     names = {}
