@@ -306,7 +306,8 @@ class _ConvKernels(_CompactKernels):
         """The caller's input gradient from aten's gradient of what it read."""
         grad = grad_read
         if self.steps is not None:
-            grad = grad_read.new_zeros(lifted_shape).contiguous(memory_format=_memory_format(grad_read))
+            grad = torch.empty(lifted_shape, dtype=grad_read.dtype, device=grad_read.device,
+                               memory_format=_memory_format(grad_read)).zero_()
             self._samples(grad).copy_(grad_read)
         # as F.pad's own backward gives: a dense tensor, not a strided view
         grad = grad if self.spec is None else F.pad(grad, [-p for p in self.spec])
