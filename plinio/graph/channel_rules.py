@@ -250,7 +250,7 @@ def _zero_pad(m: nn.Module) -> bool:
 
 
 _PROPAGATE_MODULES = (
-    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
+    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
     nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.LPPool1d, nn.LPPool2d,
@@ -263,8 +263,10 @@ _PROPAGATE_MODULES = (
 )
 
 # Layers with per-channel parameters that are not converted, activations with f(0) != 0,
-# normalisations over channels, softmax over channels.
+# normalisations over channels, softmax over channels; alpha dropouts, which in training map
+# 0 to a nonzero value (the affine correction that keeps the mean and variance).
 _FREEZE_MODULES = (
+    nn.AlphaDropout, nn.FeatureAlphaDropout,
     nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Linear, nn.Bilinear,
     nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d,
     nn.InstanceNorm2d, nn.LocalResponseNorm, nn.Sigmoid, nn.Hardsigmoid, nn.LogSigmoid, nn.Softplus, nn.GLU,
@@ -286,7 +288,7 @@ MODULE_RULES: Dict[type, Rule] = {
 _PROPAGATE_FUNCTIONS = (
     torch.relu, torch.relu_, F.relu, F.relu6, F.leaky_relu, F.elu, F.celu, F.selu, F.gelu, F.silu, F.mish,
     F.hardswish, F.tanhshrink, F.softsign, torch.abs, F.hardshrink, F.softshrink, torch.tanh, F.tanh,
-    F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout, torch.dropout,
+    F.dropout, F.dropout1d, F.dropout2d, torch.dropout,
     F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
     F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.interpolate, torch.clone,
 )
@@ -294,7 +296,7 @@ _FREEZE_FUNCTIONS = (
     torch.sigmoid, F.sigmoid, F.hardsigmoid, F.logsigmoid, F.softplus, torch.softmax, F.softmax,
     torch.log_softmax, F.log_softmax, F.softmin, F.layer_norm, F.group_norm, F.batch_norm, F.conv1d,
     F.conv2d, F.linear, torch.transpose, torch.permute, torch.squeeze, torch.unsqueeze, torch.matmul,
-    operator.matmul, F.normalize,
+    operator.matmul, F.normalize, F.alpha_dropout, F.feature_alpha_dropout,
 )
 
 FUNCTION_RULES: Dict[Any, Rule] = {

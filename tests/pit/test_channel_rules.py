@@ -36,6 +36,10 @@ OPS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "nn.Threshold(0.1, 3)": nn.Threshold(0.1, 3.0),
     "nn.MaxPool2d(3, 1, 1)": nn.MaxPool2d(3, 1, 1),
     "F.avg_pool2d(3, 1, 1)": lambda y: F.avg_pool2d(y, 3, 1, 1),
+    # in training, alpha dropouts map 0 to a nonzero value
+    "nn.AlphaDropout(0.3)": nn.AlphaDropout(0.3),
+    "nn.FeatureAlphaDropout(0.3)": nn.FeatureAlphaDropout(0.3),
+    "nn.Dropout(0.3)": nn.Dropout(0.3),
 }
 
 
@@ -55,6 +59,8 @@ class _TwoLayers(nn.Module):
 @pytest.mark.parametrize("sparse", [False, True])
 def test_an_op_carries_the_mask_only_if_it_maps_zero_to_zero(name: str, sparse: bool) -> None:
     op = OPS[name]
+    if isinstance(op, nn.Module):
+        op.train()  # as a search trains it (a previous case may have left it in eval mode)
     keeps_zero = bool((op(torch.zeros(1, 4, 2, 2)) == 0).all())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -78,3 +84,15 @@ def test_an_op_carries_the_mask_only_if_it_maps_zero_to_zero(name: str, sparse: 
         torch.testing.assert_close(search(x), want, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(exported(x), want, rtol=1e-5, atol=1e-6)
     assert exported.a.out_channels == exported.b.in_channels == (2 if keeps_zero else 4)
+
+
+@pytest.mark.parametrize("dropout", [F.alpha_dropout, F.feature_alpha_dropout])
+def test_functional_alpha_dropouts_stop_the_mask(dropout: Callable[..., torch.Tensor]) -> None:
+    """In training an alpha dropout maps 0 to a nonzero value (its affine correction), so the
+    layer before it keeps every channel (a traced call's training flag is a constant, so the
+    values are not compared in eval mode as above)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        search = PIT(_TwoLayers(lambda y: dropout(y, 0.3, True)), input_shape=(3, 6, 6))
+    assert search.seed.a.out_features_masker.frozen
+    assert not search.seed.b.out_features_masker.frozen
