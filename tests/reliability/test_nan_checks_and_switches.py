@@ -182,3 +182,20 @@ def test_numpy_booleans_are_booleans():
     assert search.seed.sn.sn_combiner.hard_softmax is True and bool(search.seed.sn.sn_combiner.hard)
     search.train_selection = np.array([1, 2]).sum() > 5
     assert search.train_selection is False
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_a_cost_overflowing_half_precision_says_how_to_keep_it_finite(sparse: bool) -> None:
+    """A search converted with ``.half()`` computes its costs in float16, whose range (65504)
+    the MACs of a real layer exceed: the error names the dtype and the remedy, and the remedy
+    works (float32 architectural parameters beside float16 layers)."""
+    torch.manual_seed(0)
+    search = PIT(nn.Sequential(nn.Conv1d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv1d(64, 64, 3, padding=1)),
+                 input_shape=(3, 32), sparse=sparse).half()
+    with pytest.raises(FloatingPointError, match=r"get_macs: the cost is inf .*torch\.float16.*65504.*float32"):
+        search.get_macs()
+    for p in search.nas_parameters():
+        p.data = p.data.float()
+    y = search(torch.randn(2, 3, 32).half())
+    assert y.dtype == torch.float16 and search.get_macs().dtype == torch.float32
+    assert torch.isfinite(search.get_regularization_loss())

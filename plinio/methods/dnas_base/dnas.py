@@ -251,8 +251,17 @@ class DNAS(nn.Module):
             return cost
         check_nas_parameters(self, where)
         if not bool(torch.isfinite(cost).all()):
+            hint = "check the layers' weights and shapes"
+            narrow = [d for d in {p.dtype for p in self.nas_parameters()}
+                      if d.is_floating_point and torch.finfo(d).max < torch.finfo(torch.float32).max]
+            if narrow:
+                dtype = min(narrow, key=lambda d: torch.finfo(d).max)
+                hint = (f"the costs are computed in the architectural parameters' dtype, {dtype}, whose largest "
+                        f"value is {torch.finfo(dtype).max:g}: keep them in float32 (after `.half()`: "
+                        "`for p in model.nas_parameters(): p.data = p.data.float()`; the layers still compute in "
+                        f"{dtype}), or search in float32 under autocast")
             raise FloatingPointError(f"{type(self).__name__}.{where}: the cost is {cost.tolist()} although every "
-                                     f"architectural parameter is finite; check the layers' weights and shapes")
+                                     f"architectural parameter is finite; {hint}")
         return cost
 
     def arch_summary(self) -> Dict[str, Dict[str, Any]]:
