@@ -229,6 +229,18 @@ def _threshold_args_zero(node: fx.Node) -> bool:
     return is_number(threshold) and is_number(value) and (threshold < 0 or value == 0)
 
 
+def _power_args_zero(node: fx.Node) -> bool:
+    """the exponent is a number >= 1 (0 ** p = 0 with a finite derivative)"""
+    exponent = call_arg(node, 1, "exponent", None)
+    return is_number(exponent) and exponent >= 1
+
+
+def _instance_norm_args_zero(node: fx.Node) -> bool:
+    """no running statistics, weight or bias (each channel normalized by its own statistics)"""
+    return all(call_arg(node, i, name, None) is None
+               for i, name in enumerate(("running_mean", "running_var", "weight", "bias"), start=1))
+
+
 def _hardtanh_zero(m: nn.Module) -> bool:
     """min_val <= 0 <= max_val"""
     return m.min_val <= 0 <= m.max_val
@@ -288,7 +300,7 @@ MODULE_RULES: Dict[type, Rule] = {
 _PROPAGATE_FUNCTIONS = (
     torch.relu, torch.relu_, F.relu, F.relu6, F.leaky_relu, F.elu, F.celu, F.selu, F.gelu, F.silu, F.mish,
     F.hardswish, F.tanhshrink, F.softsign, torch.abs, F.hardshrink, F.softshrink, torch.tanh, F.tanh,
-    F.dropout, F.dropout1d, F.dropout2d, torch.dropout,
+    F.dropout, F.dropout1d, F.dropout2d, torch.dropout, F.rrelu, torch.rrelu, torch.square,
     F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
     F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.interpolate, torch.clone,
 )
@@ -296,7 +308,8 @@ _FREEZE_FUNCTIONS = (
     torch.sigmoid, F.sigmoid, F.hardsigmoid, F.logsigmoid, F.softplus, torch.softmax, F.softmax,
     torch.log_softmax, F.log_softmax, F.softmin, F.layer_norm, F.group_norm, F.batch_norm, F.conv1d,
     F.conv2d, F.linear, torch.transpose, torch.permute, torch.squeeze, torch.unsqueeze, torch.matmul,
-    operator.matmul, F.normalize, F.alpha_dropout, F.feature_alpha_dropout,
+    operator.matmul, F.normalize, F.alpha_dropout, F.feature_alpha_dropout, F.local_response_norm, F.glu,
+    F.pixel_shuffle, F.pixel_unshuffle, torch.exp,
 )
 
 FUNCTION_RULES: Dict[Any, Rule] = {
@@ -311,12 +324,14 @@ FUNCTION_RULES: Dict[Any, Rule] = {
     F.pad: pad_fn, operator.getitem: getitem, getattr: no_channels,
     F.hardtanh: _when_args(_hardtanh_args_zero), F.threshold: _when_args(_threshold_args_zero),
     torch.clamp: _when_args(_clamp_args_zero), torch.clip: _when_args(_clamp_args_zero),
+    operator.pow: _when_args(_power_args_zero), torch.pow: _when_args(_power_args_zero),
+    F.instance_norm: _when_args(_instance_norm_args_zero),
 }
 
 METHOD_RULES: Dict[str, Rule] = {
     **{name: propagate for name in ("relu", "relu_", "tanh", "contiguous", "clone", "float", "double", "half",
-                                    "to", "type_as", "neg", "abs")},
-    **{name: freeze_rule for name in ("sigmoid", "softmax", "log_softmax", "permute", "transpose",
+                                    "to", "type_as", "neg", "abs", "square")},
+    **{name: freeze_rule for name in ("sigmoid", "softmax", "log_softmax", "exp", "permute", "transpose",
                                       "squeeze", "unsqueeze", "matmul", "expand", "repeat", "chunk", "split")},
     "add": merge_rule, "add_": merge_rule, "sub": merge_rule, "sub_": merge_rule,
     "mul": scale_rule, "mul_": scale_rule, "div": scale_rule,
@@ -324,6 +339,7 @@ METHOD_RULES: Dict[str, Rule] = {
     "mean": reduce, "sum": reduce, "amax": reduce,
     "size": no_channels, "dim": no_channels, "numel": no_channels,
     **{name: _when_args(_clamp_args_zero) for name in ("clamp", "clamp_", "clip", "clip_")},
+    "pow": _when_args(_power_args_zero),
 }
 
 

@@ -40,6 +40,27 @@ OPS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "nn.AlphaDropout(0.3)": nn.AlphaDropout(0.3),
     "nn.FeatureAlphaDropout(0.3)": nn.FeatureAlphaDropout(0.3),
     "nn.Dropout(0.3)": nn.Dropout(0.3),
+    "F.rrelu": lambda y: F.rrelu(y),
+    "torch.square": torch.square,
+    "y.square()": lambda y: y.square(),
+    "y ** 2": lambda y: y ** 2,
+    "y ** 3": lambda y: y ** 3,
+    "torch.pow(y, 2)": lambda y: torch.pow(y, 2),
+    "y.pow(1)": lambda y: y.pow(1),
+    "y ** 0": lambda y: y ** 0,
+    "y ** -1": lambda y: y ** -1,
+    "torch.exp": torch.exp,
+    "y.exp()": lambda y: y.exp(),
+    "F.instance_norm": lambda y: F.instance_norm(y),
+    "F.instance_norm(bias)": lambda y: F.instance_norm(y, weight=torch.ones(4), bias=torch.full((4,), 0.5)),
+}
+
+# ops that map 0 to 0 but mix channels: the kept channels' values depend on the pruned ones'
+# positions, which the export removes, so the layer before them keeps every channel
+MIXING: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "F.local_response_norm(2)": lambda y: F.local_response_norm(y, 2),
+    "F.glu": lambda y: torch.cat([F.glu(y, 1)] * 2, 1),
+    "F.pixel_shuffle": lambda y: F.pixel_unshuffle(F.pixel_shuffle(y, 2), 2),
 }
 
 
@@ -96,3 +117,16 @@ def test_functional_alpha_dropouts_stop_the_mask(dropout: Callable[..., torch.Te
         search = PIT(_TwoLayers(lambda y: dropout(y, 0.3, True)), input_shape=(3, 6, 6))
     assert search.seed.a.out_features_masker.frozen
     assert not search.seed.b.out_features_masker.frozen
+
+
+@pytest.mark.parametrize("name", sorted(MIXING))
+def test_an_op_mixing_channels_stops_the_mask(name: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        search = PIT(_TwoLayers(MIXING[name]), input_shape=(3, 6, 6))
+    assert search.seed.a.out_features_masker.frozen
+    assert not search.seed.b.out_features_masker.frozen
+    search.eval()
+    x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(search.arch_export(add_bn=False).eval()(x), search(x), rtol=1e-5, atol=1e-6)
