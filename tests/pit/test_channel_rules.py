@@ -36,10 +36,10 @@ OPS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "nn.Threshold(0.1, 3)": nn.Threshold(0.1, 3.0),
     "nn.MaxPool2d(3, 1, 1)": nn.MaxPool2d(3, 1, 1),
     "F.avg_pool2d(3, 1, 1)": lambda y: F.avg_pool2d(y, 3, 1, 1),
+    "nn.Dropout(0.3)": nn.Dropout(0.3),
     # in training, alpha dropouts map 0 to a nonzero value
     "nn.AlphaDropout(0.3)": nn.AlphaDropout(0.3),
     "nn.FeatureAlphaDropout(0.3)": nn.FeatureAlphaDropout(0.3),
-    "nn.Dropout(0.3)": nn.Dropout(0.3),
     "F.rrelu": lambda y: F.rrelu(y),
     "torch.square": torch.square,
     "y.square()": lambda y: y.square(),
