@@ -1,9 +1,10 @@
 """Sparse execution inside the search (README "Sparse execution"): the same values and gradients
 as the dense fast path (outputs, inputs, weights, α, β, γ and the supernets' α) on random
 models and masks (also with every kind of activation, pooling and dropout after the layers,
-and in-place ops on their outputs), on the benchmark workloads in soft, hard and Gumbel mode,
-when masks flip between steps; the switch; one host transfer per step; dense under torch.compile and
-autocast; double backward refused; saved-for-backward bytes."""
+in-place ops on their outputs, and causal TCNs with their exports), on the benchmark
+workloads in soft, hard and Gumbel mode, when masks flip between steps; the switch; one host
+transfer per step; dense under torch.compile and autocast; double backward refused;
+saved-for-backward bytes."""
 import sys
 from pathlib import Path
 from typing import Tuple
@@ -127,6 +128,68 @@ def test_random_models_with_masks_flipping_between_steps(monkeypatch, spec: rm.M
                         flip = torch.rand(param.shape, generator=flips) < 0.3
                         param[flip] = torch.where(param[flip] > 0.5, 0.2, 0.8)
             dense.load_state_dict(sparse.state_dict())
+
+
+class _CausalTCN(nn.Module):
+    """Dilated Conv1d layers, each after a causal ``ConstantPad1d`` (absorbed into the layer
+    by the fast path's padding pass) or with symmetric padding, then BatchNorm or not and a
+    ReLU, a LeakyReLU or nothing."""
+
+    def __init__(self, in_channels: int, layers: Tuple[Tuple[int, int, int, bool, str, bool], ...]) -> None:
+        super().__init__()
+        modules, channels = [], in_channels
+        for out, kernel, dilation, causal, act, bn in layers:
+            reach = (kernel - 1) * dilation
+            if causal:
+                modules.append(nn.ConstantPad1d((reach, 0), 0.0))
+            modules.append(nn.Conv1d(channels, out, kernel, dilation=dilation, padding=0 if causal else reach // 2))
+            if bn:
+                modules.append(nn.BatchNorm1d(out))
+            modules.append({"relu": nn.ReLU(), "leaky": nn.LeakyReLU(0.1), "none": nn.Identity()}[act])
+            channels = out
+        self.features = nn.Sequential(*modules)
+        self.head = nn.Linear(channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(2))
+
+
+@st.composite
+def causal_tcn_layers(draw: st.DrawFn) -> Tuple[Tuple[int, int, int, bool, str, bool], ...]:
+    layers = []
+    for _ in range(draw(st.integers(1, 4))):
+        kernel, dilation, causal = draw(st.sampled_from([3, 5, 8])), draw(st.sampled_from([1, 2])), draw(st.booleans())
+        causal = causal or (kernel - 1) * dilation % 2 == 1  # symmetric padding needs an even reach
+        layers.append((draw(st.sampled_from([4, 6, 8])), kernel, dilation, causal,
+                       draw(st.sampled_from(["relu", "leaky", "none"])), draw(st.booleans())))
+    return tuple(layers)
+
+
+@SETTINGS
+@given(layers=causal_tcn_layers(), length=st.sampled_from([16, 33]), seed=st.integers(0, 2 ** 16))
+def test_random_causal_tcns_with_masks_flipping_between_steps(monkeypatch, layers, length: int, seed: int) -> None:
+    """Random TCNs (causal padding absorbed into the layers, receptive-field and dilation masks
+    searched): sparse equals dense over three SGD steps with masks flipping between them, and
+    the export of either equals its search in eval mode."""
+    torch.manual_seed(seed)
+    sparse, dense, x = _random_pair(_CausalTCN(2, layers), (2, length), seed, training=True, hard=False)
+    optimizers = [torch.optim.SGD(search.parameters(), lr=1e-2) for search in (sparse, dense)]
+    flips = torch.Generator().manual_seed(seed + 7)
+    with forced_sparse(monkeypatch):
+        for step in range(3):
+            assert_same(results(sparse, x, seed + step), results(dense, x, seed + step))
+            for optimizer in optimizers:
+                optimizer.step()
+            with torch.no_grad():
+                for param in sparse.nas_parameters():
+                    flip = torch.rand(param.shape, generator=flips) < 0.3
+                    param[flip] = torch.where(param[flip] > 0.5, 0.2, 0.8)
+            dense.load_state_dict(sparse.state_dict())
+        for search in (sparse, dense):
+            search.eval()
+            with torch.no_grad():
+                torch.testing.assert_close(search.arch_export(add_bn=False).eval()(x), search(x),
+                                           rtol=1e-4, atol=1e-5)
 
 
 class _InPlaceAfterLayers(nn.Module):
