@@ -115,19 +115,25 @@ def test_random_models_with_masks_flipping_between_steps(monkeypatch, spec: rm.M
     refuses to modify)."""
     torch.manual_seed(seed)
     sparse, dense, x = _random_pair(rm.RandomNet(spec), spec.input_shape, seed, training, hard)
+    with forced_sparse(monkeypatch):
+        _steps_with_flips(sparse, dense, x, seed)
+
+
+def _steps_with_flips(sparse: nn.Module, dense: nn.Module, x: torch.Tensor, seed: int) -> None:
+    """Three SGD steps, sparse and dense the same each time, with a third of every PIT mask
+    parameter flipped across the threshold between them (the supernets' α left as they are)."""
     optimizers = [torch.optim.SGD(search.parameters(), lr=1e-2) for search in (sparse, dense)]
     flips = torch.Generator().manual_seed(seed + 7)
-    with forced_sparse(monkeypatch):
-        for step in range(3):
-            assert_same(results(sparse, x, seed + step), results(dense, x, seed + step))
-            for optimizer in optimizers:
-                optimizer.step()
-            with torch.no_grad():
-                for name, param in sparse.named_nas_parameters():
-                    if not name.endswith("combiner.alpha"):
-                        flip = torch.rand(param.shape, generator=flips) < 0.3
-                        param[flip] = torch.where(param[flip] > 0.5, 0.2, 0.8)
-            dense.load_state_dict(sparse.state_dict())
+    for step in range(3):
+        assert_same(results(sparse, x, seed + step), results(dense, x, seed + step))
+        for optimizer in optimizers:
+            optimizer.step()
+        with torch.no_grad():
+            for name, param in sparse.named_nas_parameters():
+                if not name.endswith("combiner.alpha"):
+                    flip = torch.rand(param.shape, generator=flips) < 0.3
+                    param[flip] = torch.where(param[flip] > 0.5, 0.2, 0.8)
+        dense.load_state_dict(sparse.state_dict())
 
 
 class _CausalTCN(nn.Module):
@@ -173,18 +179,8 @@ def test_random_causal_tcns_with_masks_flipping_between_steps(monkeypatch, layer
     the export of either equals its search in eval mode."""
     torch.manual_seed(seed)
     sparse, dense, x = _random_pair(_CausalTCN(2, layers), (2, length), seed, training=True, hard=False)
-    optimizers = [torch.optim.SGD(search.parameters(), lr=1e-2) for search in (sparse, dense)]
-    flips = torch.Generator().manual_seed(seed + 7)
     with forced_sparse(monkeypatch):
-        for step in range(3):
-            assert_same(results(sparse, x, seed + step), results(dense, x, seed + step))
-            for optimizer in optimizers:
-                optimizer.step()
-            with torch.no_grad():
-                for param in sparse.nas_parameters():
-                    flip = torch.rand(param.shape, generator=flips) < 0.3
-                    param[flip] = torch.where(param[flip] > 0.5, 0.2, 0.8)
-            dense.load_state_dict(sparse.state_dict())
+        _steps_with_flips(sparse, dense, x, seed)
         for search in (sparse, dense):
             search.eval()
             with torch.no_grad():
