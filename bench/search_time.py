@@ -17,6 +17,14 @@ warm-up of the weights, then the search at strength λ (cross-entropy + λ·MACs
 the supernets' temperature annealed as in the demo) until the masks prune, and the export.
 Its accuracy column is not reported (random labels).
 
+Every training step is logged (a forward pre-hook on the wrapper, its own time left out of
+the phase times) with whether some channel mask had pruned a channel when it began. A step
+with nothing pruned runs the same dense computation with sparse execution on or off, so the
+time the dense configuration spends in such steps (with the conversion) bounds what sparse
+execution can gain: no exact skipping of pruned channels makes that search more than
+``dense total / (conversion + unpruned steps)`` faster end to end; the report prints the
+bound under the table.
+
     python bench/search_time.py [--configs fast,dense,reference] [--strength 1]
                                 [--warmup-epochs 4] [--search-epochs 5] [--seed 0]
                                 [--threads 2] [--repeats 1]
@@ -32,7 +40,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -49,6 +57,7 @@ from plinio.demo.pipeline import reproducible  # noqa: E402
 from plinio.demo.search import chosen_branches, search, temperature_at, warm_up  # noqa: E402
 from plinio.demo.training import evaluate  # noqa: E402
 from plinio.methods import PITSuperNet  # noqa: E402
+from plinio.methods.pit.nn.module import PITWeightedModule  # noqa: E402
 
 
 class Configuration(NamedTuple):
@@ -67,9 +76,60 @@ CONFIGURATIONS: Dict[str, Configuration] = {
 }
 
 
+class StepLog:
+    """The training steps of a wrapper, in order: when each began, whether some channel was
+    pruned then, and the end of each phase. A forward pre-hook records them (forwards in eval
+    mode, e.g. a validation pass, count with the step before); the hook's own time is kept
+    apart (``hook_s``) so that it can be left out of the phase times."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        self._layers = [m for m in net.modules() if isinstance(m, PITWeightedModule)]
+        self._events: List[tuple] = []  # (seconds of work so far, "pruned" | "unpruned" | "end")
+        self.hook_s = 0.0
+        self._handle = net.register_forward_pre_hook(self._record)
+
+    def _any_pruned(self) -> bool:
+        with torch.no_grad():
+            return any(not bool(layer.features_mask.all()) for layer in self._layers)
+
+    def _record(self, module: torch.nn.Module, args: Any) -> None:
+        if not module.training:
+            return
+        entered = time.perf_counter()
+        kind = "pruned" if self._any_pruned() else "unpruned"
+        self._events.append((entered - self.hook_s, kind))
+        self.hook_s += time.perf_counter() - entered
+
+    def now(self) -> float:
+        """Seconds on the clock of the steps (``perf_counter`` less the hook's time)."""
+        return time.perf_counter() - self.hook_s
+
+    def end_phase(self) -> None:
+        """The last step so far ends here."""
+        self._events.append((self.now(), "end"))
+
+    def close(self) -> None:
+        self._handle.remove()
+
+    def counts(self) -> Tuple[int, int, float]:
+        """(steps, steps with nothing pruned, seconds spent in those)."""
+        steps = unpruned = 0
+        unpruned_s = 0.0
+        for (start, kind), (following, _) in zip(self._events, self._events[1:]):
+            if kind == "end":
+                continue
+            steps += 1
+            if kind == "unpruned":
+                unpruned += 1
+                unpruned_s += following - start
+        return steps, unpruned, unpruned_s
+
+
 @dataclass
 class SearchRun:
-    """Wall times (seconds) of one configuration's search and what it found."""
+    """Wall times (seconds) of one configuration's search and what it found. ``steps``: the
+    training steps of warm-up and search; ``unpruned_steps`` of them began with no channel
+    pruned and took ``unpruned_s``."""
 
     configuration: str
     conversion_s: float
@@ -78,11 +138,21 @@ class SearchRun:
     architecture: Dict[str, Any]
     exported_macs: float
     val_accuracy: float
+    steps: int = 0
+    unpruned_steps: int = 0
+    unpruned_s: float = 0.0
 
     @property
     def total_s(self) -> float:
         """Conversion + warm-up + search."""
         return self.conversion_s + self.warmup_s + self.search_s
+
+    @property
+    def sparse_bound(self) -> float:
+        """For a run without sparse execution (``dense``): the most any exact skipping of
+        pruned channels can speed it up by, since its steps with nothing pruned (and the
+        conversion) cost the same either way."""
+        return self.total_s / (self.conversion_s + self.unpruned_s)
 
 
 def exported_architecture(summary: Mapping[str, Any], demo: bool = True) -> Dict[str, Any]:
@@ -114,17 +184,22 @@ def run_search(name: str, schedule: Schedule, strength: float, seed: int) -> Sea
                           **configuration.options)
         reference_cost = float(net.get_regularization_loss().detach())
         converted = time.perf_counter()
+        log = StepLog(net)
+        started = log.now()
         warm_up(net, data, schedule, torch.Generator().manual_seed(seed * 1000), False)
-        warmed = time.perf_counter()
+        log.end_phase()
+        warmed = log.now()
         search(net, data, strength, reference_cost, schedule,
                torch.Generator().manual_seed(seed * 1000 + 1), False, desc=name)
-        searched = time.perf_counter()
+        log.end_phase()
+        searched = log.now()
+        log.close()
         net.update_softmax_options(hard=True)
         _, val_accuracy = evaluate(net, data.val, schedule.batch_size)
         architecture = exported_architecture(net.arch_summary())
         macs = model_cost(net.arch_export(), data.input_shape).macs
-    return SearchRun(name, converted - start, warmed - converted, searched - warmed,
-                     architecture, macs, val_accuracy)
+    return SearchRun(name, converted - start, warmed - started, searched - warmed,
+                     architecture, macs, val_accuracy, *log.counts())
 
 
 @dataclass(frozen=True)
@@ -165,11 +240,14 @@ def run_workload_search(name: str, workload: SyntheticWorkload, schedule: Schedu
         net = build_wrapper(model, spec.input_shape, options["fast"], options.get("sparse", True))
         reference_cost = float(net.get_regularization_loss().detach())
         converted = time.perf_counter()
+        log = StepLog(net)
+        started = log.now()
         warm = [torch.optim.Adam(net.net_parameters(), lr=schedule.net_lr)]
         for _ in range(schedule.warmup_epochs):
             for batch in range(workload.batches):
                 _step(net, warm, inputs[batch], labels[batch])
-        warmed = time.perf_counter()
+        log.end_phase()
+        warmed = log.now()
         both = [torch.optim.Adam(net.net_parameters(), lr=schedule.net_lr),
                 torch.optim.Adam(net.nas_parameters(), lr=schedule.nas_lr)]
         for epoch in range(schedule.search_epochs):
@@ -178,13 +256,15 @@ def run_workload_search(name: str, workload: SyntheticWorkload, schedule: Schedu
             for batch in range(workload.batches):
                 _step(net, both, inputs[batch], labels[batch],
                       lambda: net.get_regularization_loss() / reference_cost, strength)
-        searched = time.perf_counter()
+        log.end_phase()
+        searched = log.now()
+        log.close()
         if hasattr(net, "update_softmax_options"):
             net.update_softmax_options(hard=True)
         architecture = exported_architecture(net.arch_summary(), demo=False)
         macs = model_cost(net.arch_export(), tuple(spec.input_shape)).macs
-    return SearchRun(name, converted - start, warmed - converted, searched - warmed,
-                     architecture, macs, float("nan"))
+    return SearchRun(name, converted - start, warmed - started, searched - warmed,
+                     architecture, macs, float("nan"), *log.counts())
 
 
 def run_all(names: Sequence[str], schedule: Schedule, strength: float, seed: int,
@@ -205,7 +285,8 @@ def run_all(names: Sequence[str], schedule: Schedule, strength: float, seed: int
         results.append(replace(
             first, conversion_s=statistics.median(r.conversion_s for r in runs[name]),
             warmup_s=statistics.median(r.warmup_s for r in runs[name]),
-            search_s=statistics.median(r.search_s for r in runs[name])))
+            search_s=statistics.median(r.search_s for r in runs[name]),
+            unpruned_s=statistics.median(r.unpruned_s for r in runs[name])))
     return results
 
 
@@ -222,6 +303,16 @@ def format_report(runs: Sequence[SearchRun]) -> str:
         lines.append(f"| {r.configuration} | {r.conversion_s:.2f} | {r.warmup_s:.2f} | "
                      f"{r.search_s:.2f} | {r.total_s:.2f} | {r.total_s / first.total_s:.2f}× | "
                      f"{r.exported_macs:.0f} | {r.val_accuracy:.3f} | {same} |")
+    lines.append("")
+    for r in runs:
+        lines.append(f"{r.configuration}: {r.unpruned_steps} of {r.steps} training steps began with no "
+                     f"channel pruned ({r.unpruned_s:.2f} s of {r.total_s:.2f} s)")
+    dense = next((r for r in runs if r.configuration == "dense"), None)
+    if dense is not None:
+        lines.append(f"A step with nothing pruned computes the same with sparse execution on or off, so "
+                     f"skipping pruned channels can make this search at most {dense.total_s:.2f} / "
+                     f"({dense.conversion_s:.2f} + {dense.unpruned_s:.2f}) = {dense.sparse_bound:.2f}× "
+                     "faster than dense end to end.")
     for r in runs:
         lines.append(f"\nexported architecture, {r.configuration} "
                      f"({CONFIGURATIONS[r.configuration].description}):")

@@ -70,3 +70,46 @@ def test_search_time_of_a_bench_workload_on_synthetic_data(capsys):
     assert "tcn on synthetic data (2 batches of 4 per epoch)" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         search_time.main(["--workload", "nonexistent"])
+
+
+def test_step_log_counts_the_steps_that_began_with_nothing_pruned():
+    import torch
+
+    from plinio.methods import PIT
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 4 * 4, 4))
+    net = PIT(model, input_shape=(3, 6, 6))
+    log = search_time.StepLog(net)
+    x = torch.randn(2, 3, 6, 6)
+    for _ in range(3):
+        net(x)
+    log.end_phase()
+    net.eval()
+    net(x)  # an eval-mode forward is no step
+    net.train()
+    alpha = next(a for name, a in net.named_nas_parameters() if "out_features_masker" in name)
+    with torch.no_grad():
+        alpha[:3] = 0.0  # three channels below the threshold from now on
+    for _ in range(2):
+        net(x)
+    log.end_phase()
+    log.close()
+    net(x)  # after close: not logged
+    steps, unpruned, unpruned_s = log.counts()
+    assert (steps, unpruned) == (5, 3)
+    assert unpruned_s > 0 and log.hook_s > 0
+
+
+def test_search_time_prints_the_bound_of_the_dense_run(capsys):
+    runs = search_time.main(["--workload", "dscnn", "--configs", "fast,dense", "--warmup-epochs", "1",
+                             "--search-epochs", "2", "--batches", "2", "--batch-size", "2"])
+    for run in runs:
+        assert run.steps == (1 + 2) * 2
+        assert 2 <= run.unpruned_steps <= run.steps  # the warm-up prunes nothing
+        assert 0 < run.unpruned_s < run.total_s
+    dense = runs[1]
+    assert dense.sparse_bound == pytest.approx(dense.total_s / (dense.conversion_s + dense.unpruned_s))
+    assert f"at most {dense.total_s:.2f} / ({dense.conversion_s:.2f} + {dense.unpruned_s:.2f})" \
+        in capsys.readouterr().out
