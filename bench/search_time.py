@@ -11,11 +11,11 @@ whether each configuration found the same architecture as the first one.
 The digits model is small (8×8 digits upsampled to 16×16, 16 and 32 channels): per-op fixed
 costs weigh more in its steps. With ``--workload NAME`` (a workload of ``bench/models.py``:
 dscnn, resnet8, ...) the same demo-style search runs on that network instead, where
-convolutions dominate: synthetic seeded data (``--batches`` batches of ``--batch-size`` inputs and random labels per epoch),
-the workload's wrapper with the MACs regularizer (``bench/search_step.build_wrapper``),
-warm-up of the weights, then the search at strength λ (cross-entropy + λ·MACs / initial MACs,
-the supernets' temperature annealed as in the demo) until the masks prune, and the export.
-Its accuracy column is not reported (random labels).
+convolutions dominate: synthetic seeded data (``--batches`` batches of ``--batch-size``
+inputs and random labels per epoch), the workload's wrapper with the MACs regularizer
+(``bench/search_step.build_wrapper``), warm-up of the weights, then the search at strength λ
+(cross-entropy + λ·MACs / initial MACs, the supernets' temperature annealed as in the demo)
+until the masks prune, and the export. Its accuracy column is not reported (random labels).
 
 Every training step is logged (a forward pre-hook on the wrapper, its own time left out of
 the phase times) with whether some channel mask had pruned a channel when it began. A step
