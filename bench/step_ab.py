@@ -18,7 +18,12 @@ Shortcuts (each exact: the same values and gradients on and off):
   weight's column block; off: the Python autograd function of ``plinio.fast.sparse_conv``;
 - ``costs``: the soft built-in costs of the regularizer run as the native op
   ``plinio::pit_soft_costs`` and its backward op (``plinio.methods.pit.cost_model``); off: the
-  cost graph through autograd, as for binarized masks and under ``torch.compile``.
+  cost graph through autograd, as for binarized masks and under ``torch.compile``;
+- ``masks``: a compact layer whose only searched mask is its channel mask convolves its
+  unmasked weight, and ``plinio::compact_conv`` gives α its gradient; off: the layer builds its
+  masked weight with ``plinio.ops.pit_masked_weight`` first. Workloads without a 2-D
+  convolution (the TCN: its Conv1d layers have receptive-field and dilation masks too, its
+  Linear classifier runs no native op) have no row for it.
 
 In each round both copies run ``--steps-per-round`` consecutive steps and the last one is
 timed; the table gives the median step of each and the median, min and max of the per-round
@@ -26,7 +31,7 @@ ratios on/off (a shared machine drifts: the ratio of one round compares steps ta
 apart).
 
     python bench/step_ab.py [--workloads resnet8,tcn] [--prune 0.5,0.75]
-                            [--shortcuts native,theta,edges,costs] [--threads 2] [--repeats 30]
+                            [--shortcuts native,theta,edges,costs,masks] [--threads 2] [--repeats 30]
 """
 import argparse
 import contextlib
@@ -46,6 +51,7 @@ from bench.search_step import (CLOCKS, SearchSetup, _fractions, add_round_option
 from bench.models import count_supernets, workloads  # noqa: E402
 from plinio.fast import sparse_conv  # noqa: E402
 from plinio.methods.pit.cost_model import PITCostModel  # noqa: E402
+from plinio.methods.pit.nn.module import PITWeightedModule  # noqa: E402
 from plinio.methods.pit_supernet.nn.combiner import PITSuperNetCombiner  # noqa: E402
 
 
@@ -88,12 +94,19 @@ def _graph_costs() -> ContextManager[None]:
     return _replaced(PITCostModel, _fast_costs=PITCostModel._graph_costs)
 
 
+def _masked_weights() -> ContextManager[None]:
+    """Compact layers convolve their masked weight (``pit_masked_weight``) instead of the
+    unmasked one with their mask's gradient in the native op."""
+    return _replaced(PITWeightedModule, _channel_mask_args=lambda self: None)
+
+
 # shortcut -> a context in which it is off
 SHORTCUTS: Dict[str, Callable[[], ContextManager[None]]] = {
     "native": _python_compact_conv,
     "theta": _buffer_theta,
     "edges": _python_edge_layers,
     "costs": _graph_costs,
+    "masks": _masked_weights,
 }
 
 
@@ -183,11 +196,13 @@ def main(argv: Optional[Sequence[str]] = None) -> List[ABRow]:
     print(f"# command: python bench/step_ab.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     rows = []
     for name in names:
-        supernets = count_supernets(workloads()[name].factory()) > 0
+        model = workloads()[name].factory()
+        supernets = count_supernets(model) > 0
+        conv2d = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
         for pruned in _fractions(args.prune):
             for shortcut in shortcuts:
-                if shortcut == "theta" and not supernets:
-                    continue  # no θ to compute
+                if shortcut == "theta" and not supernets or shortcut == "masks" and not conv2d:
+                    continue  # no θ to compute, no layer with a channel mask only
                 rows.append(measure(name, pruned, shortcut, args.batch_size, args.repeats,
                                     args.steps_per_round, args.clock))
                 print(f"#  {name} {pruned:.0%} pruned, {shortcut}: on {rows[-1].on_ms:.2f} ms, "

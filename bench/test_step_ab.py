@@ -7,6 +7,7 @@ from bench import step_ab
 from bench.search_step import build_setups, search_step
 from plinio.fast import sparse_conv
 from plinio.methods.pit.cost_model import _native_costs_run, _SoftBuiltinCosts
+from plinio.methods.pit.nn.module import PITWeightedModule
 from plinio.methods.pit_supernet.nn.combiner import PITSuperNetCombiner
 
 
@@ -26,9 +27,10 @@ def _count_calls(monkeypatch, owner, name):
     ("native", sparse_conv._ConvKernels, "compact_conv"),
     ("theta", PITSuperNetCombiner, "_sampled_soft_theta"),
     ("costs", _SoftBuiltinCosts, "apply"),
+    ("masks", PITWeightedModule, "_channel_mask_args"),
 ])
 def test_a_shortcut_switched_off_takes_its_fallback_in_that_copy_only(monkeypatch, shortcut, owner, name):
-    if shortcut == "native" and not sparse_conv.native_compact_conv():
+    if shortcut in ("native", "masks") and not sparse_conv.native_compact_conv():
         pytest.skip("plinio::compact_conv is not available (extension not built)")
     if shortcut == "costs" and not _native_costs_run(torch.zeros(1)):
         pytest.skip("plinio::pit_soft_costs is not available (extension not built)")
@@ -63,7 +65,7 @@ def test_edges_off_runs_the_edge_layers_through_the_python_function(monkeypatch)
     torch.testing.assert_close(loss_on, loss_off)
 
 
-def test_the_table_has_a_row_per_case_and_no_theta_row_without_supernets(capsys):
+def test_the_table_has_a_row_per_case_and_no_theta_or_masks_row_where_they_do_not_apply(capsys):
     threads = torch.get_num_threads()
     try:
         rows = step_ab.main(["--workloads", "tcn,dscnn", "--prune", "0.75", "--repeats", "1",
@@ -72,9 +74,9 @@ def test_the_table_has_a_row_per_case_and_no_theta_row_without_supernets(capsys)
         torch.set_num_threads(threads)
     assert [(r.workload, r.shortcut) for r in rows] == [
         ("tcn", "native"), ("tcn", "edges"), ("tcn", "costs"),
-        ("dscnn", "native"), ("dscnn", "theta"), ("dscnn", "edges"), ("dscnn", "costs")]
+        ("dscnn", "native"), ("dscnn", "theta"), ("dscnn", "edges"), ("dscnn", "costs"), ("dscnn", "masks")]
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| dscnn")]
-    assert len(table) == 4 and all(r.on_ms > 0 and r.off_ms > 0 and len(r.ratios) == 1 for r in rows)
+    assert len(table) == 5 and all(r.on_ms > 0 and r.off_ms > 0 and len(r.ratios) == 1 for r in rows)
 
 
 def test_an_unknown_shortcut_is_refused():

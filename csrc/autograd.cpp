@@ -224,16 +224,19 @@ class CompactConvFunction : public torch::autograd::Function<CompactConvFunction
                             const OptTensor& bias, const OptTensor& rows, const OptTensor& cols,
                             at::IntArrayRef stride, at::IntArrayRef padding_before,
                             at::IntArrayRef padding_after, at::IntArrayRef dilation, bool depthwise,
-                            bool direct) {
+                            bool direct, const OptTensor& alpha, int64_t keep_alive) {
     at::AutoDispatchBelowADInplaceOrView guard;
     CompactConvForward forward =
         compact_conv_forward(input, weight, bias, rows, cols, stride, padding_before, padding_after,
-                             dilation, depthwise, direct);
-    ctx->save_for_backward({forward.input, forward.weight_block});
+                             dilation, depthwise, direct, alpha, keep_alive);
+    ctx->save_for_backward({forward.input, forward.weight_block,
+                            forward.bias_rows.value_or(at::Tensor()),
+                            alpha.value_or(at::Tensor())});
     ctx->saved_data["rows"] = rows.has_value() ? c10::IValue(*rows) : c10::IValue();
     ctx->saved_data["cols"] = cols.has_value() ? c10::IValue(*cols) : c10::IValue();
     ctx->saved_data["weight_sizes"] = weight.sizes().vec();
     ctx->saved_data["has_bias"] = bias.has_value();
+    ctx->saved_data["keep_alive"] = keep_alive;
     ctx->saved_data["stride"] = forward.geometry.stride;
     ctx->saved_data["padding_before"] = forward.geometry.padding_before;
     ctx->saved_data["padding_after"] = forward.geometry.padding_after;
@@ -260,14 +263,24 @@ class CompactConvFunction : public torch::autograd::Function<CompactConvFunction
                                        ctx->saved_data["dilation"].toIntVector(),
                                        ctx->saved_data["depthwise"].toBool(),
                                        ctx->saved_data["direct"].toBool()};
-    // needs_input_grad counts the tensor arguments given: the bias, when given, is the third
-    const bool bias_grad = ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2);
-    auto [grad_input, grad_weight, grad_bias] =
-        compact_conv_backward(grads[0], saved[0], saved[1], index("rows"), index("cols"),
-                              ctx->saved_data["weight_sizes"].toIntVector(), geometry,
+    // needs_input_grad counts the tensor arguments given: the bias, when given, is the third,
+    // alpha the last (after the bias, rows and cols that were given)
+    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    const bool bias_grad = has_bias && ctx->needs_input_grad(2);
+    const OptTensor rows = index("rows");
+    const OptTensor cols = index("cols");
+    const int64_t alpha_edge = 2 + has_bias + rows.has_value() + cols.has_value();
+    std::optional<CompactConvMask> mask;
+    if (saved[3].defined() && ctx->needs_input_grad(alpha_edge)) {
+      mask = CompactConvMask{saved[3], ctx->saved_data["keep_alive"].toInt()};
+    }
+    auto [grad_input, grad_weight, grad_bias, grad_alpha] =
+        compact_conv_backward(grads[0], saved[0], saved[1], saved_opt(saved[2]), rows, cols,
+                              ctx->saved_data["weight_sizes"].toIntVector(), geometry, mask,
                               ctx->needs_input_grad(0), ctx->needs_input_grad(1), bias_grad);
     variable_list out{grad_input, grad_weight, grad_bias};
-    out.resize(11);  // rows, cols and the non-tensor arguments have none
+    out.resize(13);  // rows, cols and the non-tensor arguments have none
+    out[11] = grad_alpha;
     return out;
   }
 };
@@ -339,9 +352,10 @@ at::Tensor compact_conv_autograd(const at::Tensor& input, const at::Tensor& weig
                                  const OptTensor& bias, const OptTensor& rows,
                                  const OptTensor& cols, at::IntArrayRef stride,
                                  at::IntArrayRef padding_before, at::IntArrayRef padding_after,
-                                 at::IntArrayRef dilation, bool depthwise, bool direct) {
+                                 at::IntArrayRef dilation, bool depthwise, bool direct,
+                                 const OptTensor& alpha, int64_t keep_alive) {
   return CompactConvFunction::apply(input, weight, bias, rows, cols, stride, padding_before,
-                                    padding_after, dilation, depthwise, direct);
+                                    padding_after, dilation, depthwise, direct, alpha, keep_alive);
 }
 
 }  // namespace

@@ -278,37 +278,75 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compact_conv_compute_backward(
   return {grad_input, grad_weight, grad_bias};
 }
 
+void check_mask(const std::optional<at::Tensor>& alpha, int64_t keep_alive,
+                const at::Tensor& weight) {
+  if (!alpha.has_value()) return;
+  TORCH_CHECK(alpha->dim() == 1 && alpha->size(0) == weight.size(0), kOp,
+              ": alpha must be the 1-D channel-mask parameter of the ", weight.size(0),
+              " output channels, got shape ", alpha->sizes());
+  TORCH_CHECK(alpha->scalar_type() == weight.scalar_type() && alpha->device() == weight.device(),
+              kOp, ": alpha (", alpha->scalar_type(), " on ", alpha->device(),
+              ") must have the weight's dtype and device (", weight.scalar_type(), " on ",
+              weight.device(), "); run pit_masked_weight for mixed dtypes");
+  TORCH_CHECK(keep_alive >= 0 && keep_alive <= weight.size(0), kOp, ": keep_alive must be in [0, ",
+              weight.size(0), "], got ", keep_alive);
+}
+
+// The gradient pit_masked_weight gives α for the rows the block computes (the mask is 1
+// there): sign(α_r) Σ grad·weight over the row (and its bias), zero on the keep-alive rows;
+// on the other rows the layer's output gradient is 0 (a compact output), and so is α's.
+at::Tensor alpha_grad(const at::Tensor& block_grad, const at::Tensor& weight_block,
+                      const at::Tensor& rows_grad, const std::optional<at::Tensor>& bias_rows,
+                      const std::optional<at::Tensor>& rows, const CompactConvMask& mask) {
+  std::vector<int64_t> dims;
+  for (int64_t d = 1; d < weight_block.dim(); ++d) dims.push_back(d);
+  at::Tensor per_row = (block_grad * weight_block).sum(dims);
+  if (bias_rows.has_value()) per_row.add_(rows_grad * *bias_rows);
+  const int64_t channels = mask.alpha.size(0);
+  at::Tensor grad = scatter_channels(per_row, 0, rows, channels).mul_(mask.alpha.sign());
+  if (mask.keep_alive > 0) grad.narrow(0, channels - mask.keep_alive, mask.keep_alive).zero_();
+  return grad;
+}
+
 }  // namespace
 
-CompactConvForward compact_conv_forward(const at::Tensor& input, const at::Tensor& weight,
-                                        const std::optional<at::Tensor>& bias,
-                                        const std::optional<at::Tensor>& rows,
-                                        const std::optional<at::Tensor>& cols,
-                                        at::IntArrayRef stride, at::IntArrayRef padding_before,
-                                        at::IntArrayRef padding_after, at::IntArrayRef dilation,
-                                        bool depthwise, bool direct) {
+CompactConvForward compact_conv_forward(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& rows, const std::optional<at::Tensor>& cols,
+    at::IntArrayRef stride, at::IntArrayRef padding_before, at::IntArrayRef padding_after,
+    at::IntArrayRef dilation, bool depthwise, bool direct, const std::optional<at::Tensor>& alpha,
+    int64_t keep_alive) {
   const CompactConvGeometry geometry = compact_conv_geometry(
       input, weight, stride, padding_before, padding_after, dilation, depthwise, direct);
+  check_mask(alpha, keep_alive, weight);
   const CompactConvOperands operands =
       compact_conv_operands(input, weight, bias, rows, cols, depthwise);
   at::Tensor output =
       compact_conv_compute(operands.input, operands.weight, operands.bias, geometry);
-  return {geometry, operands.input, operands.weight, output};
+  return {geometry, operands.input, operands.weight, output, operands.bias};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> compact_conv_backward(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> compact_conv_backward(
     const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight_block,
-    const std::optional<at::Tensor>& rows, const std::optional<at::Tensor>& cols,
-    at::IntArrayRef weight_sizes, const CompactConvGeometry& geometry, bool input_grad,
-    bool weight_grad, bool bias_grad) {
-  auto [grad_input, grad_weight, grad_bias] = compact_conv_compute_backward(
-      compact_layout(grad), input, weight_block, geometry, input_grad, weight_grad, bias_grad);
-  if (grad_weight.defined()) {
-    grad_weight = scatter_channels(scatter_channels(grad_weight, 1, cols, weight_sizes[1]), 0, rows,
+    const std::optional<at::Tensor>& bias_rows, const std::optional<at::Tensor>& rows,
+    const std::optional<at::Tensor>& cols, at::IntArrayRef weight_sizes,
+    const CompactConvGeometry& geometry, const std::optional<CompactConvMask>& mask,
+    bool input_grad, bool weight_grad, bool bias_grad) {
+  const bool mask_grad = mask.has_value();
+  auto [grad_input, block_grad, rows_grad] = compact_conv_compute_backward(
+      compact_layout(grad), input, weight_block, geometry, input_grad, weight_grad || mask_grad,
+      bias_grad || (mask_grad && bias_rows.has_value()));
+  at::Tensor grad_alpha;
+  if (mask_grad) {
+    grad_alpha = alpha_grad(block_grad, weight_block, rows_grad, bias_rows, rows, *mask);
+  }
+  at::Tensor grad_weight, grad_bias;
+  if (weight_grad) {
+    grad_weight = scatter_channels(scatter_channels(block_grad, 1, cols, weight_sizes[1]), 0, rows,
                                    weight_sizes[0]);
   }
-  if (grad_bias.defined()) grad_bias = scatter_channels(grad_bias, 0, rows, weight_sizes[0]);
-  return {grad_input, grad_weight, grad_bias};
+  if (bias_grad) grad_bias = scatter_channels(rows_grad, 0, rows, weight_sizes[0]);
+  return {grad_input, grad_weight, grad_bias, grad_alpha};
 }
 
 namespace {
@@ -319,9 +357,10 @@ at::Tensor compact_conv(const at::Tensor& input, const at::Tensor& weight,
                         const std::optional<at::Tensor>& rows,
                         const std::optional<at::Tensor>& cols, at::IntArrayRef stride,
                         at::IntArrayRef padding_before, at::IntArrayRef padding_after,
-                        at::IntArrayRef dilation, bool depthwise, bool direct) {
+                        at::IntArrayRef dilation, bool depthwise, bool direct,
+                        const std::optional<at::Tensor>& alpha, int64_t keep_alive) {
   return compact_conv_forward(input, weight, bias, rows, cols, stride, padding_before,
-                              padding_after, dilation, depthwise, direct)
+                              padding_after, dilation, depthwise, direct, alpha, keep_alive)
       .output;
 }
 

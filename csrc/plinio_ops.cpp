@@ -87,10 +87,14 @@ TORCH_LIBRARY(plinio, m) {
   // 2-D, the input holding only the channels the block reads. Runs in channels_last (1-D:
   // memory (N, L, C)); `direct` runs plinio::small_conv. Its gradients are the weight's and
   // the bias's in their whole shape, zero outside the block (compact_conv.cpp, autograd.cpp).
+  // With `alpha` (the layer's channel-mask parameter, whose kept channels are `rows`), the
+  // weight and bias are the layer's own, unmasked (its mask is 1 on every row it computes),
+  // and the op gives alpha the gradient pit_masked_weight would: sign(α) Σ grad·weight per
+  // kept row (bias included), 0 on the last `keep_alive` rows and on the pruned rows.
   m.def(
       "compact_conv(Tensor input, Tensor weight, Tensor? bias, Tensor? rows, Tensor? cols, "
       "int[] stride, int[] padding_before, int[] padding_after, int[] dilation, bool depthwise, "
-      "bool direct) -> Tensor");
+      "bool direct, Tensor? alpha=None, int keep_alive=0) -> Tensor");
   // (size [L], MACs [L]), float32: the costs of every layer of a PIT network with continuous
   // masks, from α of every channel masker, β and γ of every Conv1d (absent without one) and
   // the network's static tables (plinio/methods/pit/cost_model.py builds them; their order is

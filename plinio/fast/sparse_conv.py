@@ -74,6 +74,7 @@ from .padded_conv import pad_spec
 
 _NAME = "plinio.fast.sparse_masked_conv"
 Shape = Tuple[int, ...]
+ChannelMaskArgs = Tuple[torch.Tensor, int]  # a layer's channel-mask parameter α, its keep-alive channels
 
 
 # ----------------------------------------------------------------- gathers and scatters
@@ -346,14 +347,18 @@ class _ConvKernels(_CompactKernels):
         return self._drop(self._backward(grad, self._padded(x), like, [False, True, False])[1])
 
     def compact_conv(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                     rows: Optional[torch.Tensor], cols: Optional[torch.Tensor]) -> torch.Tensor:
+                     rows: Optional[torch.Tensor], cols: Optional[torch.Tensor],
+                     mask: Optional[ChannelMaskArgs] = None) -> torch.Tensor:
         """conv(x, weight[rows][:, cols], bias[rows]) of a compact layer (its input holds the
         channels the block reads, its output the rows) in one native op with its autograd in
         C++, ``plinio::compact_conv``: the same computations as :class:`_SparseMaskedConv`'s
-        (the weight and bias gradients in their whole shape)."""
+        (the weight and bias gradients in their whole shape). ``mask``: ``weight`` and
+        ``bias`` are the layer's unmasked ones and the op gives the mask parameter its
+        gradient too (see :func:`run_sparse_plan`)."""
         direct = self._forward_runs_small(x, weight.shape[0] if rows is None else rows.shape[0])
+        alpha, keep_alive = (None, 0) if mask is None else mask
         return torch.ops.plinio.compact_conv.default(x, weight, bias, rows, cols, *self.small_args,
-                                                     self.depthwise, direct)
+                                                     self.depthwise, direct, alpha, keep_alive)
 
     def input_and_weight_grad(self, grad: torch.Tensor, x: torch.Tensor,
                               weight: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -649,29 +654,44 @@ def sparse_plan(geometry: Optional[ConvGeometry], out_channels: int, in_channels
                       compact_out=compact_out)
 
 
+def runs_native(plan: SparsePlan, x: torch.Tensor) -> bool:
+    """Whether :func:`run_sparse_plan` runs ``plan`` on ``x`` as the native op: a compact
+    layer, or a dense input read whole into a compact output where the input needs no
+    gradient or is laid out channels_last already (its gradient then has the layout the
+    Python path gives it)."""
+    return plan.native and (plan.compact_in or not x.requires_grad or _memory_format(x) == torch.channels_last)
+
+
 def run_sparse_plan(plan: SparsePlan, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *,
                     keep_full_input: bool = False, gathered_input: Optional[torch.Tensor] = None,
-                    compact_weight: bool = False) -> torch.Tensor:
+                    compact_weight: bool = False, mask: Optional[ChannelMaskArgs] = None) -> torch.Tensor:
     """:func:`sparse_masked_conv` with a plan made by :func:`sparse_plan`. ``compact_weight``
     (only where ``plan.takes_compact_weight``): ``weight`` and ``bias`` are already the block
     of rows ``plan.kept`` and columns ``plan.forward_in``, and their gradients are returned
-    for that block (a caller building its weight from parts then builds only that block)."""
+    for that block (a caller building its weight from parts then builds only that block).
+
+    ``mask`` (α, keep-alive channels; only where :func:`runs_native`): ``weight`` and ``bias``
+    are the layer's unmasked ones, ``plan.kept`` the channels its mask α keeps, and α gets the
+    gradient ``plinio.ops.pit_masked_weight`` would give it (the mask is 1 on every row
+    computed, and a compact output has no gradient on the others), so that the layer needs
+    no masked weight of its own in the step."""
     if compact_weight and not plan.takes_compact_weight:
         raise ValueError(f"{_NAME}: compact_weight needs a plan whose computations all read the kept rows and "
                          "live columns only (no pruned-row or dead-input gradient, not depthwise)")
+    if mask is not None and (compact_weight or not runs_native(plan, x)):
+        raise ValueError(f"{_NAME}: an unmasked weight with its mask needs a layer the native op runs whole "
+                         "(see runs_native)")
     _check_shapes(plan, x, weight, bias, compact_weight)
     if gathered_input is not None and plan.compact_in:
         raise ValueError(f"{_NAME}: gathered_input does not apply to a compact input")
     if plan.column_block:
         return F.linear(x, weight if compact_weight else select_channels(weight, 1, plan.forward_in), bias)
-    # a dense input read whole: by the native op where it needs no gradient, or is laid out
-    # channels_last already (its gradient then has the layout the Python path gives it)
-    if plan.native and (plan.compact_in or not x.requires_grad or _memory_format(x) == torch.channels_last):
+    if runs_native(plan, x):
         if not plan.compact_in and gathered_input is not None and not x.requires_grad:
             x = gathered_input  # the caller's copy in the kernels' layout
         rows, cols = (None, None) if compact_weight else \
             (plan.kept, None if plan.kernels.depthwise else plan.forward_in)
-        return plan.kernels.compact_conv(x, weight, bias, rows, cols)
+        return plan.kernels.compact_conv(x, weight, bias, rows, cols, mask)
     return _SparseMaskedConv.apply(x, weight, bias, plan, keep_full_input, gathered_input, compact_weight)
 
 

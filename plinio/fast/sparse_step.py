@@ -36,7 +36,8 @@ import torch.nn as nn
 from plinio.graph.channels import Concat, Const, Desc, Flatten, Group
 
 from .linear_ops import ConvGeometry
-from .sparse_conv import _CompactKernels, LayerWork, run_sparse_plan, select_channels, sparse_pays, sparse_plan
+from .sparse_conv import (ChannelMaskArgs, _CompactKernels, LayerWork, run_sparse_plan, runs_native, select_channels,
+                          sparse_pays, sparse_plan)
 
 
 @dataclass(frozen=True)
@@ -108,11 +109,12 @@ class SparseCall:
     (``plinio.fast.sparse_conv.run_sparse_plan``)."""
 
     def __init__(self, site: SparseSite, geometry: Optional[ConvGeometry], kept: Optional[torch.Tensor],
-                 live: Optional[torch.Tensor]) -> None:
+                 live: Optional[torch.Tensor], kept_by: Optional[nn.Module] = None) -> None:
         self.site = site
         self.geometry = geometry
         self.kept = kept
         self.live = live
+        self.kept_by = kept_by  # the masker whose kept channels ``kept`` are
         device = kept.device if kept is not None else live.device if live is not None else None
         self.plan = sparse_plan(geometry, site.out_channels, site.in_channels, kept, live,
                                 grad_pruned_rows=site.grad_pruned_rows, grad_dead_inputs=site.grad_dead_inputs,
@@ -130,22 +132,32 @@ class SparseCall:
         only and pass ``compact_weight=True``."""
         return (self.plan.kept, self.plan.forward_in) if self.plan.takes_compact_weight else None
 
+    def takes_mask_of(self, masker: nn.Module, x: torch.Tensor) -> bool:
+        """Whether this call may take its layer's unmasked weight with ``masker``'s parameter
+        (``mask`` of :meth:`__call__`): a layer the native op runs whole whose kept rows are
+        ``masker``'s kept channels."""
+        return self.kept is not None and self.kept_by is masker and runs_native(self.plan, x)
+
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                 compact_weight: bool = False) -> torch.Tensor:
+                 compact_weight: bool = False, mask: Optional[ChannelMaskArgs] = None) -> torch.Tensor:
         """The convolution; the channels of ``x`` it reads are gathered in the layout it runs
         in once per forward for all the convolutions reading them (a supernet's branches).
-        ``compact_weight``: ``weight`` and ``bias`` are the block :meth:`weight_block` names."""
+        ``compact_weight``: ``weight`` and ``bias`` are the block :meth:`weight_block` names.
+        ``mask`` (where :meth:`takes_mask_of`): ``weight`` and ``bias`` are unmasked, and the
+        mask parameter gets its gradient from the convolution
+        (``plinio.fast.sparse_conv.run_sparse_plan``)."""
         gathered = None if self.site.compact_in else _shared_gather(x, self.plan.forward_in, self.plan.kernels)
         return run_sparse_plan(self.plan, x, weight, bias, keep_full_input=self.site.keep_input,
-                               gathered_input=gathered, compact_weight=compact_weight)
+                               gathered_input=gathered, compact_weight=compact_weight, mask=mask)
 
 
 class _SiteSets:
     """A site's index sets of the current masks, and its decisions per input size."""
 
     def __init__(self, site: SparseSite, kept: Optional[torch.Tensor], live: Optional[torch.Tensor],
-                 n_kept: int, n_live: int) -> None:
+                 n_kept: int, n_live: int, kept_by: Optional[nn.Module] = None) -> None:
         self.site = site
+        self.kept_by = kept_by
         self.kept = kept
         self.live = live
         self.n_kept = n_kept
@@ -181,11 +193,11 @@ class _SiteSets:
                                    "build the wrapper with sparse=False (or set `.sparse = False`) for this model")
             return None
         if compact:  # its input or its output holds only the live / kept channels: it must run compact
-            return SparseCall(site, geometry, self.kept, self.live)
+            return SparseCall(site, geometry, self.kept, self.live, self.kept_by)
         work = LayerWork(geometry, site.in_channels, site.out_channels, positions, backward, input_grad)
         if not sparse_pays(work, self.n_kept, self.n_live, site.grad_pruned_rows, site.grad_dead_inputs):
             return None
-        return SparseCall(site, geometry, self.kept, self.live)
+        return SparseCall(site, geometry, self.kept, self.live, self.kept_by)
 
 
 def _live_indices(desc: Desc, kept: Mapping[int, Optional[np.ndarray]], sizes: Mapping[int, int]
@@ -244,7 +256,8 @@ class _Step:
             for idx in (k_idx, l_idx):
                 views.append(None if idx is None else packed[offset:offset + idx.size])
                 offset += 0 if idx is None else idx.size
-            self.sites[key] = _SiteSets(site, views[0], views[1], n_kept, n_live)
+            kept_by = execution.masks[site.kept].owner if site.kept is not None else None
+            self.sites[key] = _SiteSets(site, views[0], views[1], n_kept, n_live, kept_by)
         # the kept channels a compact tensor of each compact group holds (None: all)
         self.compact: Dict[int, Optional[torch.Tensor]] = {}
         for gid, idx in compact:

@@ -161,7 +161,7 @@ def _fake_small_conv_weight_grad(grad: Tensor, input: Tensor, weight_size: Seque
 def _fake_compact_conv(input: Tensor, weight: Tensor, bias: Optional[Tensor], rows: Optional[Tensor],
                        cols: Optional[Tensor], stride: Sequence[int], padding_before: Sequence[int],
                        padding_after: Sequence[int], dilation: Sequence[int], depthwise: bool,
-                       direct: bool) -> Tensor:
+                       direct: bool, alpha: Optional[Tensor] = None, keep_alive: int = 0) -> Tensor:
     spatial = _small_conv_sizes(input.shape[2:], weight.shape[2:], stride, padding_before, padding_after,
                                 dilation)
     channels = weight.shape[0] if rows is None else rows.shape[0]

@@ -765,9 +765,11 @@ def _native(on: bool) -> Iterator[None]:
 
 
 def _compact_call(layer: MaskedLayer, x: torch.Tensor, live: torch.Tensor, native: bool,
-                  compact_weight: bool = False) -> Tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+                  compact_weight: bool = False, with_mask: bool = False
+                  ) -> Tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
     """(the compact layer as a function of its compact input, that input): the input holds the
-    live channels (the kept ones for a depthwise layer), the output the kept rows."""
+    live channels (the kept ones for a depthwise layer), the output the kept rows.
+    ``with_mask``: the op convolves the unmasked weight and takes α (``mask`` of run_sparse_plan)."""
     _, _, kept = layer.masked()
     g = layer.geometry
     with _native(native):
@@ -776,6 +778,8 @@ def _compact_call(layer: MaskedLayer, x: torch.Tensor, live: torch.Tensor, nativ
     assert plan.native == native
 
     def forward(t: torch.Tensor) -> torch.Tensor:
+        if with_mask:
+            return run_sparse_plan(plan, t, layer.weight, layer.bias, mask=(layer.alpha, layer.keep_alive))
         w, b, _ = layer.masked()
         if compact_weight:
             w = w.index_select(0, kept).index_select(1, live)
@@ -950,6 +954,59 @@ def test_the_native_compact_conv_equals_the_dense_layer_and_takes_a_compact_weig
         _assert_close(grads_block[name], grads[name], f"gradient of {name} with a compact weight block")
 
 
+@pytest.mark.parametrize("kind, keep_alive, bias", [("conv2d", 0, True), ("conv2d", 2, False),
+                                                   ("depthwise2d", 1, True), ("conv1d", 1, True)])
+def test_the_native_compact_conv_given_the_mask_gives_alpha_the_gradient_of_the_masked_weight(kind, keep_alive,
+                                                                                              bias):
+    """With α, the op convolves the layer's unmasked weight and gives the input, the weight,
+    the bias and α the gradients of the masked-weight path (pit_masked_weight, then the op):
+    α of both signs, keep-alive rows (gradient 0), pruned rows (gradient 0)."""
+    _needs_native_op()
+    layer, x = _layer_and_input(kind, kept=(0, 2, 3), live=(1, 2, 4, 5), keep_alive=keep_alive, bias=bias)
+    layer.beta = layer.gamma = None  # the channel mask only
+    with torch.no_grad():  # both signs (the kept set depends on |α| only)
+        layer.alpha.abs_()[::2] *= -1
+    live = torch.tensor([1, 2, 4, 5])
+    masked, x_compact = _compact_call(layer, x, live, native=True)
+    y_want, g_want = run(masked, x_compact, layer.params())
+    unmasked, _ = _compact_call(layer, x, live, native=True, with_mask=True)
+    y, grads = run(unmasked, x_compact, layer.params())
+    _assert_close(y, y_want, "output")
+    for name in g_want:
+        _assert_close(grads[name], g_want[name], f"gradient of {name}")
+    _, _, kept = layer.masked()
+    pruned = torch.ones(6, dtype=torch.bool)
+    pruned[kept] = False
+    assert grads["alpha"][pruned].abs().max() == 0
+    if keep_alive:
+        assert grads["alpha"][-keep_alive:].abs().max() == 0
+    assert grads["alpha"][kept[:1]].abs().max() > 0
+
+
+def test_the_native_compact_conv_checks_the_mask_it_is_given():
+    _needs_native_op()
+    x = torch.randn(2, 3, 8, 8)
+    w = torch.randn(4, 6, 3, 3)
+    rows, cols = torch.tensor([0, 2]), torch.tensor([1, 2, 5])
+    op = torch.ops.plinio.compact_conv.default
+    args = ([1, 1], [1, 1], [1, 1], [1, 1], False, False)
+    with pytest.raises(RuntimeError, match=r"plinio::compact_conv: alpha must be the 1-D channel-mask parameter "
+                                           r"of the 4 output channels, got shape \[6\]"):
+        op(x, w, None, rows, cols, *args, torch.randn(6), 1)
+    with pytest.raises(RuntimeError, match=r"plinio::compact_conv: alpha \(Double on cpu\) must have the weight's "
+                                           r"dtype"):
+        op(x, w, None, rows, cols, *args, torch.randn(4, dtype=torch.float64), 1)
+    with pytest.raises(RuntimeError, match=r"plinio::compact_conv: keep_alive must be in \[0, 4\], got 5"):
+        op(x, w, None, rows, cols, *args, torch.randn(4), 5)
+    layer, xl = _layer_and_input("conv2d", kept=(0, 2), live=(1, 2, 4))
+    _, _, kept = layer.masked()
+    g = layer.geometry
+    plan = sparse_plan(g, g.out_channels, g.in_channels, kept, None, grad_pruned_rows=False, grad_dead_inputs=True,
+                       device=xl.device)
+    with pytest.raises(ValueError, match=r"an unmasked weight with its mask needs a layer the native op runs whole"):
+        run_sparse_plan(plan, xl, layer.weight, layer.bias, mask=(layer.alpha, 0))
+
+
 def test_the_native_compact_conv_refuses_a_double_backward_and_runs_in_inference_mode():
     _needs_native_op()
     layer, x = _layer_and_input("conv2d", kept=(0, 2), live=(1, 2, 4))
@@ -995,9 +1052,11 @@ def test_the_native_compact_conv_passes_opcheck(depthwise, direct, ndim):
                     requires_grad=True)
     b = torch.randn(w.shape[0], generator=gen, requires_grad=True)
     pad = [1] * ndim
-    torch.library.opcheck(torch.ops.plinio.compact_conv.default,
-                          (x, w, b, rows, cols, [1] * ndim, pad, [2] * ndim, [1] * ndim, depthwise, direct),
-                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    for mask in ((), (torch.randn(w.shape[0], generator=gen, requires_grad=True), 1)):
+        torch.library.opcheck(torch.ops.plinio.compact_conv.default,
+                              (x, w, b, rows, cols, [1] * ndim, pad, [2] * ndim, [1] * ndim, depthwise, direct)
+                              + mask,
+                              test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
 @pytest.mark.gpu

@@ -393,6 +393,38 @@ def test_depthwise_and_pointwise_layers_and_merged_convs_run_sparse(workload_pai
     assert {"stack1.conv2.sn_combiner", "stack2.conv2.sn_combiner"} <= names["resnet8"]  # merged
 
 
+def test_compact_layers_convolve_their_unmasked_weight_and_build_no_masked_weight(monkeypatch, workload_pairs) -> None:
+    """In a sparse step a compact layer whose only mask is its channel mask gives
+    plinio::compact_conv its unmasked weight and α (the op gives α its gradient) instead of
+    building a masked weight; the TCN's layers, with receptive-field and dilation masks too,
+    build theirs. Values and gradients: test_workloads_sparse_equals_dense."""
+    from plinio.fast.sparse_conv import native_compact_conv
+
+    if not native_compact_conv():
+        pytest.skip("plinio::compact_conv is not available (extension not built)")
+    built = []
+    masked_weight = ops.pit_masked_weight
+
+    def counting(weight, *args, **kwargs):
+        built.append(weight)
+        return masked_weight(weight, *args, **kwargs)
+
+    monkeypatch.setattr(ops, "pit_masked_weight", counting)
+    for name in ("resnet8", "dscnn", "tcn"):
+        x = torch.randn((4,) + tuple(RUNTIME_INPUT.get(name, workloads()[name].input_shape)),
+                        generator=torch.Generator().manual_seed(3))
+        counts = {}
+        for label, search in zip(("sparse", "dense"), workload_pairs[name]):
+            search.train()
+            built.clear()
+            results(search, x, seed=5)
+            counts[label] = len(built)
+        if name == "tcn":
+            assert counts["sparse"] == counts["dense"] > 0, counts
+        else:
+            assert counts["sparse"] < counts["dense"], (name, counts)
+
+
 @pytest.mark.parametrize("name", ["resnet8", "linear_supernet"])
 def test_merged_convs_build_only_the_kept_block_of_their_kernel(monkeypatch, workload_pairs, name: str) -> None:
     """A pruned merged convolution (ResNet-8's conv2 supernets, with an Identity member in

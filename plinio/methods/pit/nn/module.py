@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from plinio.fast.sparse_step import sparse_call
+from plinio.fast.sparse_step import in_sparse_step, sparse_call
 from plinio.methods.pit.nn.binarizer import PITBinarizer
 from plinio.methods.pit.nn.features_calculator import ConstFeaturesCalculator, FeaturesCalculator
 from plinio.methods.pit.nn.features_masker import PITFeaturesMasker
@@ -136,12 +136,32 @@ class PITWeightedModule(PITModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``dense_forward`` with the masked weights; in a sparse step of the fast path
         (``plinio.fast.sparse_step``) only the kept output rows and live input channels, with
-        the same values and gradients."""
+        the same values and gradients. A compact layer whose only mask is its channel mask
+        convolves its unmasked weight there, and the native op gives α its gradient: the
+        mask is 1 on every row it computes, and no masked weight is built."""
+        mask = self._channel_mask_args()
+        if mask is not None:
+            needs_grad = any(t is not None and t.requires_grad for t in (self.weight, self.bias, mask[0]))
+            call = sparse_call(self, x, needs_grad)
+            if call is not None and call.takes_mask_of(self.out_features_masker, x):
+                return call(x, self.weight, self.bias, mask=mask)
         weight, bias = self.masked_weight_and_bias()
         call = sparse_call(self, x, weight.requires_grad)
         if call is not None:
             return call(x, weight, bias)
         return self.dense_forward(x, weight, bias)
+
+    def _channel_mask_args(self) -> Optional[Tuple[torch.Tensor, int]]:
+        """(α, keep-alive channels) in a sparse step when the channel mask is the layer's only
+        searched mask and α has the weight's dtype (what ``sparse_call``'s native op takes
+        instead of a masked weight), else None."""
+        if torch.compiler.is_compiling() or not (self.use_fused_ops and in_sparse_step()) or \
+                self.fused_time_params() != (None, None):
+            return None
+        alpha = self.out_features_masker.fused_param()
+        if alpha is None or alpha.dtype != self.weight.dtype:
+            return None
+        return alpha, self.out_features_masker.keep_alive_channels
 
     def dense_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         """The layer's operation with the given (masked) weight and bias."""
