@@ -983,30 +983,6 @@ def test_the_native_compact_conv_given_the_mask_gives_alpha_the_gradient_of_the_
     assert grads["alpha"][kept[:1]].abs().max() > 0
 
 
-def test_the_native_compact_conv_checks_the_mask_it_is_given():
-    _needs_native_op()
-    x = torch.randn(2, 3, 8, 8)
-    w = torch.randn(4, 6, 3, 3)
-    rows, cols = torch.tensor([0, 2]), torch.tensor([1, 2, 5])
-    op = torch.ops.plinio.compact_conv.default
-    args = ([1, 1], [1, 1], [1, 1], [1, 1], False, False)
-    with pytest.raises(RuntimeError, match=r"plinio::compact_conv: alpha must be the 1-D channel-mask parameter "
-                                           r"of the 4 output channels, got shape \[6\]"):
-        op(x, w, None, rows, cols, *args, torch.randn(6), 1)
-    with pytest.raises(RuntimeError, match=r"plinio::compact_conv: alpha \(Double on cpu\) must have the weight's "
-                                           r"dtype"):
-        op(x, w, None, rows, cols, *args, torch.randn(4, dtype=torch.float64), 1)
-    with pytest.raises(RuntimeError, match=r"plinio::compact_conv: keep_alive must be in \[0, 4\], got 5"):
-        op(x, w, None, rows, cols, *args, torch.randn(4), 5)
-    layer, xl = _layer_and_input("conv2d", kept=(0, 2), live=(1, 2, 4))
-    _, _, kept = layer.masked()
-    g = layer.geometry
-    plan = sparse_plan(g, g.out_channels, g.in_channels, kept, None, grad_pruned_rows=False, grad_dead_inputs=True,
-                       device=xl.device)
-    with pytest.raises(ValueError, match=r"an unmasked weight with its mask needs a layer the native op runs whole"):
-        run_sparse_plan(plan, xl, layer.weight, layer.bias, mask=(layer.alpha, 0))
-
-
 def test_the_native_compact_conv_refuses_a_double_backward_and_runs_in_inference_mode():
     _needs_native_op()
     layer, x = _layer_and_input("conv2d", kept=(0, 2), live=(1, 2, 4))
@@ -1034,6 +1010,21 @@ def test_the_native_compact_conv_names_itself_on_bad_input():
         op(x, w, None, rows, cols, [1], [1, 1], [1, 1], [1, 1], False, False)
     with pytest.raises(RuntimeError, match=r"plinio::compact_conv: a bias of shape \[3\] does not match 4"):
         op(x, w, torch.randn(3), rows, cols, *args)
+    with pytest.raises(RuntimeError, match=r"plinio::compact_conv: alpha must be the 1-D channel-mask parameter "
+                                           r"of the 4 output channels, got shape \[6\]"):
+        op(x, w, None, rows, cols, *args, torch.randn(6), 1)
+    with pytest.raises(RuntimeError, match=r"plinio::compact_conv: alpha \(Double on cpu\) must have the weight's "
+                                           r"dtype"):
+        op(x, w, None, rows, cols, *args, torch.randn(4, dtype=torch.float64), 1)
+    with pytest.raises(RuntimeError, match=r"plinio::compact_conv: keep_alive must be in \[0, 4\], got 5"):
+        op(x, w, None, rows, cols, *args, torch.randn(4), 5)
+    layer, xl = _layer_and_input("conv2d", kept=(0, 2), live=(1, 2, 4))
+    _, _, kept = layer.masked()
+    g = layer.geometry
+    plan = sparse_plan(g, g.out_channels, g.in_channels, kept, None, grad_pruned_rows=False, grad_dead_inputs=True,
+                       device=xl.device)
+    with pytest.raises(ValueError, match=r"an unmasked weight with its mask needs a layer the native op runs whole"):
+        run_sparse_plan(plan, xl, layer.weight, layer.bias, mask=(layer.alpha, 0))
 
 
 @pytest.mark.parametrize("depthwise, direct, ndim", [(False, False, 2), (False, False, 1), (True, False, 2),
