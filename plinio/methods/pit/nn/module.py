@@ -140,13 +140,15 @@ class PITWeightedModule(PITModule):
         convolves its unmasked weight there, and the native op gives α its gradient: the
         mask is 1 on every row it computes, and no masked weight is built."""
         mask = self._channel_mask_args()
-        if mask is not None:
-            needs_grad = any(t is not None and t.requires_grad for t in (self.weight, self.bias, mask[0]))
-            call = sparse_call(self, x, needs_grad)
+        if mask is None:
+            weight, bias = self.masked_weight_and_bias()
+            call = sparse_call(self, x, weight.requires_grad)
+        else:  # the masked weight would require a gradient iff one of these does
+            call = sparse_call(self, x, any(t is not None and t.requires_grad
+                                            for t in (self.weight, self.bias, mask[0])))
             if call is not None and call.takes_mask_of(self.out_features_masker, x):
                 return call(x, self.weight, self.bias, mask=mask)
-        weight, bias = self.masked_weight_and_bias()
-        call = sparse_call(self, x, weight.requires_grad)
+            weight, bias = self.masked_weight_and_bias()
         if call is not None:
             return call(x, weight, bias)
         return self.dense_forward(x, weight, bias)
