@@ -84,7 +84,7 @@ class StepLog:
 
     def __init__(self, net: torch.nn.Module) -> None:
         self._layers = [m for m in net.modules() if isinstance(m, PITWeightedModule)]
-        self._events: List[tuple] = []  # (seconds of work so far, "pruned" | "unpruned" | "end")
+        self._events: List[Tuple[float, str]] = []  # (seconds of work so far, "pruned" | "unpruned" | "end")
         self.hook_s = 0.0
         self._handle = net.register_forward_pre_hook(self._record)
 

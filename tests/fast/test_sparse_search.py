@@ -425,6 +425,21 @@ def test_compact_layers_convolve_their_unmasked_weight_and_build_no_masked_weigh
             assert counts["sparse"] < counts["dense"], (name, counts)
 
 
+def test_has_time_masks_says_whether_a_layer_builds_tap_masks() -> None:
+    """The masks shortcut reads ``has_time_masks`` instead of building the tap-mask arguments:
+    it must agree with them (Conv1d of 1 and 3 taps, receptive field trained or not)."""
+    from plinio.methods import PIT
+
+    model = nn.Sequential(nn.Conv1d(4, 8, 1), nn.ReLU(), nn.Conv1d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(8 * 16, 3))
+    search = PIT(model, input_shape=(4, 16))
+    for train_rf in (True, False):
+        search.train_rf = search.train_dilation = train_rf
+        layers = [m for m in search.modules() if hasattr(m, "fused_time_params")]
+        assert [m.has_time_masks for m in layers] == [False, True, False]
+        assert all(m.has_time_masks == (m.fused_time_params() != (None, None)) for m in layers)
+
+
 @pytest.mark.parametrize("name", ["resnet8", "linear_supernet"])
 def test_merged_convs_build_only_the_kept_block_of_their_kernel(monkeypatch, workload_pairs, name: str) -> None:
     """A pruned merged convolution (ResNet-8's conv2 supernets, with an Identity member in

@@ -73,6 +73,10 @@ class PITConv1d(ConvHyperParams, PITWeightedModule):
         return self.timestep_masker.fused_param_for(self.rf), self.dilation_masker.fused_param_for(self.rf)
 
     @property
+    def has_time_masks(self) -> bool:
+        return not (self.timestep_masker.frozen and self.dilation_masker.frozen)
+
+    @property
     def k_eff(self) -> torch.Tensor:
         """Continuous kernel size: Σ_i mean-of-terms(θ_β[i]) · mean-of-terms(θ_γ[i])."""
         tm, dm, k = self.timestep_masker, self.dilation_masker, self.rf

@@ -133,6 +133,12 @@ class PITWeightedModule(PITModule):
         """(beta, gamma) arguments of ``pit_masked_weight``."""
         return None, None
 
+    @property
+    def has_time_masks(self) -> bool:
+        """Whether the weight has kernel-tap masks besides the channel mask (whether
+        ``fused_time_params`` gives anything but (None, None)), without building them."""
+        return False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``dense_forward`` with the masked weights; in a sparse step of the fast path
         (``plinio.fast.sparse_step``) only the kept output rows and live input channels, with
@@ -157,8 +163,7 @@ class PITWeightedModule(PITModule):
         """(α, keep-alive channels) in a sparse step when the channel mask is the layer's only
         searched mask and α has the weight's dtype (what ``sparse_call``'s native op takes
         instead of a masked weight), else None."""
-        if torch.compiler.is_compiling() or not (self.use_fused_ops and in_sparse_step()) or \
-                self.fused_time_params() != (None, None):
+        if torch.compiler.is_compiling() or not (self.use_fused_ops and in_sparse_step()) or self.has_time_masks:
             return None
         alpha = self.out_features_masker.fused_param()
         if alpha is None or alpha.dtype != self.weight.dtype:
