@@ -28,7 +28,7 @@ bound under the table.
     python bench/search_time.py [--configs fast,dense,reference] [--strength 1]
                                 [--warmup-epochs 4] [--search-epochs 5] [--seed 0]
                                 [--threads 2] [--repeats 1]
-                                [--workload dscnn [--batches 8] [--batch-size 32]]
+                                [--workload dscnn [--batches 8] [--batch-size 32] [--device cuda]]
 
 A configuration is one entry of ``CONFIGURATIONS``: a name, a description and the keyword
 arguments given to ``PITSuperNet``. With ``--repeats N`` the configurations run N times in
@@ -80,10 +80,13 @@ class StepLog:
     """The training steps of a wrapper, in order: when each began, whether some channel was
     pruned then, and the end of each phase. A forward pre-hook records them (forwards in eval
     mode, e.g. a validation pass, count with the step before); the hook's own time is kept
-    apart (``hook_s``) so that it can be left out of the phase times."""
+    apart (``hook_s``) so that it can be left out of the phase times. On CUDA the clock is
+    read after a device synchronisation, so that the time of the work queued so far counts
+    for the steps, not for the hook (which reads the masks on the host)."""
 
-    def __init__(self, net: torch.nn.Module) -> None:
+    def __init__(self, net: torch.nn.Module, device: str = "cpu") -> None:
         self._layers = [m for m in net.modules() if isinstance(m, PITWeightedModule)]
+        self._cuda = torch.device(device).type == "cuda"
         self._events: List[Tuple[float, str]] = []  # (seconds of work so far, "pruned" | "unpruned" | "end")
         self.hook_s = 0.0
         self._handle = net.register_forward_pre_hook(self._record)
@@ -95,14 +98,19 @@ class StepLog:
     def _record(self, module: torch.nn.Module, args: Any) -> None:
         if not module.training:
             return
-        entered = time.perf_counter()
+        entered = self._clock()
         kind = "pruned" if self._any_pruned() else "unpruned"
         self._events.append((entered - self.hook_s, kind))
         self.hook_s += time.perf_counter() - entered
 
+    def _clock(self) -> float:
+        if self._cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     def now(self) -> float:
         """Seconds on the clock of the steps (``perf_counter`` less the hook's time)."""
-        return time.perf_counter() - self.hook_s
+        return self._clock() - self.hook_s
 
     def end_phase(self) -> None:
         """The last step so far ends here."""
@@ -209,6 +217,7 @@ class SyntheticWorkload:
     name: str
     batches: int = 8
     batch_size: int = 32
+    device: str = "cpu"
 
 
 def _step(net: torch.nn.Module, optimizers: Sequence[torch.optim.Optimizer], inputs: torch.Tensor,
@@ -228,7 +237,8 @@ def run_workload_search(name: str, workload: SyntheticWorkload, schedule: Schedu
     """The demo-style search of ``workload`` with configuration ``name``, timed phase by phase."""
     options = CONFIGURATIONS[name].options
     spec = workloads()[workload.name]
-    with reproducible(seed, "cpu"):
+    device = workload.device
+    with reproducible(seed, device):
         model = spec.factory()
         gen = torch.Generator().manual_seed(seed)
         inputs = torch.randn((workload.batches, workload.batch_size) + tuple(spec.input_shape), generator=gen)
@@ -236,11 +246,12 @@ def run_workload_search(name: str, workload: SyntheticWorkload, schedule: Schedu
             classes = model.eval()(inputs[0, :1]).shape[1]
         model.train()
         labels = torch.randint(0, classes, (workload.batches, workload.batch_size), generator=gen)
+        inputs, labels = inputs.to(device), labels.to(device)
         start = time.perf_counter()
-        net = build_wrapper(model, spec.input_shape, options["fast"], options.get("sparse", True))
+        net = build_wrapper(model, spec.input_shape, options["fast"], options.get("sparse", True)).to(device)
         reference_cost = float(net.get_regularization_loss().detach())
         converted = time.perf_counter()
-        log = StepLog(net)
+        log = StepLog(net, device)
         started = log.now()
         warm = [torch.optim.Adam(net.net_parameters(), lr=schedule.net_lr)]
         for _ in range(schedule.warmup_epochs):
@@ -335,6 +346,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[SearchRun]:
                         help="digits (the demo) or a workload of bench/models.py on synthetic data")
     parser.add_argument("--batches", type=int, default=8, help="synthetic batches per epoch (--workload)")
     parser.add_argument("--batch-size", type=int, default=32, help="synthetic batch size (--workload)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (--workload; the digits search runs on the CPU)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONFIGURATIONS]
@@ -343,19 +355,23 @@ def main(argv: Optional[Sequence[str]] = None) -> List[SearchRun]:
     if args.warmup_epochs < 0 or args.search_epochs < 1 or args.repeats < 1:
         parser.error("--warmup-epochs must be >= 0, --search-epochs and --repeats >= 1")
     workload = None
+    if args.device not in ("cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
+        parser.error(f"--device must be cpu, or cuda where CUDA is available; got {args.device!r}")
+    if args.workload == "digits" and args.device != "cpu":
+        parser.error("the digits search runs on the CPU: give --workload NAME to search on CUDA")
     if args.workload != "digits":
         if args.workload not in workloads():
             parser.error(f"unknown workload {args.workload!r}; choose digits or one of {sorted(workloads())}")
         if args.batches < 1 or args.batch_size < 1:
             parser.error("--batches and --batch-size must be >= 1")
-        workload = SyntheticWorkload(args.workload, args.batches, args.batch_size)
+        workload = SyntheticWorkload(args.workload, args.batches, args.batch_size, args.device)
     torch.set_num_threads(args.threads)
     schedule = Schedule(warmup_epochs=args.warmup_epochs, search_epochs=args.search_epochs)
     data = "digits, batch {schedule.batch_size}" if workload is None else \
         f"{workload.name} on synthetic data ({workload.batches} batches of {workload.batch_size} per epoch)"
     print(f"# demo-style search of {data.format(schedule=schedule)}, λ = {args.strength:g}, MACs regularizer, "
           f"{args.warmup_epochs} warm-up + {args.search_epochs} search epochs, seed "
-          f"{args.seed}, {describe_machine('cpu', args.threads)}")
+          f"{args.seed}, {describe_machine(args.device, args.threads)}")
     print(f"# command: python bench/search_time.py {' '.join(argv or sys.argv[1:])}")
     runs = run_all(names, schedule, args.strength, args.seed, args.repeats, workload)
     print(format_report(runs))

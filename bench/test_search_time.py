@@ -2,6 +2,7 @@
 reports times and exported architectures, and plinio's fast and reference paths export the
 same architecture from the same seeded search."""
 import pytest
+import torch
 
 import bench.search_time as search_time
 from plinio.demo.data import DigitsData, Split, load_digits_data
@@ -72,8 +73,25 @@ def test_search_time_of_a_bench_workload_on_synthetic_data(capsys):
         search_time.main(["--workload", "nonexistent"])
 
 
+def test_search_time_device_checks():
+    with pytest.raises(SystemExit):
+        search_time.main(["--device", "tpu", "--workload", "tcn"])
+    with pytest.raises(SystemExit):  # the digits demo runs on the CPU only
+        search_time.main(["--device", "cuda"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_search_time_of_a_bench_workload_on_cuda(capsys):
+    runs = search_time.main(["--workload", "dscnn", "--configs", "fast,dense", "--device", "cuda",
+                             "--warmup-epochs", "1", "--search-epochs", "2", "--batches", "2",
+                             "--batch-size", "8", "--strength", "5"])
+    assert [r.configuration for r in runs] == ["fast", "dense"]
+    assert all(r.search_s > 0 and r.exported_macs > 0 and r.steps == 6 for r in runs)
+    assert ", GPU " in capsys.readouterr().out
+
+
 def test_step_log_counts_the_steps_that_began_with_nothing_pruned():
-    import torch
 
     from plinio.methods import PIT
 
