@@ -12,7 +12,8 @@
 # slow phase does not hide the others' results; a phase that would start past DEADLINE
 # seconds (default 540) is skipped, and the compiled benchmark gets whatever is left of it.
 # PHASES picks phases by name (default: all, in this order): build tests pruned searches ops
-# compiled. ARCHIVE, when set, is rewritten after every phase with all logs so far (for a
+# compiled; TESTS, PRUNED_WORKLOADS, SEARCH_WORKLOADS and COMPILE_WORKLOADS narrow the
+# phases of those names. ARCHIVE, when set, is rewritten after every phase with all logs so far (for a
 # caller that can fetch only a few files, or whose call may be cut off).
 # Exit status: 0 when every phase run passed.
 set -u
@@ -74,7 +75,7 @@ wanted build && phase build 240 env FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JO
 wanted tests && phase tests_gpu 200 "$PY" -m pytest -q -rfE --maxfail=30 -p no:cacheprovider -m gpu \
   ${TESTS:-tests bench}
 wanted pruned && phase search_step_pruned 150 "$PY" bench/search_step.py "${STEP[@]}" --modes soft \
-  --prune 0,0.5,0.75
+  --prune 0,0.5,0.75 --workloads "${PRUNED_WORKLOADS:-seed,resnet8,dscnn,mobilenetv1,tcn}"
 if wanted searches; then
   for workload in ${SEARCH_WORKLOADS:-dscnn resnet8}; do
     phase "search_time_$workload" 50 "$PY" bench/search_time.py --workload "$workload" --device cuda \

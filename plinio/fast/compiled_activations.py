@@ -88,7 +88,7 @@ class _CompiledActivations(TorchFunctionMode):
                            kwargs: Optional[Dict[str, Any]] = None) -> Any:
         kwargs = kwargs or {}
         handler = _handler(func)
-        on_cpu = bool(args) and isinstance(args[0], Tensor) and args[0].device.type == "cpu"
+        on_cpu = len(args) > 0 and isinstance(args[0], Tensor) and args[0].device.type == "cpu"
         out = handler(*args, **kwargs) if handler is not None and on_cpu else None
         return out if out is not None else func(*args, **kwargs)
 

@@ -278,6 +278,14 @@ def _to_device(indices: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor.to(device, non_blocking=True)
 
 
+# The device types whose steps run sparse. On CUDA, sparse steps ran slower than dense ones in
+# every case measured (one H200, batch 128, the five benchmark workloads at 0, 50 and 75 %
+# pruned: 1.03-1.39x the dense step, `bench/RESULTS.md`): those steps are bound by kernel
+# launches, not by the arithmetic pruning saves, and sparse execution adds gathers, scatters
+# and one host synchronisation per step. There the dense path runs; the CUDA sparse path
+# stays exact and tested, for a caller that adds "cuda" here.
+SPARSE_DEVICE_TYPES = frozenset({"cpu"})
+
 _ACTIVE: contextvars.ContextVar[Optional[_Step]] = contextvars.ContextVar("plinio_sparse_step", default=None)
 # the input copies gathered during the current forward: (id of x, its version, id of the index
 # set or None, the kernels' layout) -> (x, copy); x is held so that its id is not reused while
@@ -376,7 +384,8 @@ class SparseExecution:
         return self._constants[device]
 
     def _runs_dense(self, inputs: Sequence[object]) -> bool:
-        """A threshold changed since the sites were built, autocast is on (the compact
+        """A threshold changed since the sites were built, the model is on a device where
+        sparse steps do not pay (:data:`SPARSE_DEVICE_TYPES`), autocast is on (the compact
         convolutions would not cast), or a network input is channels_last (compact dropout
         draws its noise for the contiguous tensors of a contiguous input)."""
         if any(getattr(owner, name) != value for owner, name, value in self.assumptions):
@@ -385,7 +394,7 @@ class SparseExecution:
                and t.is_contiguous(memory_format=torch.channels_last) for t in inputs):
             return True
         device = self.masks[self._searched[0]].values().device.type if self._searched else "cpu"
-        return torch.is_autocast_enabled(device)
+        return device not in SPARSE_DEVICE_TYPES or torch.is_autocast_enabled(device)
 
     @contextlib.contextmanager
     def step(self, inputs: Sequence[object] = ()) -> Iterator[None]:

@@ -3,7 +3,7 @@ random pruning, forcing every site sparse, one step's results and their comparis
 import contextlib
 import copy
 import warnings
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, Iterator, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -49,7 +49,7 @@ def results(search: nn.Module, x: torch.Tensor, seed: int, regularizer: bool = T
     x = x.detach().clone().requires_grad_(True)
     torch.manual_seed(seed)
     out = search(x)
-    weights = torch.linspace(-1.0, 2.0, out.numel(), dtype=out.dtype).reshape(out.shape)
+    weights = torch.linspace(-1.0, 2.0, out.numel(), dtype=out.dtype, device=out.device).reshape(out.shape)
     loss = (out * out * weights).sum()
     if regularizer:
         loss = loss + 1e-6 * search.get_regularization_loss()
@@ -80,9 +80,10 @@ class SparseCalls:
 
 
 @contextlib.contextmanager
-def forced_sparse(monkeypatch) -> Iterator[SparseCalls]:
+def forced_sparse(monkeypatch, devices: FrozenSet[str] = frozenset({"cpu", "cuda"})) -> Iterator[SparseCalls]:
     """Every site runs sparse whatever the decision rule says (so that exactness is tested on
-    small models), and the sparse calls are counted."""
+    small models), on the device types ``devices`` (CUDA too, by default), and the sparse calls
+    are counted."""
     calls = SparseCalls()
     original = sparse_step.run_sparse_plan
 
@@ -92,6 +93,7 @@ def forced_sparse(monkeypatch) -> Iterator[SparseCalls]:
 
     with monkeypatch.context() as patch:
         patch.setattr(sparse_step, "sparse_pays", lambda *args: True)
+        patch.setattr(sparse_step, "SPARSE_DEVICE_TYPES", devices)
         patch.setattr(sparse_step, "run_sparse_plan", counted)
         yield calls
 

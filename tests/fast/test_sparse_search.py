@@ -15,6 +15,7 @@ import torch.nn as nn
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+import plinio.fast.sparse_step as sparse_step
 import plinio.ops as ops
 from plinio.fast.merged_conv import MergedConv
 from plinio.methods.pit_supernet import PITSuperNetModule
@@ -594,6 +595,38 @@ def test_cuda_sparse_equals_dense(monkeypatch, name: str) -> None:
         got = results(sparse, x, 0)
     assert calls.count > 0
     assert all(sets.kept is None or sets.kept.is_cuda for sets in sparse._sparse_runner[0]._last[2].sites.values())
+    assert_same(got, results(dense, x, 0))
+
+
+def test_steps_on_a_device_type_not_listed_run_dense(monkeypatch) -> None:
+    """A model on a device type missing from SPARSE_DEVICE_TYPES (CUDA by default) runs its
+    pruned steps dense: no sparse call, no index sets built, the dense values."""
+    workload = workloads()["resnet8"]
+    torch.manual_seed(0)
+    sparse, dense = search_pair(workload.factory(), workload.input_shape)
+    prune_randomly((sparse, dense), 0.5, seed=0)
+    x = torch.randn((2,) + tuple(workload.input_shape), generator=torch.Generator().manual_seed(0))
+    with forced_sparse(monkeypatch, devices=frozenset()) as calls:
+        got = results(sparse, x, 0)
+    assert calls.count == 0 and sparse._sparse_runner[0]._last is None
+    assert_same(got, results(dense, x, 0))
+    with forced_sparse(monkeypatch, devices=frozenset({"cpu"})) as calls:
+        results(sparse, x, 0)
+    assert calls.count > 0
+
+
+@pytest.mark.gpu
+def test_cuda_steps_run_dense_by_default(monkeypatch) -> None:
+    """sparse=True on a CUDA model: its steps run the dense convolutions (no sparse call and
+    no host synchronisation for the masks)."""
+    workload = workloads()["resnet8"]
+    torch.manual_seed(0)
+    sparse, dense = (s.cuda() for s in search_pair(workload.factory(), workload.input_shape))
+    prune_randomly((sparse, dense), 0.5, seed=0)
+    x = torch.randn((4,) + tuple(workload.input_shape), generator=torch.Generator().manual_seed(0)).cuda()
+    with forced_sparse(monkeypatch, devices=sparse_step.SPARSE_DEVICE_TYPES) as calls:
+        got = results(sparse, x, 0)
+    assert sparse.sparse and calls.count == 0 and sparse._sparse_runner[0]._last is None
     assert_same(got, results(dense, x, 0))
 
 

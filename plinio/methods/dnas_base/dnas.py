@@ -95,7 +95,8 @@ class DNAS(nn.Module):
         path, each masked convolution computes only its kept output channels and live input
         channels where that is faster; values and gradients are those of the dense path.
         On by default; False when switched off, with ``fast`` off, or where it does not apply
-        (``fast_plan['sparse']`` says why). Eager mode only: under ``torch.compile`` the
+        (``fast_plan['sparse']`` says why). Eager mode on the CPU only: under
+        ``torch.compile``, and on CUDA devices (where it was measured slower than dense), the
         dense convolutions run."""
         return self._sparse_runner is not None
 
