@@ -12,10 +12,16 @@ from typing import ContextManager, Optional, Sequence, Tuple
 import torch
 
 
+# device types that have autocast in every torch this package runs with; others are asked
+# (torch.amp.is_autocast_available, which torch.compile cannot trace in torch 2.11)
+_AUTOCAST_DEVICE_TYPES = ("cpu", "cuda")
+
+
 def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
     """The lower-precision dtype autocast casts convolutions to on ``device``, or None when
     autocast is off there."""
-    if torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type):
+    available = device.type in _AUTOCAST_DEVICE_TYPES or torch.amp.is_autocast_available(device.type)
+    if available and torch.is_autocast_enabled(device.type):
         return torch.get_autocast_dtype(device.type)
     return None
 

@@ -7,7 +7,7 @@ transfer per step; dense under torch.compile and autocast; double backward refus
 saved-for-backward bytes."""
 import sys
 from pathlib import Path
-from typing import Tuple
+from typing import Iterator, Tuple
 
 import pytest
 import torch
@@ -581,10 +581,23 @@ def test_saved_for_backward_bytes_shrink_with_the_pruning(monkeypatch, name: str
     assert saved[(0.0, True)] == saved[(0.0, False)]
 
 
+@pytest.fixture
+def no_tf32() -> Iterator[None]:
+    """CUDA convolutions and matrix products in full float32 (TF32, cuDNN's default, rounds
+    convolutions of different shapes differently)."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["tcn", "resnet8"])
-def test_cuda_sparse_equals_dense(monkeypatch, name: str) -> None:
-    """On a CUDA device: the same values and gradients, the index sets on the device."""
+def test_cuda_sparse_equals_dense(monkeypatch, no_tf32, name: str) -> None:
+    """On a CUDA device: the same values and gradients, the index sets on the device (full
+    float32 convolutions: with TF32 the sparse and dense convolutions round differently)."""
     workload = workloads()[name]
     torch.manual_seed(0)
     sparse, dense = (s.cuda() for s in search_pair(workload.factory(), workload.input_shape))
@@ -616,7 +629,7 @@ def test_steps_on_a_device_type_not_listed_run_dense(monkeypatch) -> None:
 
 
 @pytest.mark.gpu
-def test_cuda_steps_run_dense_by_default(monkeypatch) -> None:
+def test_cuda_steps_run_dense_by_default(monkeypatch, no_tf32) -> None:
     """sparse=True on a CUDA model: its steps run the dense convolutions (no sparse call and
     no host synchronisation for the masks)."""
     workload = workloads()["resnet8"]
