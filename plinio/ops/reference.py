@@ -5,13 +5,14 @@ benchmarks (PLiNIO's op-by-op structure: stack-and-sum, masks built from small o
 Autograd comes from PyTorch itself; the only custom piece is the straight-through
 binarizer, which must return exact 0./1. values (``x + (b - x).detach()`` would not).
 """
-import contextlib
 import functools
 import math
-from typing import ContextManager, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
+
+from ._autocast import autocast_off
 
 
 def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -118,17 +119,8 @@ def pit_masks(
     like = next((p for p in (alpha, beta, gamma) if p is not None), None)
     if like is None:
         return None, None
-    with _autocast_off(like.device):
+    with autocast_off(like.device):
         return _masks(alpha, beta, gamma, kernel_size, threshold, keep_alive)
-
-
-def _autocast_off(device: torch.device) -> ContextManager:
-    """Autocast disabled on `device`: a mask is an exact decision on its parameters, made in
-    their own dtype whatever the caller's autocast (θ_γ's product in bfloat16 could flip
-    a mask that the kernels, which compute it in float32, keep)."""
-    if torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type):
-        return torch.autocast(device.type, enabled=False)
-    return contextlib.nullcontext()
 
 
 def _masks(alpha: Optional[Tensor], beta: Optional[Tensor], gamma: Optional[Tensor],

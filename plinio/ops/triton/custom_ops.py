@@ -13,6 +13,8 @@ from typing import List, Optional, Tuple
 import torch
 import triton
 from torch import Tensor
+from triton.runtime.autotuner import Autotuner
+from triton.runtime.jit import JITFunction
 
 from .. import _library
 from .._conventions import absent, masked_weight_format, present
@@ -28,7 +30,10 @@ TILE = 1024  # elements per program tile in the mask kernels
 
 
 def _launch(kernel):  # noqa: ANN001, ANN202 - a Triton kernel in, a launcher out
-    return _WRAP(kernel) if _MODERN else kernel
+    """``kernel`` through ``wrap_triton``; as it is on older torch, and when Triton's
+    interpreter made it (TRITON_INTERPRET=1: torch 2.11's ``wrap_triton`` refuses such a
+    kernel, later versions return it unchanged)."""
+    return _WRAP(kernel) if _MODERN and isinstance(kernel, (JITFunction, Autotuner)) else kernel
 
 
 def _define(name: str, traceable: bool = True):  # noqa: ANN202 - decorator
