@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
 # One-shot GPU check: build the CUDA extension in place, run the GPU tests, then the GPU
-# benchmarks: the search step eager in the pruned regime (sparse execution against the dense
-# fast path, the plain-PyTorch anchor and the reference path), whole demo-style searches
-# (sparse against dense, end to end), the op library's bandwidth, and the search step compiled
-# with CUDA graphs.
+# benchmarks: the search step compiled with CUDA graphs, the ops and phases of the seed
+# example's step (fast, dense and plain), the search step eager in the pruned regime (sparse
+# execution against the dense fast path, the plain-PyTorch anchor and the reference path),
+# whole demo-style searches (sparse against dense, end to end), the op library's bandwidth.
 #
 #   RESULTS_DIR=/some/folder [ARCHIVE=/some/logs.tar.gz] [PHASES="build tests ..."] bash bench/gpu_check.sh
 #
 # Uses the machine's python3 (with a CUDA build of torch) and nvcc; installs nothing.
 # Every phase has its own time limit and writes its log to RESULTS_DIR, so a failing or
 # slow phase does not hide the others' results; a phase that would start past DEADLINE
-# seconds (default 540) is skipped, and the compiled benchmark gets whatever is left of it.
-# PHASES picks phases by name (default: all, in this order): build tests pruned searches ops
-# compiled; TESTS, PRUNED_WORKLOADS, SEARCH_WORKLOADS and COMPILE_WORKLOADS narrow the
-# phases of those names. ARCHIVE, when set, is rewritten after every phase with all logs so far (for a
-# caller that can fetch only a few files, or whose call may be cut off).
+# seconds (default 540) is skipped, and one that would end past it gets what is left.
+# PHASES picks phases by name (default: all, in this order): build tests compiled profile
+# pruned searches ops; TESTS, COMPILE_WORKLOADS, PRUNED_WORKLOADS and SEARCH_WORKLOADS narrow
+# the phases of those names. ARCHIVE, when set, is rewritten after every phase with all logs
+# so far (for a caller that can fetch only a few files, or whose call may be cut off).
 # Exit status: 0 when every phase run passed.
 set -u
 cd "$(dirname "$0")/.."
@@ -22,7 +22,7 @@ RESULTS_DIR="${RESULTS_DIR:-gpu_results}"
 mkdir -p "$RESULTS_DIR"
 export PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
-PHASES="${PHASES:-build tests pruned searches ops compiled}"
+PHASES="${PHASES:-build tests compiled profile pruned searches ops}"
 DEADLINE="${DEADLINE:-540}"
 STATUS=0
 SUMMARY="$RESULTS_DIR/summary.txt"
@@ -74,6 +74,14 @@ wanted build && phase build 240 env FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JO
   "$PY" setup.py build_ext --inplace
 wanted tests && phase tests_gpu 200 "$PY" -m pytest -q -rfE --maxfail=30 -p no:cacheprovider -m gpu \
   ${TESTS:-tests bench}
+wanted compiled && phase search_step_compiled 150 "$PY" bench/search_step.py "${STEP[@]}" --modes soft \
+  --compile --compile-only --compile-mode reduce-overhead --workloads "${COMPILE_WORKLOADS:-resnet8,dscnn,tcn}"
+if wanted profile; then
+  phase profile_seed 60 "$PY" bench/profile_step.py --workload seed --searches fast,dense,plain --device cuda \
+    --batch-size 128 --steps 5 --top 15
+  phase step_phases_seed 60 "$PY" bench/step_phases.py --workloads seed --prune 0 --batch-sizes 128 \
+    --device cuda --repeats 10 --steps-per-round 2
+fi
 wanted pruned && phase search_step_pruned 150 "$PY" bench/search_step.py "${STEP[@]}" --modes soft \
   --prune 0,0.5,0.75 --workloads "${PRUNED_WORKLOADS:-seed,resnet8,dscnn,mobilenetv1,tcn}"
 if wanted searches; then
@@ -86,9 +94,6 @@ if wanted ops; then
   phase bench_ops_cuda 30 "$PY" bench/bench_ops.py --device cuda --backend cuda --repeats 10
   phase bench_ops_triton 30 "$PY" bench/bench_ops.py --device cuda --backend triton --repeats 10
 fi
-wanted compiled && phase search_step_compiled $((DEADLINE - SECONDS)) "$PY" bench/search_step.py \
-  "${STEP[@]}" --modes soft --compile --compile-only --compile-mode reduce-overhead \
-  --workloads "${COMPILE_WORKLOADS:-resnet8,dscnn,tcn}"
 cat "$SUMMARY"
 archive
 exit $STATUS
