@@ -393,8 +393,21 @@ class SparseExecution:
         if any(isinstance(t, torch.Tensor) and t.dim() == 4 and not t.is_contiguous()
                and t.is_contiguous(memory_format=torch.channels_last) for t in inputs):
             return True
-        device = self.masks[self._searched[0]].values().device.type if self._searched else "cpu"
+        device = self.device_type
         return device not in SPARSE_DEVICE_TYPES or torch.is_autocast_enabled(device)
+
+    @property
+    def device_type(self) -> str:
+        """The device type the model's masks are on, where its steps run."""
+        return self.masks[self._searched[0]].values().device.type if self._searched else "cpu"
+
+    def off_device_reason(self) -> str:
+        """Why this model's steps run dense on its device, or '' where they may run sparse."""
+        device = self.device_type
+        if device in SPARSE_DEVICE_TYPES:
+            return ""
+        return (f"the model is on {device}, where steps run dense (measured slower there; "
+                "plinio.fast.sparse_step.SPARSE_DEVICE_TYPES lists the device types that run sparse)")
 
     @contextlib.contextmanager
     def step(self, inputs: Sequence[object] = ()) -> Iterator[None]:

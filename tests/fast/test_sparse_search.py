@@ -621,17 +621,20 @@ def test_steps_on_a_device_type_not_listed_run_dense(monkeypatch) -> None:
     x = torch.randn((2,) + tuple(workload.input_shape), generator=torch.Generator().manual_seed(0))
     with forced_sparse(monkeypatch, devices=frozenset()) as calls:
         got = results(sparse, x, 0)
+        assert not sparse.sparse and sparse.fast_plan["sparse"]["sites"] == 0
+        assert "the model is on cpu, where steps run dense" in sparse.fast_plan["sparse"]["reason"]
     assert calls.count == 0 and sparse._sparse_runner[0]._last is None
     assert_same(got, results(dense, x, 0))
     with forced_sparse(monkeypatch, devices=frozenset({"cpu"})) as calls:
         results(sparse, x, 0)
+        assert sparse.sparse and sparse.fast_plan["sparse"]["sites"] > 0
     assert calls.count > 0
 
 
 @pytest.mark.gpu
 def test_cuda_steps_run_dense_by_default(monkeypatch, no_tf32) -> None:
     """sparse=True on a CUDA model: its steps run the dense convolutions (no sparse call and
-    no host synchronisation for the masks)."""
+    no host synchronisation for the masks), and the wrapper says so."""
     workload = workloads()["resnet8"]
     torch.manual_seed(0)
     sparse, dense = (s.cuda() for s in search_pair(workload.factory(), workload.input_shape))
@@ -639,7 +642,8 @@ def test_cuda_steps_run_dense_by_default(monkeypatch, no_tf32) -> None:
     x = torch.randn((4,) + tuple(workload.input_shape), generator=torch.Generator().manual_seed(0)).cuda()
     with forced_sparse(monkeypatch, devices=sparse_step.SPARSE_DEVICE_TYPES) as calls:
         got = results(sparse, x, 0)
-    assert sparse.sparse and calls.count == 0 and sparse._sparse_runner[0]._last is None
+    assert calls.count == 0 and sparse._sparse_runner[0]._last is None
+    assert not sparse.sparse and "the model is on cuda" in sparse.fast_plan["sparse"]["reason"]
     assert_same(got, results(dense, x, 0))
 
 

@@ -94,11 +94,20 @@ class DNAS(nn.Module):
         """Exact sparse execution of masked channels (README "Sparse execution"): on the fast
         path, each masked convolution computes only its kept output channels and live input
         channels where that is faster; values and gradients are those of the dense path.
-        On by default; False when switched off, with ``fast`` off, or where it does not apply
-        (``fast_plan['sparse']`` says why). Eager mode on the CPU only: under
-        ``torch.compile``, and on CUDA devices (where it was measured slower than dense), the
-        dense convolutions run."""
-        return self._sparse_runner is not None
+        On by default; False when switched off, with ``fast`` off, or where it does not apply,
+        e.g. on a CUDA device, where it was measured slower than dense
+        (``plinio.fast.sparse_step.SPARSE_DEVICE_TYPES``); ``fast_plan['sparse']`` says why.
+        Eager mode only: under ``torch.compile`` the dense convolutions run."""
+        return self._sparse_in_use()[0] is not None
+
+    def _sparse_in_use(self) -> Tuple[Optional[SparseExecution], str]:
+        """The sparse execution this model's steps run on its current device, or None, and
+        why not ('' when it runs)."""
+        if self._sparse_runner is None:
+            return None, self._sparse_reason
+        execution = self._sparse_runner[0]
+        off_device = execution.off_device_reason()
+        return (None, off_device) if off_device else (execution, self._sparse_reason)
 
     @sparse.setter
     def sparse(self, value: bool) -> None:
@@ -127,12 +136,11 @@ class DNAS(nn.Module):
         convolutions that may run sparse; ``reason``: why none may, else ''). Empty when
         ``fast`` is off."""
         runner = self._fast_runner[0] if self._fast_runner is not None else None
-        sparse = self._sparse_runner[0] if self._sparse_runner is not None else None
+        sparse, reason = self._sparse_in_use()
         return {"merge_plans": dict(getattr(runner, "plinio_merge_plans", {})),
                 "unoptimized": dict(getattr(runner, "plinio_unoptimized", {})),
                 "absorbed_paddings": tuple(getattr(runner, "plinio_absorbed_paddings", ())),
-                "sparse": {"sites": len(sparse.sites) if sparse is not None else 0,
-                           "reason": self._sparse_reason}}
+                "sparse": {"sites": len(sparse.sites) if sparse is not None else 0, "reason": reason}}
 
     supported_regularizers = RegularizerNames()
 
