@@ -21,8 +21,8 @@ from torch.profiler import ProfilerActivity, profile
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.search_step import (VARIANTS, SearchSetup, _sync, build_setups, describe_machine,  # noqa: E402
-                               search_step, workload_names)
+from bench.search_step import (VARIANTS, SearchSetup, _sync, build_setups, chosen_names,  # noqa: E402
+                               describe_machine, search_step, workload_names)
 
 
 class OpTime(NamedTuple):
@@ -75,10 +75,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, List[OpTime]]:
     parser.add_argument("--top", type=int, default=15, help="ops listed per search")
     args = parser.parse_args(argv)
     name = workload_names(parser, args.workload)[0]
-    searches = [s.strip() for s in args.searches.split(",") if s.strip()]
-    unknown = [s for s in searches if s not in VARIANTS]
-    if unknown or not searches:
-        parser.error(f"unknown searches {unknown}; choose from {list(VARIANTS)}")
+    searches = chosen_names(parser, args.searches, VARIANTS, "searches")
     if args.steps < 1 or args.top < 1 or args.batch_size < 1 or not 0 <= args.prune < 1:
         parser.error("--steps, --top and --batch-size must be >= 1, --prune in [0, 1)")
     if args.device.startswith("cuda") and not torch.cuda.is_available():

@@ -502,14 +502,19 @@ def check_round_options(parser: argparse.ArgumentParser, args: argparse.Namespac
         parser.error("--steps-per-round and --repeats must be at least 1")
 
 
-def workload_names(parser: argparse.ArgumentParser, text: str) -> List[str]:
-    """The comma-separated workload names of ``text``; an unknown one is a usage error."""
-    known = workloads()
+def chosen_names(parser: argparse.ArgumentParser, text: str, known: Sequence[str], what: str) -> List[str]:
+    """The comma-separated names of ``text``, each one of ``known``; an unknown one, or none,
+    is a usage error naming ``what`` they are."""
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in known]
-    if unknown:
-        parser.error(f"unknown workloads {unknown}; choose from {sorted(known)}")
+    if unknown or not names:
+        parser.error(f"unknown {what} {unknown}; choose from {sorted(known)}")
     return names
+
+
+def workload_names(parser: argparse.ArgumentParser, text: str) -> List[str]:
+    """The comma-separated workload names of ``text``; an unknown one is a usage error."""
+    return chosen_names(parser, text, list(workloads()), "workloads")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> List[NamedTuple]:

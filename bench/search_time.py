@@ -48,7 +48,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.models import workloads  # noqa: E402
-from bench.search_step import build_wrapper, describe_machine  # noqa: E402
+from bench.search_step import build_wrapper, chosen_names, describe_machine  # noqa: E402
 from plinio.demo.config import Schedule  # noqa: E402
 from plinio.demo.costs import model_cost  # noqa: E402
 from plinio.demo.data import load_digits_data  # noqa: E402
@@ -348,10 +348,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[SearchRun]:
     parser.add_argument("--batch-size", type=int, default=32, help="synthetic batch size (--workload)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (--workload; the digits search runs on the CPU)")
     args = parser.parse_args(argv)
-    names = [n.strip() for n in args.configs.split(",") if n.strip()]
-    unknown = [n for n in names if n not in CONFIGURATIONS]
-    if unknown or not names:
-        parser.error(f"unknown configurations {unknown}; choose from {list(CONFIGURATIONS)}")
+    names = chosen_names(parser, args.configs, list(CONFIGURATIONS), "configurations")
     if args.warmup_epochs < 0 or args.search_epochs < 1 or args.repeats < 1:
         parser.error("--warmup-epochs must be >= 0, --search-epochs and --repeats >= 1")
     workload = None

@@ -46,7 +46,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.search_step import (CLOCKS, SearchSetup, _fractions, add_round_options, build_setups,  # noqa: E402
-                               check_round_options, describe_machine, markdown_table, search_step,
+                               check_round_options, chosen_names, describe_machine, markdown_table, search_step,
                                workload_names)
 from bench.models import count_supernets, workloads  # noqa: E402
 from plinio.fast import sparse_conv  # noqa: E402
@@ -187,10 +187,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[ABRow]:
     args = parser.parse_args(argv)
     check_round_options(parser, args)
     names = workload_names(parser, args.workloads)
-    shortcuts = [s for s in args.shortcuts.split(",") if s]
-    unknown = [s for s in shortcuts if s not in SHORTCUTS]
-    if unknown or not shortcuts:
-        parser.error(f"--shortcuts: unknown {unknown}; choose from {sorted(SHORTCUTS)}")
+    shortcuts = chosen_names(parser, args.shortcuts, list(SHORTCUTS), "shortcuts")
     torch.set_num_threads(args.threads)
     print(f"# {describe_machine('cpu', args.threads)}")
     print(f"# command: python bench/step_ab.py {' '.join(argv if argv is not None else sys.argv[1:])}")
