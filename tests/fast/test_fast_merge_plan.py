@@ -118,3 +118,50 @@ def test_merging_that_does_not_pay_off_is_skipped():
     plan = plan_merge([chain, IDENTITY])  # dense 3×3 replacing depthwise + 1×1: too dear
     assert plan.merged == ()
     assert "pay off" in plan.reasons[1] or "cost" in plan.reasons[0]
+
+
+def _block_members():
+    """(branches, plan): a dilated member (taps with gaps), a smaller one, a bias-free one and
+    an Identity, in 1-D and 2-D."""
+    conv1 = [nn.Conv1d(6, 6, 3, padding=2, dilation=2), nn.Conv1d(6, 6, 5, padding=2),
+             nn.Conv1d(6, 6, 3, padding=1, bias=False), nn.Identity()]
+    conv2 = [nn.Conv2d(6, 6, 3, padding=1), nn.Conv2d(6, 6, 5, padding=2, bias=False), nn.Identity()]
+    for branches in (conv1, conv2):
+        cands = [IDENTITY if isinstance(b, nn.Identity) else _cand(b) for b in branches]
+        branches = [b.double() for b in branches]
+        yield branches, plan_merge(cands)
+
+
+def test_a_kernel_block_equals_the_block_of_the_full_kernel():
+    """kernel_and_bias(block=(rows, cols)) gives the full kernel's [rows][:, cols] and the bias
+    rows, with the same gradients to every weight, bias and θ, for random blocks (either
+    index None: every channel), and again when the same block is asked for twice."""
+    gen = torch.Generator().manual_seed(0)
+    for branches, plan in _block_members():
+        assert len(plan.members) == len(branches)
+        chains = [[(branches[m.branch], None if isinstance(branches[m.branch], nn.Identity)
+                    else conv_geometry(branches[m.branch])[0])] for m in plan.members]
+        merged = MergedConv(plan, chains)
+        params = [p for b in branches for p in b.parameters()]
+        theta = torch.randn(len(branches), dtype=torch.float64, generator=gen, requires_grad=True)
+        like = torch.zeros(1, dtype=torch.float64)
+        for trial in range(6):
+            rows = torch.randperm(6, generator=gen)[:1 + trial % 5].sort().values
+            cols = torch.randperm(6, generator=gen)[:2 + trial % 4].sort().values
+            block = (None if trial == 4 else rows, None if trial == 5 else cols)
+            for _ in range(2):
+                kernel, bias = merged.kernel_and_bias(theta, like, block=block)
+                full_kernel, full_bias = merged.kernel_and_bias(theta, like)
+                expected = full_kernel
+                if block[0] is not None:
+                    expected = expected.index_select(0, block[0])
+                    full_bias = full_bias.index_select(0, block[0])
+                if block[1] is not None:
+                    expected = expected.index_select(1, block[1])
+                torch.testing.assert_close(kernel, expected, rtol=0, atol=0)
+                torch.testing.assert_close(bias, full_bias, rtol=0, atol=0)
+                gk, gb = torch.randn_like(kernel), torch.randn_like(bias)
+                got = torch.autograd.grad((kernel * gk).sum() + (bias * gb).sum(), params + [theta])
+                want = torch.autograd.grad((expected * gk).sum() + (full_bias * gb).sum(), params + [theta])
+                for a, b in zip(got, want):
+                    torch.testing.assert_close(a, b)
