@@ -136,7 +136,10 @@ struct AtenConvArgs {
   at::Tensor input_grad(const at::Tensor& gx, const CompactConvGeometry& g) const {
     at::Tensor grad = gx;
     if (subsample) {
-      grad = at::zeros(input_sizes, gx.options().memory_format(gx.suggest_memory_format()));
+      // at::empty honours the options' memory format, at::zeros does not (its schema has no
+      // memory_format): a contiguous gradient here made every op after it in the backward
+      // mix layouts with the channels_last tensors around it, several times slower
+      grad = at::empty(input_sizes, gx.options().memory_format(gx.suggest_memory_format())).zero_();
       samples(grad).copy_(gx);
     }
     if (pad_input) grad = at::constant_pad_nd(grad, pad_spec(g, -1));
