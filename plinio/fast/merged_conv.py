@@ -81,6 +81,9 @@ class _BlockGather:
 
     def __init__(self, members: Sequence[MemberPlacement], merged: ConvGeometry, block: Block,
                  shapes: Sequence[Optional[Tuple[int, ...]]], biased: Tuple[int, ...], device: torch.device) -> None:
+        if merged.groups != 1:  # an Identity's Dirac entries below assume one group
+            raise ValueError(f"MergedConv: a kernel block of a grouped merged convolution (groups={merged.groups}) "
+                             "is not supported; build the whole kernel (block=None)")
         self.rows, self.cols = block
         self.shapes = tuple(shapes)
         self.biased = biased  # the branches of the members with a bias
@@ -161,8 +164,8 @@ class MergedConv:
         an all-Identity kernel). ``identity_rows``: 0./1. per output channel multiplying the
         Identity's Dirac kernel (sparse execution: its rows outside the kept set).
         ``block``: (rows, columns), None for all: only that block of the kernel and those
-        rows of the bias, gathered by one index per member set (:class:`_BlockGather`: a
-        pruned layer's merged kernel costs its kept part and a handful of ops)."""
+        rows of the bias, built by two gathers (:class:`_BlockGather`: a pruned layer's
+        merged kernel costs its kept part and a handful of ops; ungrouped kernels only)."""
         members = [(member, chain_weight_and_bias(chain)) for member, chain in zip(self.plan.members, self.chains)]
         weights = [weight for _, (weight, _) in members if weight is not None]
         dtype = functools.reduce(torch.promote_types, (w.dtype for w in weights)) if weights else like.dtype

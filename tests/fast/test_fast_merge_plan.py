@@ -1,5 +1,6 @@
 """The planner merges exactly the branches it may (proved from hyper-parameters), and the
 merged convolution equals the θ-weighted sum of the branches (float64, values and grads)."""
+import pytest
 import torch
 import torch.nn as nn
 
@@ -165,3 +166,15 @@ def test_a_kernel_block_equals_the_block_of_the_full_kernel():
                 want = torch.autograd.grad((expected * gk).sum() + (full_bias * gb).sum(), params + [theta])
                 for a, b in zip(got, want):
                     torch.testing.assert_close(a, b)
+
+
+def test_a_kernel_block_of_a_grouped_merged_conv_is_refused():
+    """The block gather knows ungrouped kernels only (sparse execution asks for blocks of
+    those only); a grouped one is refused by name, not built wrong."""
+    branches = [nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.Conv2d(4, 4, 5, padding=2, groups=4)]
+    plan = plan_merge([_cand(b) for b in branches])
+    assert plan.geometry.groups == 4
+    merged = MergedConv(plan, [[(b, conv_geometry(b)[0])] for b in branches])
+    rows = torch.tensor([0, 2])
+    with pytest.raises(ValueError, match=r"MergedConv: a kernel block of a grouped merged convolution \(groups=4\)"):
+        merged.kernel_and_bias(torch.ones(2), torch.zeros(1), block=(rows, None))
